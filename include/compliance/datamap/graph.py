@@ -1,0 +1,73 @@
+"""Walking a SQL system's relations toward its consumer table.
+
+Erasure, access and retention all need "which rows of table T belong to consumer C": the answer is
+the chain of relations from T to the consumer table. It is computed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compliance.datamap.model import Relation, SqlSystem
+
+
+@dataclass(frozen=True)
+class Hop:
+    """`table.column` references `target_table.target_column`."""
+
+    table: str
+    column: str
+    target_table: str
+    target_column: str
+
+
+class RelationError(ValueError):
+    def __init__(self, rule: str, table: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.table = table
+
+
+def chain_to_consumer(system: SqlSystem, table: str) -> list[Hop]:
+    """Hops from `table` to the consumer table ([] for the consumer table itself)."""
+    hops: list[Hop] = []
+    seen = [table]
+    current = table
+    while current != system.consumer_table:
+        spec = system.tables.get(current)
+        if spec is None:
+            raise RelationError("unknown-table", table, f"relation chain reaches unmapped table {current!r}")
+        rel: Relation | None = spec.relation
+        if rel is None:
+            raise RelationError(
+                "relation-unreachable",
+                table,
+                f"table {current!r} has no relation, so {table!r} does not reach the consumer "
+                f"table {system.consumer_table!r}",
+            )
+        hops.append(Hop(current, rel.column, rel.target_table, rel.target_column))
+        if rel.target_table in seen:
+            cycle = " -> ".join([*seen, rel.target_table])
+            raise RelationError("relation-cycle", table, f"relations form a cycle: {cycle}")
+        seen.append(rel.target_table)
+        current = rel.target_table
+    return hops
+
+
+def tenant_path(system: SqlSystem, table: str) -> tuple[list[Hop], str]:
+    """Hops from `table` to the nearest table with a tenant column, and that column."""
+    hops = chain_to_consumer(system, table)
+    spec = system.tables[table]
+    if spec.tenant_column:
+        return [], spec.tenant_column
+    for i, hop in enumerate(hops):
+        target = system.tables[hop.target_table]
+        if target.tenant_column:
+            return hops[: i + 1], target.tenant_column
+    raise RelationError("missing-tenant", table, f"no tenant column on the way from {table!r}")
+
+
+def erase_order(system: SqlSystem) -> list[str]:
+    """Mapped tables, deepest first: children are erased before the parents they reference."""
+    depth = {name: len(chain_to_consumer(system, name)) for name in system.tables}
+    return sorted(system.tables, key=lambda name: (-depth[name], name))

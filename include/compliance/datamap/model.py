@@ -1,0 +1,213 @@
+"""The data map's shape: where personal information lives and how each piece is erased.
+
+Structure is checked by pydantic (every structural error at once, with its location); the
+cross-references (relations reach the consumer, no cycles, identity columns exist...) are checked
+by `compliance.datamap.validate`. Field names are the YAML keys documented in `docs/data-map.md`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+
+class Category(StrEnum):
+    """CCPA categories of personal information, Stat 1798.140(v)(1) and (ae) (R8)."""
+
+    identifiers = "identifiers"
+    customer_records = "customer_records"  # 1798.80(e)
+    protected_characteristics = "protected_characteristics"
+    commercial = "commercial"
+    biometric = "biometric"
+    internet_activity = "internet_activity"
+    geolocation = "geolocation"
+    sensory = "sensory"  # audio, e.g. call recordings
+    professional = "professional"
+    education = "education"
+    inferences = "inferences"
+    sensitive = "sensitive"  # sensitive personal information, 1798.140(ae)
+
+
+class Withhold(StrEnum):
+    """Kinds of value an access report must never disclose, only name (R10)."""
+
+    government_id = "government_id"
+    financial_account = "financial_account"
+    medical_id = "medical_id"
+    password = "password"
+    security_answer = "security_answer"
+    biometric = "biometric"
+
+
+class IdentityType(StrEnum):
+    """Identities a request may carry and a store may be searched by."""
+
+    email = "email"
+    phone = "phone"
+    contact_id = "contact_id"  # the client's own id for the consumer
+    record_id = "record_id"  # our primary key of the consumer row (logs carry it)
+
+
+class ExceptionCode(StrEnum):
+    """Why data may be kept despite a deletion request (R19: 1798.105(d), 1798.145(a))."""
+
+    transaction = "transaction"
+    security = "security"
+    debugging = "debugging"
+    free_speech = "free_speech"
+    calecpa = "calecpa"
+    research = "research"
+    internal_uses = "internal_uses"
+    legal_obligation = "legal_obligation"
+    legal_claims = "legal_claims"
+    law_enforcement_hold = "law_enforcement_hold"
+
+
+class ColumnErase(StrEnum):
+    """What erasure does to one column of a row that is kept (table `erase: mask`)."""
+
+    nullify = "nullify"  # set to NULL
+    hash = "hash"  # keyed hash (HMAC): joins still work, the value is gone
+    deidentify = "deidentify"  # a fixed placeholder ("[deleted]")
+    keep = "keep"  # kept under an exception code
+
+
+class TableErase(StrEnum):
+    delete = "delete"  # delete the consumer's rows
+    mask = "mask"  # keep rows, erase columns per their `erase`
+    keep = "keep"  # keep rows under an exception code
+
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(Strict):
+    categories: list[Category] = Field(min_length=1)
+    identity: IdentityType | None = None
+    erase: ColumnErase = ColumnErase.nullify
+    exception: ExceptionCode | None = None
+    withhold: Withhold | None = None
+    description: str | None = None
+
+
+class Relation(Strict):
+    """`column` of this table points at `references` ("table.column"), one step toward the consumer."""
+
+    column: Name
+    references: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$")]
+
+    @property
+    def target_table(self) -> str:
+        return self.references.split(".", 1)[0]
+
+    @property
+    def target_column(self) -> str:
+        return self.references.split(".", 1)[1]
+
+
+class Table(Strict):
+    primary_key: Name
+    time_column: Name
+    tenant_column: Name | None = None
+    relation: Relation | None = None
+    erase: TableErase = TableErase.delete
+    exception: ExceptionCode | None = None
+    reason: str | None = None
+    columns: dict[Name, Column] = Field(default_factory=dict)
+    description: str | None = None
+
+
+class SqlSystem(Strict):
+    kind: Literal["sql"]
+    connection: Name
+    consumer_table: Name
+    tables: dict[Name, Table] = Field(min_length=1)
+    ignore: dict[Name, str] = Field(default_factory=dict)  # tables holding no consumer PI, and why
+    description: str | None = None
+
+
+class Field_(Strict):
+    categories: list[Category] = Field(min_length=1)
+    identity: IdentityType | None = None
+    withhold: Withhold | None = None
+
+
+Prefix = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9!_.*'()=-]+/)*$")]
+Bucket = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+
+
+class LogStore(Strict):
+    """JSON-lines gzip objects under `prefix`, one folder per day (`partition`, strftime)."""
+
+    kind: Literal["log"]
+    connection: Name = "aws_default"
+    bucket: Bucket
+    prefix: Prefix
+    partition: str = "dt=%Y-%m-%d/"
+    system: Name  # the SQL system whose tenant and contact ids the lines carry
+    timestamp_field: str
+    tenant_field: str
+    fields: dict[str, Field_] = Field(min_length=1)
+    erase: Literal["drop_line", "redact"] = "drop_line"
+    description: str | None = None
+
+
+class BackupStore(Strict):
+    """Daily snapshots of a SQL system: `prefix` + `YYYY-MM-DD/<table>.csv.gz`."""
+
+    kind: Literal["backup"]
+    connection: Name = "aws_default"
+    bucket: Bucket
+    prefix: Prefix
+    system: Name
+    rewrite: bool = False  # also rewrite snapshots, beyond tombstones (R18)
+    description: str | None = None
+
+
+class RecordingStore(Strict):
+    """Audio objects whose keys are held in a column of a mapped table."""
+
+    kind: Literal["recordings"]
+    connection: Name = "aws_default"
+    bucket: Bucket
+    system: Name
+    table: Name
+    key_column: Name
+    categories: list[Category] = Field(default_factory=lambda: [Category.sensory])
+    description: str | None = None
+
+
+Store = Annotated[LogStore | BackupStore | RecordingStore, Field(discriminator="kind")]
+
+
+class SubProcessor(Strict):
+    """Our own service providers, told to delete in the same way (R16.3)."""
+
+    name: Name
+    channel: Literal["webhook", "sns", "email"]
+    target: str = Field(min_length=1)  # URL, topic ARN or e-mail address
+    categories: list[Category] = Field(min_length=1)
+    purpose: str
+
+
+class CategoryInfo(Strict):
+    """What an access report says about a category (R8): sources, purposes, recipients."""
+
+    description: str
+    sources: list[str] = Field(min_length=1)
+    purposes: list[str] = Field(min_length=1)
+    third_parties: list[str] = Field(default_factory=list)
+
+
+class DataMap(Strict):
+    version: Literal[1]
+    systems: dict[Name, SqlSystem] = Field(min_length=1)
+    stores: dict[Name, Store] = Field(default_factory=dict)
+    subprocessors: list[SubProcessor] = Field(default_factory=list)
+    categories: dict[Category, CategoryInfo] = Field(default_factory=dict)
