@@ -1,0 +1,89 @@
+"""`python -m compliance ...`: the commands operators and `make` use.
+
+Each subcommand is a thin shell over a function in the package; add new ones to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _datamap_check(args: argparse.Namespace) -> int:
+    from compliance.datamap.validate import DataMapInvalid, check_against_schema, load_datamap
+
+    try:
+        dm = load_datamap(args.file)
+    except DataMapInvalid as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    if args.db:
+        from compliance.stores.sql import engine_from_url, table_columns
+
+        live = table_columns(engine_from_url(args.db))
+        issues = [i for name in dm.systems for i in check_against_schema(dm, name, live)]
+        if issues:
+            print(f"data map {args.file} does not match {len(issues)} time(s):", file=sys.stderr)
+            for issue in issues:
+                print(f"  - {issue}", file=sys.stderr)
+            return 1
+    tables = sum(len(s.tables) for s in dm.systems.values())
+    print(f"{args.file}: OK ({len(dm.systems)} SQL system(s), {tables} tables, "
+          f"{len(dm.stores)} object store(s), {len(dm.subprocessors)} sub-processor(s))")
+    return 0
+
+
+def _local_s3(args: argparse.Namespace) -> int:
+    from compliance.local_s3 import serve_forever
+
+    serve_forever(Path(args.port_file), args.port)
+    return 0
+
+
+def _world_seed(args: argparse.Namespace) -> int:
+    from compliance.world.generate import seed_command
+
+    return seed_command(args)
+
+
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m compliance")
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    dm = sub.add_parser("datamap", help="data map commands").add_subparsers(dest="cmd", required=True)
+    check = dm.add_parser("check", help="validate a data map file, reporting every error")
+    check.add_argument("file")
+    check.add_argument("--db", help="also compare with a live database (SQLAlchemy URL)")
+    check.set_defaults(func=_datamap_check)
+
+    s3 = sub.add_parser("local-s3", help="run a moto S3 server on 127.0.0.1 until killed")
+    s3.add_argument("--port-file", required=True)
+    s3.add_argument("--port", type=int)
+    s3.set_defaults(func=_local_s3)
+
+    world = sub.add_parser("world", help="synthetic world").add_subparsers(dest="cmd", required=True)
+    seed = world.add_parser("seed", help="generate a deterministic world into a CRM and S3")
+    seed.add_argument("--db", required=True, help="SQLAlchemy URL of the CRM")
+    seed.add_argument("--s3", required=True, help="S3 endpoint URL")
+    seed.add_argument("--scale", default="tiny", help="tiny | small | medium | large | <contacts>")
+    seed.add_argument("--seed", type=int, default=7)
+    seed.add_argument("--as-of", help="the world's 'today' (YYYY-MM-DD); default: today")
+    seed.add_argument("--datamap", help="data map naming the buckets (default: settings)")
+    seed.set_defaults(func=_world_seed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
