@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -33,8 +32,10 @@ def _datamap_check(args: argparse.Namespace) -> int:
                 print(f"  - {issue}", file=sys.stderr)
             return 1
     tables = sum(len(s.tables) for s in dm.systems.values())
-    print(f"{args.file}: OK ({len(dm.systems)} SQL system(s), {tables} tables, "
-          f"{len(dm.stores)} object store(s), {len(dm.subprocessors)} sub-processor(s))")
+    print(
+        f"{args.file}: OK ({len(dm.systems)} SQL system(s), {tables} tables, "
+        f"{len(dm.stores)} object store(s), {len(dm.subprocessors)} sub-processor(s))"
+    )
     return 0
 
 
@@ -51,13 +52,13 @@ def _world_seed(args: argparse.Namespace) -> int:
     return seed_command(args)
 
 
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compliance")
     sub = parser.add_subparsers(dest="group", required=True)
 
-    dm = sub.add_parser("datamap", help="data map commands").add_subparsers(dest="cmd", required=True)
+    dm = sub.add_parser("datamap", help="data map commands").add_subparsers(
+        dest="cmd", required=True
+    )
     check = dm.add_parser("check", help="validate a data map file, reporting every error")
     check.add_argument("file")
     check.add_argument("--db", help="also compare with a live database (SQLAlchemy URL)")
@@ -68,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     s3.add_argument("--port", type=int)
     s3.set_defaults(func=_local_s3)
 
-    world = sub.add_parser("world", help="synthetic world").add_subparsers(dest="cmd", required=True)
+    world = sub.add_parser("world", help="synthetic world").add_subparsers(
+        dest="cmd", required=True
+    )
     seed = world.add_parser("seed", help="generate a deterministic world into a CRM and S3")
     seed.add_argument("--db", required=True, help="SQLAlchemy URL of the CRM")
     seed.add_argument("--s3", required=True, help="S3 endpoint URL")

@@ -37,7 +37,12 @@ def _connection(conn_id: str) -> Any:
 def sql_engine(conn_id: str) -> Engine:
     conn = _connection(conn_id)
     url = url_from_connection(
-        conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema,
+        conn.conn_type,
+        conn.host,
+        conn.login,
+        conn.password,
+        conn.port,
+        conn.schema,
         conn.extra_dejson,
     )
     return engine_from_url(url)
@@ -52,3 +57,12 @@ def s3(conn_id: str = "aws_default") -> Any:
         access_key=conn.login or None,
         secret_key=conn.password or None,
     )
+
+
+def run_day() -> str:
+    """The day a run is about (its logical date, or when it was triggered), as YYYY-MM-DD."""
+    from airflow.sdk import get_current_context
+
+    ctx = get_current_context()
+    when = ctx.get("logical_date") or ctx["dag_run"].run_after
+    return when.date().isoformat()

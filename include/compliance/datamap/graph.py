@@ -36,7 +36,9 @@ def chain_to_consumer(system: SqlSystem, table: str) -> list[Hop]:
     while current != system.consumer_table:
         spec = system.tables.get(current)
         if spec is None:
-            raise RelationError("unknown-table", table, f"relation chain reaches unmapped table {current!r}")
+            raise RelationError(
+                "unknown-table", table, f"relation chain reaches unmapped table {current!r}"
+            )
         rel: Relation | None = spec.relation
         if rel is None:
             raise RelationError(

@@ -112,14 +112,18 @@ def check_against_schema(
     for tname, table in system.tables.items():
         loc = f"systems.{system_name}.tables.{tname}"
         if tname not in live_cols:
-            issues.append(Issue(loc, "live-missing-table", f"table {tname!r} is not in the database"))
+            issues.append(
+                Issue(loc, "live-missing-table", f"table {tname!r} is not in the database")
+            )
             continue
         wanted = {table.primary_key, table.time_column, *table.columns}
         wanted |= {table.tenant_column} if table.tenant_column else set()
         wanted |= {table.relation.column} if table.relation else set()
         for col in sorted(wanted - live_cols[tname]):
             issues.append(
-                Issue(f"{loc}.columns.{col}", "live-missing-column", f"{tname}.{col} does not exist")
+                Issue(
+                    f"{loc}.columns.{col}", "live-missing-column", f"{tname}.{col} does not exist"
+                )
             )
     for sname, store in datamap.stores.items():
         if isinstance(store, RecordingStore) and store.system == system_name:
@@ -229,11 +233,17 @@ def _system_issues(base: str, system: SqlSystem) -> Iterator[tuple[str, str, str
         loc = f"{base}.tables.{tname}"
         for name in system.ignore:
             if name == tname:
-                yield (f"{base}.ignore.{name}", "duplicate-name", f"{name!r} is both mapped and ignored")
+                yield (
+                    f"{base}.ignore.{name}",
+                    "duplicate-name",
+                    f"{name!r} is both mapped and ignored",
+                )
         yield from _table_issues(loc, tname, table, system)
 
 
-def _table_issues(loc: str, tname: str, table: Any, system: SqlSystem) -> Iterator[tuple[str, str, str]]:
+def _table_issues(
+    loc: str, tname: str, table: Any, system: SqlSystem
+) -> Iterator[tuple[str, str, str]]:
     if table.erase is TableErase.keep and not (table.exception and table.reason):
         yield (
             f"{loc}.erase",
@@ -304,12 +314,20 @@ def _store_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
         seen[(store.bucket, prefix)] = sname
         if isinstance(store, LogStore):
             if not any(f.identity for f in store.fields.values()):
-                yield (f"{loc}.fields", "missing-identity", "a log store needs at least one identity field")
+                yield (
+                    f"{loc}.fields",
+                    "missing-identity",
+                    "a log store needs at least one identity field",
+                )
             try:
                 __import__("datetime").date(2024, 1, 31).strftime(store.partition)
             except ValueError as exc:
                 yield (f"{loc}.partition", "structure", f"not a strftime pattern: {exc}")
-        if isinstance(store, RecordingStore) and system is not None and store.table not in system.tables:
+        if (
+            isinstance(store, RecordingStore)
+            and system is not None
+            and store.table not in system.tables
+        ):
             yield (
                 f"{loc}.table",
                 "unknown-table",
@@ -356,4 +374,8 @@ def _subprocessor_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
             "email": "@" in sp.target and " " not in sp.target,
         }[sp.channel]
         if not ok:
-            yield (f"{loc}.target", "bad-target", f"{sp.target!r} is not a valid {sp.channel} target")
+            yield (
+                f"{loc}.target",
+                "bad-target",
+                f"{sp.target!r} is not a valid {sp.channel} target",
+            )

@@ -15,11 +15,17 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-RETRIES = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=60)
+RETRIES = Config(
+    retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=60
+)
 
 
-def s3_client(endpoint_url: str | None = None, region: str = "us-east-1",
-              access_key: str | None = None, secret_key: str | None = None) -> Any:
+def s3_client(
+    endpoint_url: str | None = None,
+    region: str = "us-east-1",
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=endpoint_url,

@@ -19,9 +19,15 @@ def engine_from_url(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def url_from_connection(conn_type: str, host: str | None, login: str | None = None,
-                        password: str | None = None, port: int | None = None,
-                        schema: str | None = None, extra: dict[str, Any] | None = None) -> str:
+def url_from_connection(
+    conn_type: str,
+    host: str | None,
+    login: str | None = None,
+    password: str | None = None,
+    port: int | None = None,
+    schema: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
     """Build a SQLAlchemy URL from the fields of an Airflow connection."""
     extra = extra or {}
     if extra.get("sqlalchemy_url"):
@@ -32,7 +38,8 @@ def url_from_connection(conn_type: str, host: str | None, login: str | None = No
         auth = login or "postgres"
         if password:
             auth = f"{auth}:{password}"
-        return f"postgresql+psycopg2://{auth}@{host or '127.0.0.1'}:{port or 5432}/{schema or 'postgres'}"
+        where = f"{host or '127.0.0.1'}:{port or 5432}/{schema or 'postgres'}"
+        return f"postgresql+psycopg2://{auth}@{where}"
     raise ValueError(f"connection type {conn_type!r} is not supported for SQL systems")
 
 

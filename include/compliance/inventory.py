@@ -1,0 +1,300 @@
+"""Holding the data map against the live systems: existence, drift, and counts per category.
+
+A data map is only useful while it is true. This compares it with the databases and buckets it
+describes, flags what looks personal but is not mapped (drift: a new column, log field or prefix
+nobody classified), and counts records per category per client, the figures R8/R27 disclosures and
+retention planning rest on. Counting is one GROUP BY per table in the database.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from compliance.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
+from compliance.datamap.validate import check_against_schema
+from compliance.outputs import ensure_workspace, put_bytes, put_json, put_summary
+from compliance.sqlmap import MappedSql
+from compliance.stores.s3 import list_keys, list_prefixes, open_gzip_lines
+from compliance.stores.sql import table_columns
+
+# Names that suggest personal information. Deliberately broad: a false alarm costs a line in
+# `ignore`, a miss costs an unmapped category.
+PERSONAL_HINTS = re.compile(
+    r"(e_?mail|phone|mobile|name|addr|street|zip|postal|city|birth|dob|ssn|social|licen[cs]e|"
+    r"passport|account|iban|card|token|ip(_|$)|^ip|user_?agent|^ua$|device|geo|lat|lon|"
+    r"location|gender|race|religion|health|medical|salary|password|secret|answer|voice|"
+    r"recording|rcpt|recipient|contact|customer|person|ssn)",
+    re.IGNORECASE,
+)
+TECHNICAL = {"created_at", "updated_at", "deleted_at", "id"}
+
+
+class InventoryProblem(RuntimeError):
+    """The data map does not match the systems: the inventory run fails so someone looks."""
+
+    reason = "datamap_mismatch"
+
+
+@dataclass
+class Finding:
+    where: str
+    kind: str
+    detail: str
+
+
+@dataclass
+class SystemInventory:
+    name: str
+    kind: str
+    problems: list[Finding] = field(default_factory=list)
+    drift: list[Finding] = field(default_factory=list)
+    tables: dict[str, int] = field(default_factory=dict)  # rows per mapped table
+    per_client_category: list[dict[str, Any]] = field(default_factory=list)
+    objects: int = 0
+    bytes: int = 0
+    partitions: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def looks_personal(name: str) -> bool:
+    return name.lower() not in TECHNICAL and bool(PERSONAL_HINTS.search(name))
+
+
+def inspect_sql_system(engine: Engine, dm: DataMap, system_name: str) -> SystemInventory:
+    system = dm.systems[system_name]
+    live = table_columns(engine)
+    inv = SystemInventory(system_name, "sql")
+    inv.problems = [
+        Finding(i.location, i.rule, i.message) for i in check_against_schema(dm, system_name, live)
+    ]
+    for tname, cols in sorted(live.items()):
+        spec = system.tables.get(tname)
+        if spec is None:
+            if tname in system.ignore:
+                continue
+            personal = [c for c in cols if looks_personal(c)]
+            if personal:
+                inv.drift.append(
+                    Finding(
+                        f"{system_name}.{tname}",
+                        "unmapped-table",
+                        f"not in the data map; columns that look personal: {', '.join(personal)}",
+                    )
+                )
+            continue
+        known = {spec.primary_key, spec.time_column, *spec.columns}
+        known |= {spec.tenant_column} if spec.tenant_column else set()
+        known |= {spec.relation.column} if spec.relation else set()
+        for col in cols:
+            if col not in known and looks_personal(col):
+                inv.drift.append(
+                    Finding(
+                        f"{system_name}.{tname}.{col}",
+                        "unmapped-column",
+                        "looks personal but has no category in the data map",
+                    )
+                )
+    present = {t for t in system.tables if t in live}
+    sql = MappedSql(engine, system, present)
+    counts: dict[tuple[Any, str], int] = defaultdict(int)
+    with engine.connect() as conn:
+        for tname in sorted(present):
+            owned = sql.owned(tname)
+            stmt = (
+                sa.select(owned.tenant.label("client_id"), sa.func.count().label("n"))
+                .select_from(owned.from_clause)
+                .group_by(owned.tenant)
+            )
+            categories = {
+                c.value for col in system.tables[tname].columns.values() for c in col.categories
+            }
+            total = 0
+            for client_id, n in conn.execute(stmt):
+                total += n
+                for cat in categories:
+                    counts[(client_id, cat)] += n
+            inv.tables[tname] = total
+    inv.per_client_category = [
+        {"client_id": client, "category": cat, "records": n}
+        for (client, cat), n in sorted(counts.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
+    ]
+    return inv
+
+
+def inspect_object_store(
+    s3: Any, dm: DataMap, store_name: str, sample_lines: int = 200
+) -> SystemInventory:
+    store = dm.stores[store_name]
+    inv = SystemInventory(store_name, store.kind)
+    try:
+        s3.head_bucket(Bucket=store.bucket)
+    except Exception:
+        inv.problems.append(
+            Finding(
+                f"stores.{store_name}.bucket",
+                "missing-bucket",
+                f"bucket {store.bucket!r} does not exist or is not readable",
+            )
+        )
+        return inv
+    prefix = getattr(store, "prefix", "")
+    first_key = None
+    for obj in list_keys(s3, store.bucket, prefix):
+        inv.objects += 1
+        inv.bytes += int(obj["Size"])
+        first_key = first_key or obj["Key"]
+    if isinstance(store, LogStore):
+        inv.partitions = _count_partitions(s3, store)
+        if first_key is not None:
+            inv.drift.extend(_log_field_drift(s3, store_name, store, first_key, sample_lines))
+    elif isinstance(store, BackupStore):
+        inv.partitions = len(list_prefixes(s3, store.bucket, store.prefix))
+    if inv.objects == 0 and not isinstance(store, RecordingStore):
+        inv.problems.append(
+            Finding(
+                f"stores.{store_name}.prefix",
+                "empty-prefix",
+                f"no objects under s3://{store.bucket}/{prefix}",
+            )
+        )
+    inv.drift.extend(_unmapped_prefixes(s3, dm, store_name))
+    return inv
+
+
+def _count_partitions(s3: Any, store: LogStore) -> int:
+    depth = store.partition.count("/")
+    level = [store.prefix]
+    for _ in range(depth):
+        level = [p for parent in level for p in list_prefixes(s3, store.bucket, parent)]
+    return len(level)
+
+
+def _log_field_drift(s3: Any, name: str, store: LogStore, key: str, limit: int) -> list[Finding]:
+    seen: set[str] = set()
+    for i, line in enumerate(open_gzip_lines(s3, store.bucket, key)):
+        if i >= limit:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            seen.update(record)
+    known = {store.timestamp_field, store.tenant_field, *store.fields}
+    return [
+        Finding(f"{name}.{fname}", "unmapped-field", "log field looks personal but is not mapped")
+        for fname in sorted(seen - known)
+        if looks_personal(fname)
+    ]
+
+
+def _unmapped_prefixes(s3: Any, dm: DataMap, store_name: str) -> list[Finding]:
+    """Top-level prefixes of this store's bucket that no store maps (reported once per bucket)."""
+    store = dm.stores[store_name]
+    same_bucket = sorted(n for n, s in dm.stores.items() if s.bucket == store.bucket)
+    if same_bucket[0] != store_name:
+        return []
+    mapped = [getattr(s, "prefix", "") for s in dm.stores.values() if s.bucket == store.bucket]
+    if "" in mapped:
+        return []
+    return [
+        Finding(
+            f"s3://{store.bucket}/{top}", "unmapped-prefix", "objects here are not in the data map"
+        )
+        for top in list_prefixes(s3, store.bucket, "")
+        if not any(top.startswith(m) or m.startswith(top) for m in mapped)
+    ]
+
+
+def summarise(
+    day: str, systems: list[dict[str, Any]], stores: list[dict[str, Any]]
+) -> dict[str, Any]:
+    everything = systems + stores
+    return {
+        "date": day,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "problems": sum(len(s["problems"]) for s in everything),
+        "drift": sum(len(s["drift"]) for s in everything),
+        "systems": systems,
+        "stores": stores,
+    }
+
+
+def write_report(
+    s3: Any, bucket: str, day: str, systems: list[dict], stores: list[dict]
+) -> dict[str, Any]:
+    """Upload `inventory/<day>/inventory.{json,html}`; return a small summary for XCom."""
+    report = summarise(day, systems, stores)
+    base = f"inventory/{day}/"
+    ensure_workspace(s3, bucket)
+    put_json(s3, bucket, base + "inventory.json", report)
+    page = render_html(report).encode()
+    uri = put_bytes(s3, bucket, base + "inventory.html", page, "text/html; charset=utf-8")
+    summary = {"date": day, "problems": report["problems"], "drift": report["drift"], "report": uri}
+    put_summary(s3, bucket, "data_inventory", summary)
+    return summary
+
+
+def raise_on_problems(summary: dict[str, Any]) -> None:
+    if summary["problems"]:
+        raise InventoryProblem(
+            f"{summary['problems']} mismatch(es) between the data map and the systems; "
+            f"see {summary['report']}"
+        )
+
+
+def render_html(report: dict[str, Any]) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Data inventory "
+        f"{esc(report['date'])}</title><style>body{{font-family:sans-serif;margin:2em}}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        ".bad{color:#b00}</style></head><body>",
+        f"<h1>Data inventory {esc(report['date'])}</h1>",
+        f"<p>{report['problems']} problem(s), {report['drift']} drift finding(s).</p>",
+    ]
+    for item in report["systems"] + report["stores"]:
+        parts.append(f"<h2>{esc(item['name'])} <small>({esc(item['kind'])})</small></h2>")
+        for label, key in (("Problems", "problems"), ("Drift", "drift")):
+            if item[key]:
+                rows = "".join(
+                    f"<tr><td>{esc(f['where'])}</td><td>{esc(f['kind'])}</td>"
+                    f"<td>{esc(f['detail'])}</td></tr>"
+                    for f in item[key]
+                )
+                parts.append(f"<h3 class='bad'>{label}</h3><table>{rows}</table>")
+        if item["tables"]:
+            rows = "".join(
+                f"<tr><td>{esc(t)}</td><td>{n}</td></tr>" for t, n in item["tables"].items()
+            )
+            parts.append(
+                f"<h3>Rows per table</h3><table><tr><th>table</th><th>rows</th></tr>{rows}</table>"
+            )
+        if item["per_client_category"]:
+            rows = "".join(
+                f"<tr><td>{esc(str(r['client_id']))}</td><td>{esc(r['category'])}</td>"
+                f"<td>{r['records']}</td></tr>"
+                for r in item["per_client_category"]
+            )
+            parts.append(
+                "<h3>Records per client and category</h3><table><tr><th>client</th>"
+                f"<th>category</th><th>records</th></tr>{rows}</table>"
+            )
+        if item["objects"]:
+            parts.append(
+                f"<p>{item['objects']} object(s), {item['bytes']} bytes, "
+                f"{item['partitions']} partition(s).</p>"
+            )
+    parts.append("</body></html>")
+    return "".join(parts)

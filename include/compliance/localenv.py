@@ -1,0 +1,102 @@
+"""The embedded local stack: SQLite CRM + SQLite Airflow metadata + moto S3, under one folder.
+
+`make demo`, `make up` and the end-to-end tests all build their environment here, so the three
+cannot drift apart. Every process started here gets its own process group, and `stop_group`
+escalates to SIGKILL after a grace period (the scheduler ignores SIGTERM for a while).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from compliance.settings import REPO_ROOT
+
+
+def airflow_env(home: Path, s3_url: str, crm_url_path: Path) -> dict[str, str]:
+    """Environment for Airflow commands over the local stack rooted at `home`."""
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"  # standalone spawns `airflow ...`
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW_CONN_CRM_DB": json.dumps({"conn_type": "sqlite", "host": str(crm_url_path)}),
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "testing",
+                    "password": "testing",
+                    "extra": {"endpoint_url": s3_url, "region_name": "us-east-1"},
+                }
+            ),
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "COMPLIANCE_DATAMAP": str(REPO_ROOT / "config" / "datamap.yaml"),
+            "COMPLIANCE_RETENTION": str(REPO_ROOT / "config" / "retention.yaml"),
+            "COMPLIANCE_WORKSPACE_BUCKET": "cj-compliance",
+            "COMPLIANCE_HASH_KEY": "local-demo-key-" + home.name,
+            "PYTHONPATH": str(REPO_ROOT / "include"),
+        }
+    )
+    return env
+
+
+def start_group(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = log.open("ab")
+    return subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def stop_group(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def start_s3(home: Path) -> tuple[subprocess.Popen, str]:
+    """Run a moto server in its own process group; wait until it answers."""
+    port_file = home / "s3.url"
+    port_file.unlink(missing_ok=True)
+    proc = start_group(
+        [sys.executable, "-m", "compliance", "local-s3", "--port-file", str(port_file)],
+        home / "logs" / "s3.log",
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text().startswith("http"):
+            return proc, port_file.read_text().strip()
+        if proc.poll() is not None:
+            raise RuntimeError(f"local S3 server exited; see {home / 'logs' / 's3.log'}")
+        time.sleep(0.1)
+    stop_group(proc.pid)
+    raise RuntimeError("local S3 server did not start within 30 s")

@@ -1,0 +1,126 @@
+"""`make demo`: seed a realistic world into the embedded stack, run every DAG, collect outputs.
+
+Everything lives under `.demo/` (gitignored): `demo/` holds the SQLite CRM and Airflow home,
+`out/` what a person would open, `logs/` each DAG run's output. Exits non-zero if any DAG fails,
+and always stops the S3 server it started.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from compliance.localenv import airflow_env, start_s3, stop_group
+from compliance.settings import REPO_ROOT
+from compliance.stores.s3 import list_keys, s3_client
+
+DEMO = REPO_ROOT / ".demo"
+HOME = DEMO / "demo"
+OUT = DEMO / "out"
+LOGS = DEMO / "logs"
+
+# (dag_id, conf): every DAG of the project, in the order a day would run them.
+DAGS: list[tuple[str, dict]] = [
+    ("data_inventory", {}),
+]
+
+
+def run(cmd: list[str], env: dict[str, str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as handle:
+        return subprocess.call(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def dag_succeeded(log: Path, rc: int) -> bool:
+    text = log.read_text(errors="replace")
+    return rc == 0 and "state=failed" not in text and "DagRunState.FAILED" not in text
+
+
+def main() -> int:
+    shutil.rmtree(HOME, ignore_errors=True)
+    shutil.rmtree(OUT, ignore_errors=True)
+    shutil.rmtree(LOGS, ignore_errors=True)
+    HOME.mkdir(parents=True)
+    crm = HOME / "crm.db"
+    s3_proc, s3_url = start_s3(HOME)
+    failed: list[str] = []
+    try:
+        env = airflow_env(HOME, s3_url, crm)
+        today = datetime.now(UTC).date().isoformat()
+        print(f"local S3 at {s3_url}; Airflow home {HOME / 'airflow'}")
+        steps = [
+            ("airflow db migrate", ["airflow", "db", "migrate"]),
+            (
+                "seed world",
+                [
+                    sys.executable,
+                    "-m",
+                    "compliance",
+                    "world",
+                    "seed",
+                    "--db",
+                    f"sqlite:///{crm}",
+                    "--s3",
+                    s3_url,
+                    "--scale",
+                    "small",
+                    "--as-of",
+                    today,
+                ],
+            ),
+        ]
+        for label, cmd in steps:
+            t0 = time.monotonic()
+            rc = run(cmd, env, LOGS / f"{label.replace(' ', '_')}.log")
+            print(f"  {label:<28} {'ok' if rc == 0 else 'FAILED'} ({time.monotonic() - t0:.0f}s)")
+            if rc:
+                print((LOGS / f"{label.replace(' ', '_')}.log").read_text()[-3000:])
+                return 1
+        for dag_id, conf in DAGS:
+            t0 = time.monotonic()
+            log = LOGS / f"{dag_id}.log"
+            rc = run(["airflow", "dags", "test", dag_id, "-c", json.dumps(conf)], env, log)
+            ok = dag_succeeded(log, rc)
+            failed += [] if ok else [dag_id]
+            print(
+                f"  dag {dag_id:<24} {'success' if ok else 'FAILED'} ({time.monotonic() - t0:.0f}s)"
+            )
+        s3 = s3_client(endpoint_url=s3_url, access_key="testing", secret_key="testing")
+        bucket = env["COMPLIANCE_WORKSPACE_BUCKET"]
+        copied = collect(s3, bucket)
+        print(f"\n{copied} output file(s) copied to {OUT.relative_to(REPO_ROOT)}/")
+        for path in sorted((OUT / "summaries").glob("*.json")):
+            print(f"  {path.stem}: {json.dumps(json.loads(path.read_text()))}")
+        print(f"logs of each step: {LOGS.relative_to(REPO_ROOT)}/")
+    finally:
+        stop_group(s3_proc.pid)
+    if failed:
+        print(f"\nFAILED DAGs: {', '.join(failed)} (see .demo/logs/)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def collect(s3, bucket: str) -> int:
+    """Copy the workspace bucket's outputs (reports, receipts, bundles) into .demo/out/."""
+    count = 0
+    try:
+        keys = list(list_keys(s3, bucket))
+    except Exception:
+        return 0
+    for obj in keys:
+        target = (OUT / obj["Key"]).resolve()
+        if not target.is_relative_to(OUT.resolve()):  # never write outside .demo/out
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, obj["Key"], str(target))
+        count += 1
+    return count
+
+
+if __name__ == "__main__":
+    sys.exit(main())
