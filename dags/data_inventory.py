@@ -32,37 +32,34 @@ from compliance_alerts import DEFAULT_ARGS
 )
 def data_inventory():
     @task
-    def plan() -> dict:
-        """Validate the map and list what to inspect (small JSON only)."""
+    def plan() -> list[str]:
+        """Validate the map and name what to inspect: one mapped task per system and store."""
         dm = runtime.datamap()
-        return {"systems": sorted(dm.systems), "stores": sorted(dm.stores)}
+        return [f"system:{name}" for name in sorted(dm.systems)] + [
+            f"store:{name}" for name in sorted(dm.stores)
+        ]
 
-    @task(map_index_template="{{ system }}")
-    def inspect_system(system: str) -> dict:
+    @task(map_index_template="{{ target }}")
+    def inspect(target: str) -> dict:
+        kind, name = target.split(":", 1)
         dm = runtime.datamap()
-        engine = runtime.sql_engine(dm.systems[system].connection)
-        return inventory.inspect_sql_system(engine, dm, system).to_dict()
-
-    @task(map_index_template="{{ store }}")
-    def inspect_store(store: str) -> dict:
-        dm = runtime.datamap()
-        return inventory.inspect_object_store(
-            runtime.s3(dm.stores[store].connection), dm, store
-        ).to_dict()
+        if kind == "system":
+            engine = runtime.sql_engine(dm.systems[name].connection)
+            return inventory.inspect_sql_system(engine, dm, name).to_dict()
+        s3 = runtime.s3(dm.stores[name].connection)
+        return inventory.inspect_object_store(s3, dm, name).to_dict()
 
     @task
-    def report(systems: list[dict], stores: list[dict]) -> dict:
+    def report(findings: list[dict]) -> dict:
         cfg = runtime.settings()
         s3 = runtime.s3(cfg.workspace_connection)
-        day = runtime.run_day()
-        summary = inventory.write_report(s3, cfg.workspace_bucket, day, list(systems), list(stores))
+        summary = inventory.write_report(
+            s3, cfg.workspace_bucket, runtime.run_day(), list(findings)
+        )
         inventory.raise_on_problems(summary)
         return summary
 
-    planned = plan()
-    systems = inspect_system.expand(system=planned["systems"])
-    stores = inspect_store.expand(store=planned["stores"])
-    report(systems, stores)
+    report(inspect.expand(target=plan()))
 
 
 data_inventory()

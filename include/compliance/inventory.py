@@ -217,10 +217,10 @@ def _unmapped_prefixes(s3: Any, dm: DataMap, store_name: str) -> list[Finding]:
     ]
 
 
-def summarise(
-    day: str, systems: list[dict[str, Any]], stores: list[dict[str, Any]]
-) -> dict[str, Any]:
-    everything = systems + stores
+def summarise(day: str, findings: list[dict[str, Any]]) -> dict[str, Any]:
+    systems = [f for f in findings if f["kind"] == "sql"]
+    stores = [f for f in findings if f["kind"] != "sql"]
+    everything = findings
     return {
         "date": day,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -231,11 +231,9 @@ def summarise(
     }
 
 
-def write_report(
-    s3: Any, bucket: str, day: str, systems: list[dict], stores: list[dict]
-) -> dict[str, Any]:
+def write_report(s3: Any, bucket: str, day: str, findings: list[dict]) -> dict[str, Any]:
     """Upload `inventory/<day>/inventory.{json,html}`; return a small summary for XCom."""
-    report = summarise(day, systems, stores)
+    report = summarise(day, findings)
     base = f"inventory/{day}/"
     ensure_workspace(s3, bucket)
     put_json(s3, bucket, base + "inventory.json", report)

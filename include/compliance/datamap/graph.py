@@ -66,7 +66,13 @@ def tenant_path(system: SqlSystem, table: str) -> tuple[list[Hop], str]:
         target = system.tables[hop.target_table]
         if target.tenant_column:
             return hops[: i + 1], target.tenant_column
-    raise RelationError("missing-tenant", table, f"no tenant column on the way from {table!r}")
+    path = " -> ".join([table, *(hop.target_table for hop in hops)])
+    raise RelationError(
+        "missing-tenant",
+        table,
+        f"no table on the way {path} has a tenant_column, so {table!r} rows cannot be "
+        "limited to one client",
+    )
 
 
 def erase_order(system: SqlSystem) -> list[str]:

@@ -7,10 +7,12 @@ by `compliance.datamap.validate`. Field names are the YAML keys documented in `d
 
 from __future__ import annotations
 
+import re
+from datetime import date, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
 class Category(StrEnum):
@@ -80,7 +82,13 @@ class TableErase(StrEnum):
     keep = "keep"  # keep rows under an exception code
 
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
+# Patterns are named so the validator can explain a mismatch in words (validate._PATTERN_HELP).
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+REFERENCE_PATTERN = r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$"
+PREFIX_PATTERN = r"^([A-Za-z0-9!_.*'()=-]+/)*$"
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 
 
 class Strict(BaseModel):
@@ -100,7 +108,7 @@ class Relation(Strict):
     """`column` of this table points at `references` ("table.column"), one step toward the consumer."""
 
     column: Name
-    references: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$")]
+    references: Annotated[str, StringConstraints(pattern=REFERENCE_PATTERN)]
 
     @property
     def target_table(self) -> str:
@@ -138,8 +146,46 @@ class Field_(Strict):
     withhold: Withhold | None = None
 
 
-Prefix = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9!_.*'()=-]+/)*$")]
-Bucket = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+Prefix = Annotated[str, StringConstraints(pattern=PREFIX_PATTERN)]
+Bucket = Annotated[str, StringConstraints(pattern=BUCKET_PATTERN)]
+
+_PARTITION_DIRECTIVES = frozenset("YymdjF")
+_TWO_YEARS = [date(2023, 1, 1) + timedelta(days=i) for i in range(731)]
+
+
+def partition_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot name one S3 folder per day, or None when it can.
+
+    `datetime.strftime` accepts almost anything (an unknown `%Q` is copied as is), so the
+    directives are checked here: only date parts, every day a distinct folder, a valid key.
+    """
+    for match in re.finditer(r"%(.?)", pattern, re.DOTALL):
+        directive = match.group(1)
+        if not directive:
+            return "ends with a lone '%'"
+        if directive not in _PARTITION_DIRECTIVES:
+            return (
+                f"%{directive} is not supported in a daily partition "
+                "(use %Y, %m and %d; %y, %j and %F work too)"
+            )
+    if not pattern.endswith("/"):
+        return "must end with '/': each day is a folder"
+    if len({day.strftime(pattern) for day in _TWO_YEARS}) != len(_TWO_YEARS):
+        return "does not name a distinct folder per day: it needs a year, a month and a day"
+    sample = date(2024, 1, 31).strftime(pattern)
+    if not re.fullmatch(PREFIX_PATTERN, sample):
+        return f"gives {sample!r}, which is not a valid S3 key prefix"
+    return None
+
+
+def _check_partition(pattern: str) -> str:
+    problem = partition_problem(pattern)
+    if problem:
+        raise ValueError(f"partition {pattern!r} {problem}")
+    return pattern
+
+
+Partition = Annotated[str, AfterValidator(_check_partition)]
 
 
 class LogStore(Strict):
@@ -149,7 +195,7 @@ class LogStore(Strict):
     connection: Name = "aws_default"
     bucket: Bucket
     prefix: Prefix
-    partition: str = "dt=%Y-%m-%d/"
+    partition: Partition = "dt=%Y-%m-%d/"
     system: Name  # the SQL system whose tenant and contact ids the lines carry
     timestamp_field: str
     tenant_field: str

@@ -3,32 +3,45 @@
 Two passes: pydantic checks the structure (types, enums, unknown keys) and reports all structural
 errors; when the structure is sound, the cross-reference rules below run and report all theirs.
 Each `Issue` names a location (dotted path and YAML line) and a rule id from `RULES`.
+Duplicate YAML keys (which a YAML loader silently collapses) are reported in either case.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from compliance.datamap.graph import RelationError, chain_to_consumer, tenant_path
 from compliance.datamap.model import (
-    BackupStore,
+    BUCKET_PATTERN,
+    NAME_PATTERN,
+    PREFIX_PATTERN,
+    REFERENCE_PATTERN,
+    Category,
     ColumnErase,
     DataMap,
+    ExceptionCode,
+    IdentityType,
     LogStore,
     RecordingStore,
     SqlSystem,
+    Table,
     TableErase,
+    Withhold,
 )
 
 RULES: dict[str, str] = {
     "yaml-syntax": "the file must be valid YAML holding a mapping",
-    "structure": "keys and values must have the documented types",
+    "structure": "keys and values must have the documented types and formats",
     "unknown-key": "only documented keys are allowed",
     "unknown-category": "categories are the CCPA categories of Stat 1798.140",
     "unknown-table": "a referenced table must be mapped in the same system",
@@ -43,7 +56,7 @@ RULES: dict[str, str] = {
     "exception-required": "data kept despite deletion needs an R19 exception code (and a reason)",
     "category-undescribed": "every category used must be described in `categories` (R8)",
     "prefix-overlap": "two stores may not share a bucket prefix",
-    "duplicate-name": "names must be unique",
+    "duplicate-name": "names must be unique (YAML keys, sub-processors, mapped vs ignored tables)",
     "bad-target": "a sub-processor target must fit its channel",
     "live-missing-table": "a mapped table must exist in the database",
     "live-missing-column": "a mapped column must exist in its table",
@@ -75,37 +88,49 @@ class DataMapInvalid(ValueError):
 def load_datamap(path: str | Path) -> DataMap:
     """Read and check a data map file; raise `DataMapInvalid` listing every mistake."""
     path = Path(path)
-    datamap, issues = check_text(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        issue = Issue("<file>", "yaml-syntax", f"the file is not UTF-8 text ({exc.reason})")
+        raise DataMapInvalid(str(path), [issue]) from exc
+    datamap, issues = check_text(text)
     if issues or datamap is None:
         raise DataMapInvalid(str(path), issues)
     return datamap
 
 
 def check_text(text: str) -> tuple[DataMap | None, list[Issue]]:
+    """Check a data map's YAML text: the map (None if its structure is broken) and every issue."""
     try:
+        root = yaml.compose(text)
         raw = yaml.safe_load(text)
-        lines = _line_index(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        return None, [Issue("<file>", "yaml-syntax", str(exc).splitlines()[0], line)]
+        return None, [_yaml_issue(exc)]
+    if raw is None:
+        return None, [Issue("<file>", "yaml-syntax", "the file is empty: a data map is a mapping")]
     if not isinstance(raw, dict):
-        return None, [Issue("<file>", "yaml-syntax", "the data map must be a YAML mapping")]
+        message = f"the data map must be a YAML mapping (key: value), not {_describe(raw)}"
+        return None, [Issue("<file>", "yaml-syntax", message, 1)]
+    lines, duplicates = _line_index(root)
     try:
         datamap = DataMap.model_validate(raw)
     except ValidationError as exc:
-        return None, [_structural_issue(err, lines) for err in exc.errors()]
+        return None, duplicates + _structural_issues(exc.errors(), lines)
     issues = [
-        Issue(loc, rule, msg, lines.get(loc) or lines.get(loc.rsplit(".", 1)[0]))
+        Issue(loc, rule, msg, _nearest_line(loc, lines))
         for loc, rule, msg in _cross_reference_issues(datamap)
     ]
-    return datamap, issues
+    return datamap, duplicates + issues
 
 
 def check_against_schema(
     datamap: DataMap, system_name: str, live: Mapping[str, Iterable[str]]
 ) -> list[Issue]:
-    """Compare a SQL system's mapping with the live database (`live`: table -> column names)."""
+    """Compare a SQL system's mapping with the live database (`live`: table -> column names).
+
+    A missing column is located where the map names it: `columns.<name>`, or `primary_key`,
+    `time_column`, `tenant_column`, `relation.column`.
+    """
     system = datamap.systems[system_name]
     live_cols = {table: set(cols) for table, cols in live.items()}
     issues: list[Issue] = []
@@ -116,49 +141,100 @@ def check_against_schema(
                 Issue(loc, "live-missing-table", f"table {tname!r} is not in the database")
             )
             continue
-        wanted = {table.primary_key, table.time_column, *table.columns}
-        wanted |= {table.tenant_column} if table.tenant_column else set()
-        wanted |= {table.relation.column} if table.relation else set()
-        for col in sorted(wanted - live_cols[tname]):
-            issues.append(
-                Issue(
-                    f"{loc}.columns.{col}", "live-missing-column", f"{tname}.{col} does not exist"
-                )
-            )
-    for sname, store in datamap.stores.items():
-        if isinstance(store, RecordingStore) and store.system == system_name:
-            cols = live_cols.get(store.table, set())
-            if store.key_column not in cols:
+        for col, where in _named_columns(table).items():
+            if col not in live_cols[tname]:
                 issues.append(
                     Issue(
-                        f"stores.{sname}.key_column",
+                        f"{loc}.{where}",
                         "live-missing-column",
-                        f"{store.table}.{store.key_column} does not exist",
+                        f"column {col!r} is not in table {tname!r} of the database",
                     )
                 )
+    for sname, store in datamap.stores.items():
+        if not (isinstance(store, RecordingStore) and store.system == system_name):
+            continue
+        if store.table not in live_cols:
+            if store.table not in system.tables:  # a mapped table is reported above
+                issues.append(
+                    Issue(
+                        f"stores.{sname}.table",
+                        "live-missing-table",
+                        f"table {store.table!r} is not in the database",
+                    )
+                )
+        elif store.key_column not in live_cols[store.table]:
+            issues.append(
+                Issue(
+                    f"stores.{sname}.key_column",
+                    "live-missing-column",
+                    f"column {store.key_column!r} is not in table {store.table!r} of the database",
+                )
+            )
     return issues
 
 
-# -- structural errors -------------------------------------------------------------------------
+def _named_columns(table: Table) -> dict[str, str]:
+    """Every column the map names for `table` -> the key that names it (first one wins)."""
+    named = {name: f"columns.{name}" for name in table.columns}
+    named.setdefault(table.primary_key, "primary_key")
+    named.setdefault(table.time_column, "time_column")
+    if table.tenant_column:
+        named.setdefault(table.tenant_column, "tenant_column")
+    if table.relation:
+        named.setdefault(table.relation.column, "relation.column")
+    return named
 
 
-def _structural_issue(err: Any, lines: dict[str, int]) -> Issue:
-    loc_parts = [str(p) for p in err["loc"] if not _is_union_tag(p)]
-    loc = ".".join(loc_parts) or "<root>"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        rule, msg = "unknown-key", f"unknown key {loc_parts[-1]!r}"
-    elif kind == "enum" and "categor" in loc:
-        rule, msg = "unknown-category", f"{err['input']!r} is not a CCPA category; {err['msg']}"
-    elif kind == "missing":
-        rule, msg = "structure", f"required key {loc_parts[-1]!r} is missing"
-    else:
-        rule, msg = "structure", err["msg"]
-    return Issue(loc, rule, msg, _nearest_line(loc, lines))
+# -- YAML ----------------------------------------------------------------------------------------
 
 
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and part in {"log", "backup", "recordings"}
+def _yaml_issue(exc: yaml.YAMLError) -> Issue:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    message = f"{problem} (column {mark.column + 1})" if mark else problem
+    context = getattr(exc, "context", None)
+    if context:
+        context_mark = getattr(exc, "context_mark", None)
+        started = f" that starts on line {context_mark.line + 1}" if context_mark else ""
+        message += f", {context}{started}"
+    return Issue("<file>", "yaml-syntax", message, mark.line + 1 if mark else None)
+
+
+def _line_index(root: yaml.Node | None) -> tuple[dict[str, int], list[Issue]]:
+    """Dotted path -> 1-based line of each YAML node; and the keys given twice in one mapping."""
+    index: dict[str, int] = {}
+    duplicates: list[Issue] = []
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                sub = f"{path}.{name}" if path else name
+                line = key.start_mark.line + 1
+                if name in first:
+                    duplicates.append(
+                        Issue(
+                            sub,
+                            "duplicate-name",
+                            f"key {name!r} is given twice (first on line {first[name]}); "
+                            "YAML would silently keep only the last one",
+                            line,
+                        )
+                    )
+                else:
+                    first[name] = line
+                    index[sub] = line
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = f"{path}.{i}"
+                index[sub] = item.start_mark.line + 1
+                walk(item, sub)
+
+    if root is not None:
+        walk(root, "")
+    return index, duplicates
 
 
 def _nearest_line(loc: str, lines: dict[str, int]) -> int | None:
@@ -169,29 +245,185 @@ def _nearest_line(loc: str, lines: dict[str, int]) -> int | None:
     return None
 
 
-def _line_index(text: str) -> dict[str, int]:
-    """Dotted path -> 1-based line of each YAML node, so errors can point into the file."""
-    root = yaml.compose(text)
-    index: dict[str, int] = {}
+# -- structural errors ---------------------------------------------------------------------------
 
-    def walk(node: yaml.Node, path: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                sub = f"{path}.{key.value}" if path else str(key.value)
-                index[sub] = key.start_mark.line + 1
-                walk(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                sub = f"{path}.{i}"
-                index[sub] = item.start_mark.line + 1
-                walk(item, sub)
+_STORE_KINDS = ("log", "backup", "recordings")
 
-    if root is not None:
-        walk(root, "")
-    return index
+# What an enum or literal value is, in words, keyed by the set of values pydantic expected.
+_VALUE_NOUNS: dict[frozenset[str], str] = {
+    frozenset(Category): "a CCPA category",
+    frozenset(Withhold): "an R10 withhold kind",
+    frozenset(IdentityType): "an identity type",
+    frozenset(ExceptionCode): "an R19 exception code",
+    frozenset(ColumnErase): "a column erase action",
+    frozenset(TableErase): "a table erase action",
+    frozenset({"drop_line", "redact"}): "a log erase action",
+    frozenset({"webhook", "sns", "email"}): "a sub-processor channel",
+    frozenset({"sql"}): "a system kind",
+    frozenset({"1"}): "a supported data map version",
+}
+
+_PATTERN_HELP: dict[str, str] = {
+    NAME_PATTERN: "is not a valid name: use letters, digits and '_', not starting with a digit",
+    REFERENCE_PATTERN: "is not a reference: write 'table.column'",
+    PREFIX_PATTERN: "is not a valid prefix: '' (the whole bucket) or folders each ending "
+    "with '/', e.g. 'app/'",
+    BUCKET_PATTERN: "is not a valid S3 bucket name: 3 to 63 lowercase letters, digits, '.' "
+    "and '-', starting and ending with a letter or digit",
+}
 
 
-# -- cross-reference rules ---------------------------------------------------------------------
+def _structural_issues(errors: list[Any], lines: dict[str, int]) -> list[Issue]:
+    # A misspelt required key gives two errors (unknown `primary_kye`, missing `primary_key`):
+    # report it once, as the unknown key with its correction.
+    missing = {
+        tuple(_path(err["loc"])) for err in errors if err["type"] == "missing"
+    }
+    folded: set[tuple[str, ...]] = set()
+    suggestions: dict[int, str] = {}
+    for n, err in enumerate(errors):
+        if err["type"] == "extra_forbidden":
+            parts = _path(err["loc"])
+            allowed = _allowed_keys(err["loc"][:-1])
+            close = difflib.get_close_matches(parts[-1], allowed, n=1, cutoff=0.6)
+            if close:
+                suggestions[n] = close[0]
+                target = (*parts[:-1], close[0])
+                if target in missing:
+                    folded.add(target)
+            elif allowed:
+                suggestions[n] = ""
+    issues = []
+    for n, err in enumerate(errors):
+        parts = _path(err["loc"])
+        if err["type"] == "missing" and tuple(parts) in folded:
+            continue
+        rule, message, parts = _describe_error(err, parts, suggestions.get(n), folded)
+        loc = ".".join(parts) or "<root>"
+        issues.append(Issue(loc, rule, message, _nearest_line(loc, lines)))
+    return issues
+
+
+def _describe_error(
+    err: Any, parts: list[str], suggestion: str | None, folded: set[tuple[str, ...]]
+) -> tuple[str, str, list[str]]:
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    is_key = bool(err["loc"]) and err["loc"][-1] == "[key]"
+    if kind == "extra_forbidden":
+        message = f"unknown key {parts[-1]!r}"
+        if suggestion:
+            required = " (a required key)" if (*parts[:-1], suggestion) in folded else ""
+            message += f": did you mean {suggestion!r}{required}?"
+        elif suggestion == "":
+            allowed = ", ".join(_allowed_keys(err["loc"][:-1]))
+            message += f"; expected one of: {allowed}"
+        return "unknown-key", message, parts
+    if kind == "missing":
+        return "structure", f"required key {parts[-1]!r} is missing", parts
+    if kind in {"enum", "literal_error"}:
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", ""))) or [
+            str(ctx.get("expected", ""))
+        ]
+        noun = _VALUE_NOUNS.get(frozenset(expected), "allowed here")
+        rule = "unknown-category" if noun == "a CCPA category" else "structure"
+        message = f"{value!r} is not {noun} (expected one of: {', '.join(expected)})"
+        return rule, message, parts
+    if kind == "union_tag_invalid":
+        message = (
+            f"{ctx.get('tag')!r} is not a store kind (expected one of: {', '.join(_STORE_KINDS)})"
+        )
+        return "structure", message, [*parts, "kind"]
+    if kind == "union_tag_not_found":
+        if not isinstance(value, dict):
+            return "structure", f"expected a store (a mapping), got {_describe(value)}", parts
+        message = f"required key 'kind' is missing (one of: {', '.join(_STORE_KINDS)})"
+        return "structure", message, [*parts, "kind"]
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+        return "structure", f"{value!r} {_PATTERN_HELP[ctx['pattern']]}", parts
+    if kind == "value_error" and "error" in ctx:
+        return "structure", str(ctx["error"]), parts
+    if kind in {"dict_type", "model_type", "model_attributes_type"}:
+        return "structure", f"expected a mapping (key: value), got {_describe(value)}", parts
+    if kind == "list_type":
+        return "structure", f"expected a list, got {_describe(value)}", parts
+    if kind == "string_type":
+        return "structure", f"expected text, got {_describe(value)}", parts
+    if kind == "too_short" and not value:
+        return "structure", "must not be empty", parts
+    message = err["msg"]
+    if is_key:
+        message = f"key {value!r}: {message}"
+    return "structure", message, parts
+
+
+def _path(loc: tuple[Any, ...]) -> list[str]:
+    """Pydantic's error location as the dotted-path parts of the YAML (no union tag, no [key])."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 2 and parts[0] == "stores" and parts[2] in _STORE_KINDS:
+        del parts[2]  # the discriminator tag pydantic inserts after `stores.<name>`
+    if parts and parts[-1] == "[key]":
+        parts.pop()
+    return parts
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model allows at `loc` (pydantic's raw location of a mapping), if it is a model."""
+    node: Any = DataMap
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            if field is None:
+                return []
+            node = field.annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        elif get_origin(node) is list:
+            node = get_args(node)[0]
+        elif get_origin(node) in {Union, types.UnionType}:
+            node = next((m for m in get_args(node) if _kind_tag(m) == part), None)
+        else:
+            return []
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _unwrap(node: Any) -> Any:
+    """Strip `Annotated[...]` and `X | None` down to the type that holds the keys."""
+    while True:
+        if get_origin(node) is Annotated:
+            node = get_args(node)[0]
+        elif get_origin(node) in {Union, types.UnionType}:
+            members = [m for m in get_args(node) if m is not type(None)]
+            if len(members) != 1:
+                return node
+            node = members[0]
+        else:
+            return node
+
+
+def _kind_tag(model: Any) -> str | None:
+    field = getattr(model, "model_fields", {}).get("kind")
+    if field is not None and get_origin(field.annotation) is Literal:
+        return str(get_args(field.annotation)[0])
+    return None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+# -- cross-reference rules -----------------------------------------------------------------------
 
 
 def _cross_reference_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
@@ -203,6 +435,9 @@ def _cross_reference_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
 
 
 def _system_issues(base: str, system: SqlSystem) -> Iterator[tuple[str, str, str]]:
+    for name in system.ignore:
+        if name in system.tables:
+            yield (f"{base}.ignore.{name}", "duplicate-name", f"{name!r} is both mapped and ignored")
     consumer = system.tables.get(system.consumer_table)
     if consumer is None:
         yield (
@@ -210,45 +445,41 @@ def _system_issues(base: str, system: SqlSystem) -> Iterator[tuple[str, str, str
             "unknown-table",
             f"consumer table {system.consumer_table!r} is not among the mapped tables",
         )
-        return
-    if not consumer.tenant_column:
-        yield (
-            f"{base}.tables.{system.consumer_table}.tenant_column",
-            "missing-tenant",
-            "the consumer table needs a tenant (client) column: requests never cross tenants",
-        )
-    if not any(col.identity for col in consumer.columns.values()):
-        yield (
-            f"{base}.tables.{system.consumer_table}.columns",
-            "missing-identity",
-            "the consumer table has no identity column (email, phone or contact_id)",
-        )
-    if consumer.relation is not None:
-        yield (
-            f"{base}.tables.{system.consumer_table}.relation",
-            "relation-cycle",
-            "the consumer table is the end of every relation chain and may not have a relation",
-        )
+    else:
+        if not consumer.tenant_column:
+            yield (
+                f"{base}.tables.{system.consumer_table}.tenant_column",
+                "missing-tenant",
+                "the consumer table needs a tenant (client) column: requests never cross tenants",
+            )
+        if not any(col.identity for col in consumer.columns.values()):
+            yield (
+                f"{base}.tables.{system.consumer_table}.columns",
+                "missing-identity",
+                "the consumer table has no identity column (email, phone or contact_id)",
+            )
+        if consumer.relation is not None:
+            yield (
+                f"{base}.tables.{system.consumer_table}.relation",
+                "relation-cycle",
+                "the consumer table is the end of every relation chain and may not have a relation",
+            )
     for tname, table in system.tables.items():
         loc = f"{base}.tables.{tname}"
-        for name in system.ignore:
-            if name == tname:
-                yield (
-                    f"{base}.ignore.{name}",
-                    "duplicate-name",
-                    f"{name!r} is both mapped and ignored",
-                )
-        yield from _table_issues(loc, tname, table, system)
+        yield from _erase_issues(loc, table)
+        if consumer is not None and tname != system.consumer_table:
+            yield from _relation_issues(loc, tname, table, system)
 
 
-def _table_issues(
-    loc: str, tname: str, table: Any, system: SqlSystem
-) -> Iterator[tuple[str, str, str]]:
+def _erase_issues(loc: str, table: Table) -> Iterator[tuple[str, str, str]]:
     if table.erase is TableErase.keep and not (table.exception and table.reason):
+        lacking = " and ".join(
+            f"`{key}`" for key in ("exception", "reason") if not getattr(table, key)
+        )
         yield (
             f"{loc}.erase",
             "exception-required",
-            "`erase: keep` needs both `exception` (an R19 code) and `reason`",
+            f"`erase: keep` needs an R19 `exception` code and a `reason`; {lacking} missing",
         )
     if table.erase is TableErase.mask:
         for cname, col in table.columns.items():
@@ -258,8 +489,11 @@ def _table_issues(
                     "exception-required",
                     "`erase: keep` on a column needs `exception` (an R19 code)",
                 )
-    if tname == system.consumer_table:
-        return
+
+
+def _relation_issues(
+    loc: str, tname: str, table: Table, system: SqlSystem
+) -> Iterator[tuple[str, str, str]]:
     rel = table.relation
     if rel is None:
         yield (
@@ -267,14 +501,17 @@ def _table_issues(
             "relation-missing",
             f"table {tname!r} has no relation toward consumer table {system.consumer_table!r}",
         )
+        yield from _identity_unreachable(loc, tname, table, system)
         return
     target = system.tables.get(rel.target_table)
     if target is None:
+        ignored = " (it is listed under `ignore`)" if rel.target_table in system.ignore else ""
         yield (
             f"{loc}.relation.references",
             "unknown-table",
-            f"{rel.references!r} names table {rel.target_table!r}, which is not mapped",
+            f"{rel.references!r} names table {rel.target_table!r}, which is not mapped{ignored}",
         )
+        yield from _identity_unreachable(loc, tname, table, system)
         return
     if rel.target_column != target.primary_key and rel.target_column not in target.columns:
         yield (
@@ -287,11 +524,26 @@ def _table_issues(
         chain_to_consumer(system, tname)
     except RelationError as exc:
         yield (f"{loc}.relation", exc.rule, str(exc))
+        yield from _identity_unreachable(loc, tname, table, system)
         return
     try:
         tenant_path(system, tname)
     except RelationError as exc:
         yield (f"{loc}.tenant_column", exc.rule, str(exc))
+
+
+def _identity_unreachable(
+    loc: str, tname: str, table: Table, system: SqlSystem
+) -> Iterator[tuple[str, str, str]]:
+    """One issue per table whose identity columns cannot lead a request to a consumer row."""
+    names = [cname for cname, col in table.columns.items() if col.identity]
+    if names:
+        yield (
+            f"{loc}.columns.{names[0]}.identity",
+            "identity-unreachable",
+            f"identity column(s) {', '.join(names)} of {tname!r} cannot find a consumer: "
+            f"the table does not reach {system.consumer_table!r}",
+        )
 
 
 def _store_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
@@ -300,29 +552,29 @@ def _store_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
         loc = f"stores.{sname}"
         system = dm.systems.get(store.system)
         if system is None:
-            yield (f"{loc}.system", "unknown-system", f"no SQL system named {store.system!r}")
-        prefix = getattr(store, "prefix", "")
+            known = ", ".join(dm.systems)
+            yield (
+                f"{loc}.system",
+                "unknown-system",
+                f"no SQL system named {store.system!r} (systems: {known})",
+            )
+        prefix = getattr(store, "prefix", "")  # a recordings store may use the whole bucket
         for (bucket, other_prefix), other in seen.items():
             if bucket == store.bucket and (
                 prefix.startswith(other_prefix) or other_prefix.startswith(prefix)
             ):
                 yield (
-                    f"{loc}.prefix",
+                    f"{loc}.prefix" if hasattr(store, "prefix") else f"{loc}.bucket",
                     "prefix-overlap",
                     f"s3://{bucket}/{prefix} overlaps store {other!r} (s3://{bucket}/{other_prefix})",
                 )
         seen[(store.bucket, prefix)] = sname
-        if isinstance(store, LogStore):
-            if not any(f.identity for f in store.fields.values()):
-                yield (
-                    f"{loc}.fields",
-                    "missing-identity",
-                    "a log store needs at least one identity field",
-                )
-            try:
-                __import__("datetime").date(2024, 1, 31).strftime(store.partition)
-            except ValueError as exc:
-                yield (f"{loc}.partition", "structure", f"not a strftime pattern: {exc}")
+        if isinstance(store, LogStore) and not any(f.identity for f in store.fields.values()):
+            yield (
+                f"{loc}.fields",
+                "missing-identity",
+                "a log store needs at least one identity field",
+            )
         if (
             isinstance(store, RecordingStore)
             and system is not None
@@ -333,8 +585,6 @@ def _store_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
                 "unknown-table",
                 f"table {store.table!r} is not mapped in system {store.system!r}",
             )
-        if isinstance(store, BackupStore) and store.rewrite and system is None:
-            continue
 
 
 def _category_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
@@ -352,30 +602,52 @@ def _category_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
         elif isinstance(store, RecordingStore):
             for cat in store.categories:
                 used.setdefault(cat.value, f"stores.{sname}.categories")
+    for i, sp in enumerate(dm.subprocessors):
+        for cat in sp.categories:
+            used.setdefault(cat.value, f"subprocessors.{i}.categories")
+    described = {c.value for c in dm.categories}
     for cat, where in used.items():
-        if cat not in {c.value for c in dm.categories}:
+        if cat not in described:
             yield (
                 where,
                 "category-undescribed",
-                f"category {cat!r} is used here but not described under `categories`",
+                f"category {cat!r} is used here but not described under `categories` (R8)",
             )
 
 
+_SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+(\.fifo)?")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_TARGET_HELP = {
+    "webhook": "an http:// or https:// URL with a host",
+    "sns": "an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)",
+    "email": "an e-mail address",
+}
+
+
+def _target_ok(channel: str, target: str) -> bool:
+    if channel == "webhook":
+        url = urlsplit(target)
+        return url.scheme in {"http", "https"} and bool(url.hostname)
+    if channel == "sns":
+        return _SNS_ARN.fullmatch(target) is not None
+    return _EMAIL.fullmatch(target) is not None
+
+
 def _subprocessor_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
-    names: set[str] = set()
+    first: dict[str, int] = {}
     for i, sp in enumerate(dm.subprocessors):
         loc = f"subprocessors.{i}"
-        if sp.name in names:
-            yield (f"{loc}.name", "duplicate-name", f"sub-processor {sp.name!r} is listed twice")
-        names.add(sp.name)
-        ok = {
-            "webhook": sp.target.startswith(("http://", "https://")),
-            "sns": sp.target.startswith("arn:aws:sns:"),
-            "email": "@" in sp.target and " " not in sp.target,
-        }[sp.channel]
-        if not ok:
+        if sp.name in first:
+            yield (
+                f"{loc}.name",
+                "duplicate-name",
+                f"sub-processor {sp.name!r} is listed twice (first as subprocessors.{first[sp.name]})",
+            )
+        first.setdefault(sp.name, i)
+        if not _target_ok(sp.channel, sp.target):
             yield (
                 f"{loc}.target",
                 "bad-target",
-                f"{sp.target!r} is not a valid {sp.channel} target",
+                f"{sp.target!r} is not a valid {sp.channel} target: expected "
+                f"{_TARGET_HELP[sp.channel]}",
             )
