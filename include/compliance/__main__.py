@@ -27,7 +27,7 @@ def _datamap_check(args: argparse.Namespace) -> int:
         live = table_columns(engine_from_url(args.db))
         issues = [i for name in dm.systems for i in check_against_schema(dm, name, live)]
         if issues:
-            print(f"data map {args.file} does not match {len(issues)} time(s):", file=sys.stderr)
+            print(f"data map {args.file} disagrees with the database ({len(issues)} issue(s)):", file=sys.stderr)
             for issue in issues:
                 print(f"  - {issue}", file=sys.stderr)
             return 1
@@ -50,6 +50,56 @@ def _world_seed(args: argparse.Namespace) -> int:
     from compliance.world.generate import seed_command
 
     return seed_command(args)
+
+
+def _ledger_head(text: str) -> object:
+    from compliance.ledger import Head
+
+    try:
+        return Head.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _ledger_verify(args: argparse.Namespace) -> int:
+    """Exit 0 if the audit ledger's MAC chain is intact (R20), 1 if not, 2 if it cannot check."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from compliance.ledger import verify
+    from compliance.settings import DEV_HASH_KEY, Settings
+    from compliance.stores.sql import engine_from_url
+
+    try:
+        key = Settings.from_env().hash_key
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if key == DEV_HASH_KEY.encode():
+        print("warning: COMPLIANCE_HASH_KEY is not set; using the development key", file=sys.stderr)
+    engine = None
+    try:
+        engine = engine_from_url(args.db)
+        if not inspect(engine).has_table("cj_ledger"):
+            print("no audit ledger (table cj_ledger) in that database", file=sys.stderr)
+            return 2
+        result = verify(engine, key, expected_head=args.head)
+    except SQLAlchemyError as exc:  # the URL may hold a password: print only the error class
+        print(f"cannot read the ledger: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    finally:
+        if engine is not None:
+            engine.dispose()
+    if not result.ok:
+        print(
+            f"ledger BROKEN at entry {result.first_bad_seq}: {result.problem} "
+            f"({result.entries} entries verified before it)",
+            file=sys.stderr,
+        )
+        return 1
+    checkpoint = f"; head {result.head} (keep it for --head)" if result.head else ""
+    print(f"ledger OK: {result.entries} entries{checkpoint}")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +130,16 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--as-of", help="the world's 'today' (YYYY-MM-DD); default: today")
     seed.add_argument("--datamap", help="data map naming the buckets (default: settings)")
     seed.set_defaults(func=_world_seed)
+
+    ledger = sub.add_parser("ledger", help="audit ledger commands").add_subparsers(
+        dest="cmd", required=True
+    )
+    lverify = ledger.add_parser("verify", help="check the ledger's MAC chain (exit 1 if broken)")
+    lverify.add_argument("--db", required=True, help="SQLAlchemy URL of the compliance state DB")
+    lverify.add_argument(
+        "--head", type=_ledger_head, help="checkpoint SEQ:MAC from an earlier verify or head()"
+    )
+    lverify.set_defaults(func=_ledger_verify)
     return parser
 
 

@@ -105,7 +105,7 @@ class Column(Strict):
 
 
 class Relation(Strict):
-    """`column` of this table points at `references` ("table.column"), one step toward the consumer."""
+    """`column` points at `references` ("table.column"): one step toward the consumer table."""
 
     column: Name
     references: Annotated[str, StringConstraints(pattern=REFERENCE_PATTERN)]
@@ -181,7 +181,7 @@ def partition_problem(pattern: str) -> str | None:
 def _check_partition(pattern: str) -> str:
     problem = partition_problem(pattern)
     if problem:
-        raise ValueError(f"partition {pattern!r} {problem}")
+        raise ValueError(f"{pattern!r}: {problem}")
     return pattern
 
 

@@ -51,7 +51,7 @@ RULES: dict[str, str] = {
     "relation-unreachable": "following relations must reach the consumer table",
     "relation-cycle": "relations must not form a cycle",
     "missing-tenant": "every table must reach a tenant (client) column",
-    "missing-identity": "the consumer table, and every log store, needs an identity column or field",
+    "missing-identity": "the consumer table and every log store need an identity column or field",
     "identity-unreachable": "identity columns must be on tables that reach the consumer",
     "exception-required": "data kept despite deletion needs an R19 exception code (and a reason)",
     "category-undescribed": "every category used must be described in `categories` (R8)",
@@ -276,9 +276,7 @@ _PATTERN_HELP: dict[str, str] = {
 def _structural_issues(errors: list[Any], lines: dict[str, int]) -> list[Issue]:
     # A misspelt required key gives two errors (unknown `primary_kye`, missing `primary_key`):
     # report it once, as the unknown key with its correction.
-    missing = {
-        tuple(_path(err["loc"])) for err in errors if err["type"] == "missing"
-    }
+    missing = {tuple(_path(err["loc"])) for err in errors if err["type"] == "missing"}
     folded: set[tuple[str, ...]] = set()
     suggestions: dict[int, str] = {}
     for n, err in enumerate(errors):
@@ -367,7 +365,7 @@ def _path(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The keys the model allows at `loc` (pydantic's raw location of a mapping), if it is a model."""
+    """The keys a model allows at `loc` (pydantic's raw location); [] if no model is there."""
     node: Any = DataMap
     for part in loc:
         node = _unwrap(node)
@@ -437,7 +435,11 @@ def _cross_reference_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
 def _system_issues(base: str, system: SqlSystem) -> Iterator[tuple[str, str, str]]:
     for name in system.ignore:
         if name in system.tables:
-            yield (f"{base}.ignore.{name}", "duplicate-name", f"{name!r} is both mapped and ignored")
+            yield (
+                f"{base}.ignore.{name}",
+                "duplicate-name",
+                f"{name!r} is both mapped under `tables` and listed under `ignore`",
+            )
     consumer = system.tables.get(system.consumer_table)
     if consumer is None:
         yield (
@@ -641,7 +643,8 @@ def _subprocessor_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
             yield (
                 f"{loc}.name",
                 "duplicate-name",
-                f"sub-processor {sp.name!r} is listed twice (first as subprocessors.{first[sp.name]})",
+                f"sub-processor {sp.name!r} is listed twice "
+                f"(first as subprocessors.{first[sp.name]})",
             )
         first.setdefault(sp.name, i)
         if not _target_ok(sp.channel, sp.target):
