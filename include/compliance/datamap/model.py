@@ -131,12 +131,35 @@ class Table(Strict):
     description: str | None = None
 
 
+class TenantRegistry(Strict):
+    """Where the system lists its tenants (our business clients): a request must name an active one."""
+
+    table: Name
+    key: Name
+    active_column: Name | None = None
+    industry_column: Name | None = None  # for statistics by industry
+
+
+class HoldRegistry(Strict):
+    """The legal-hold registry (R19): holds per client, per consumer, or per data scope."""
+
+    table: Name
+    client_column: Name = "client_id"
+    consumer_column: Name = "contact_id"  # NULL: the hold covers the whole client
+    scope_column: Name = "scope"  # "all", or a table / store name of the map
+    reason_column: Name = "reason"
+    exception_column: Name = "exception_code"
+    expires_column: Name = "expires_at"  # NULL: until released
+
+
 class SqlSystem(Strict):
     kind: Literal["sql"]
     connection: Name
     consumer_table: Name
     tables: dict[Name, Table] = Field(min_length=1)
     ignore: dict[Name, str] = Field(default_factory=dict)  # tables holding no consumer PI, and why
+    tenants: TenantRegistry | None = None
+    holds: HoldRegistry | None = None
     description: str | None = None
 
 

@@ -150,6 +150,28 @@ def check_against_schema(
                         f"column {col!r} is not in table {tname!r} of the database",
                     )
                 )
+    for part, registry in (("tenants", system.tenants), ("holds", system.holds)):
+        if registry is None:
+            continue
+        loc = f"systems.{system_name}.{part}"
+        if registry.table not in live_cols:
+            issues.append(
+                Issue(
+                    f"{loc}.table",
+                    "live-missing-table",
+                    f"table {registry.table!r} is not in the database",
+                )
+            )
+            continue
+        for key, col in registry.model_dump().items():
+            if key != "table" and col and col not in live_cols[registry.table]:
+                issues.append(
+                    Issue(
+                        f"{loc}.{key}",
+                        "live-missing-column",
+                        f"column {col!r} is not in table {registry.table!r} of the database",
+                    )
+                )
     for sname, store in datamap.stores.items():
         if not (isinstance(store, RecordingStore) and store.system == system_name):
             continue
