@@ -27,7 +27,10 @@ def _datamap_check(args: argparse.Namespace) -> int:
         live = table_columns(engine_from_url(args.db))
         issues = [i for name in dm.systems for i in check_against_schema(dm, name, live)]
         if issues:
-            print(f"data map {args.file} disagrees with the database ({len(issues)} issue(s)):", file=sys.stderr)
+            print(
+                f"data map {args.file} disagrees with the database ({len(issues)} issue(s)):",
+                file=sys.stderr,
+            )
             for issue in issues:
                 print(f"  - {issue}", file=sys.stderr)
             return 1

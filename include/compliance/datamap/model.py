@@ -132,7 +132,7 @@ class Table(Strict):
 
 
 class TenantRegistry(Strict):
-    """Where the system lists its tenants (our business clients): a request must name an active one."""
+    """Where the system lists its tenants (our business clients); requests name an active one."""
 
     table: Name
     key: Name

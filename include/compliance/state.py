@@ -1,0 +1,804 @@
+"""The compliance state database: requests, batches, tombstones and sub-processor notices.
+
+Its own SQLAlchemy engine (Airflow connection `compliance_db`): SQLite in the demo, PostgreSQL in
+production; everything here is SQLAlchemy Core and runs on both. The audit ledger lives in the
+same database (`compliance.ledger`) and `create_state_schema` creates it too.
+
+No personal data is stored here, ever: identities appear only as keyed hashes
+(`compliance.hashing.keyed_hash`), which is the "minimal record" R20 allows. Each function is one
+short transaction and safe to rerun: inserts are insert-if-absent, status changes converge, a
+batch's plan is written once. Reruns therefore converge instead of duplicating.
+
+Request statuses (deliberately few; see style.md on Fides' sixteen):
+- `open`: accepted from the business (verified, R5) and due for action; `response_due` (R3) and,
+  after a valid extension, `extended_due` (R4) are the deadlines.
+- `deferred`: accepted but action is postponed for a recorded reason (`reason_code`), e.g. a
+  law-enforcement `legal_hold` (R19); it still counts for dedupe and keeps its deadlines.
+- `completed`: done (erasure or access delivery finished); `completed_at` is the response date
+  (R22) and never moves on a rerun.
+- `rejected`: refused at intake or later, with a `reason_code` (R5 unverified, R6 direct request,
+  duplicate, malformed...; the basis R21/R14 ask for).
+Transitions: open <-> deferred, open|deferred -> completed|rejected; completed and rejected are
+terminal. The table doubles as the per-tenant request log R22 asks for (request date =
+`received_at`, nature = `type`, manner = `source`, response date = `completed_at`, response
+nature = `status`, denial basis = `reason_code`).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.types import TypeDecorator
+
+STATE_CONN_ID = "compliance_db"
+
+REQUEST_TYPES = ("delete", "access")
+JURISDICTIONS = ("ccpa", "gdpr")
+STATUSES = ("open", "deferred", "completed", "rejected")
+BATCH_KINDS = ("delete", "access", "retention")
+BATCH_STATUSES = ("planned", "done")
+NOTICE_STATUSES = ("sent", "acknowledged", "failed", "not_configured")
+
+# Statuses whose dedupe keys make a new request a duplicate (rejected ones never do).
+DEDUPE_STATUSES = ("open", "deferred", "completed")
+
+_TRANSITIONS: dict[str, frozenset[str]] = {
+    "open": frozenset({"deferred", "completed", "rejected"}),
+    "deferred": frozenset({"open", "completed", "rejected"}),
+    "completed": frozenset(),
+    "rejected": frozenset(),
+}
+
+# R3/R4 arithmetic (CCPA). R3 counts the day of receipt as day 1, so the 45th day is
+# received_on + 44d; the extension runs to day 90, i.e. received_on + 89d.
+CCPA_FIRST_PERIOD_LAST_DAY = timedelta(days=44)
+CCPA_EXTENDED_LAST_DAY = timedelta(days=89)
+
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+_IN_CHUNK = 500
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class StateError(Exception):
+    """A refused state change; `reason_code` is machine-readable, the message is for people."""
+
+    def __init__(self, reason_code: str, message: str) -> None:
+        super().__init__(f"{reason_code}: {message}")
+        self.reason_code = reason_code
+        self.message = message
+
+
+class ExtensionRefused(StateError):
+    """R4: the extension is invalid (second one, late or missing notice, no reason...)."""
+
+
+class TransitionRefused(StateError):
+    """The status change is not allowed (a terminal status, or a missing reason code)."""
+
+
+# --------------------------------------------------------------------------- types
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps stored as naive UTC on every backend, returned timezone-aware (UTC).
+
+    SQLite has no time zones and PostgreSQL `timestamptz` would round-trip differently, so one
+    convention for both: aware values are converted to UTC, naive ones are taken as UTC.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return to_utc(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware UTC datetime (naive input is taken to be UTC already)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER
+
+# --------------------------------------------------------------------------- tables
+
+metadata = MetaData()
+
+cj_requests = Table(
+    "cj_requests",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("client_id", BigInteger, nullable=False),
+    Column("request_id", String(64), nullable=False),  # the business's own id
+    Column("type", String(16), nullable=False),
+    Column("jurisdiction", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason_code", String(64)),
+    Column("received_at", UTCDateTime, nullable=False),  # R1: the business's receipt
+    # Day 1 of the deadlines as intake computed it (`intake.received_day`: the earlier of the
+    # business's local day and the UTC day); the offset is gone once received_at is UTC.
+    Column("received_on", Date),
+    Column("accepted_at", UTCDateTime),
+    Column("ack_due", Date),  # R2
+    Column("response_due", Date),  # R3 / G1
+    Column("extension_notice_at", UTCDateTime),  # R4
+    Column("extension_reason", String(500)),
+    Column("extended_due", Date),
+    Column("completed_at", UTCDateTime),
+    Column("batch_id", String(64)),
+    Column("source", String(512), nullable=False),  # S3 key of the accepted document, or "ui"
+    Column("subject_hash", String(64)),  # keyed hash of the first identity (R7 repeats)
+    Column("look_back", String(16)),  # R9 scope chosen by the consumer (access requests)
+    UniqueConstraint("client_id", "request_id", "type", name="uq_cj_requests_client_request"),
+)
+Index("ix_cj_requests_status_type", cj_requests.c.status, cj_requests.c.type)
+Index("ix_cj_requests_subject", cj_requests.c.client_id, cj_requests.c.subject_hash)
+
+cj_request_keys = Table(
+    "cj_request_keys",
+    metadata,
+    Column("request_pk", ID, ForeignKey("cj_requests.id"), primary_key=True),
+    Column("key", String(128), primary_key=True),  # keyed dedupe hash, computed by intake
+)
+Index("ix_cj_request_keys_key", cj_request_keys.c.key)
+
+cj_batches = Table(
+    "cj_batches",
+    metadata,
+    Column("batch_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("finished_at", UTCDateTime),
+)
+
+cj_batch_plan = Table(
+    "cj_batch_plan",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("batch_id", String(64), ForeignKey("cj_batches.batch_id"), nullable=False),
+    Column("request_pk", ID, ForeignKey("cj_requests.id")),  # null for retention sweeps
+    Column("system", String(64), nullable=False),
+    Column("target", String(256), nullable=False),  # table, or store/shard
+    Column("planned", BigInteger, nullable=False),
+)
+Index("ix_cj_batch_plan_batch", cj_batch_plan.c.batch_id)
+
+cj_tombstones = Table(
+    "cj_tombstones",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("system", String(64), nullable=False),
+    Column("client_id", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),  # identity type: email, phone, external_id...
+    Column("hash", String(64), nullable=False),  # keyed_hash(key, kind, value)
+    Column("request_pk", ID, ForeignKey("cj_requests.id")),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("system", "client_id", "kind", "hash", name="uq_cj_tombstones"),
+)
+
+cj_notices = Table(
+    "cj_notices",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("request_pk", ID, ForeignKey("cj_requests.id"), nullable=False),
+    Column("subprocessor", String(64), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error_kind", String(64)),  # an error class/code, never a message with PII
+    Column("sent_at", UTCDateTime),
+    Column("acked_at", UTCDateTime),
+    UniqueConstraint("request_pk", "subprocessor", name="uq_cj_notices"),
+)
+
+
+def create_state_schema(engine: Engine) -> None:
+    """Create every `cj_` table (the ledger's too) if missing; safe to call on every run."""
+    from compliance import ledger  # registers cj_ledger on `metadata`; imports this module
+
+    metadata.create_all(engine, checkfirst=True)
+    ledger.seed_lock_row(engine)
+
+
+def insert_if_absent(conn: Connection, table: Table) -> Any:
+    """`INSERT ... ON CONFLICT DO NOTHING` for the two dialects we support."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - guarded by tests on both supported backends
+        raise NotImplementedError(f"state database dialect {conn.dialect.name!r}")
+    return insert(table).on_conflict_do_nothing()
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A request as intake accepts (or rejects) it; `keys` are its keyed dedupe hashes."""
+
+    client_id: int
+    request_id: str
+    type: str
+    jurisdiction: str
+    received_at: datetime
+    source: str
+    status: str = "open"
+    reason_code: str | None = None
+    received_on: date | None = None
+    accepted_at: datetime | None = None
+    ack_due: date | None = None
+    response_due: date | None = None
+    subject_hash: str | None = None
+    look_back: str | None = None
+    keys: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _check_choice("type", self.type, REQUEST_TYPES)
+        _check_choice("jurisdiction", self.jurisdiction, JURISDICTIONS)
+        _check_choice("status", self.status, STATUSES)
+        if not self.request_id or len(self.request_id) > 64:
+            raise ValueError("request_id must be 1..64 characters")
+        if self.status in {"rejected", "deferred"} and not self.reason_code:
+            raise ValueError(f"a {self.status} request needs a reason_code")
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    id: int
+    client_id: int
+    request_id: str
+    type: str
+    jurisdiction: str
+    status: str
+    reason_code: str | None
+    received_at: datetime
+    received_on: date | None
+    accepted_at: datetime | None
+    ack_due: date | None
+    response_due: date | None
+    extension_notice_at: datetime | None
+    extension_reason: str | None
+    extended_due: date | None
+    completed_at: datetime | None
+    batch_id: str | None
+    source: str
+    subject_hash: str | None
+    look_back: str | None
+
+    @property
+    def receipt_day(self) -> date:
+        """Day 1 of the deadlines: `received_on` if intake stored it, else the UTC day."""
+        return self.received_on or self.received_at.date()
+
+    @property
+    def due(self) -> date | None:
+        """The deadline in force: the extended one after a valid R4 extension."""
+        return self.extended_due or self.response_due
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One line of a batch plan: how many rows/objects a target is planned to lose or export."""
+
+    request_pk: int | None
+    system: str
+    target: str
+    planned: int
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    batch_id: str
+    kind: str
+    created_at: datetime
+    status: str
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NoticeRow:
+    request_pk: int
+    subprocessor: str
+    channel: str
+    status: str
+    attempts: int
+    last_error_kind: str | None
+    sent_at: datetime | None
+    acked_at: datetime | None
+
+
+def _row(cls: type, mapping: Mapping[str, Any]) -> Any:
+    return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --------------------------------------------------------------------------- requests
+
+RequestKey = tuple[int, str, str]  # (client_id, request_id, type)
+
+
+def insert_requests(
+    engine: Engine, rows: Iterable[NewRequest | Mapping[str, Any]]
+) -> dict[RequestKey, int]:
+    """Insert requests that are not there yet; return the pk of every row, new or existing.
+
+    First write wins: an existing (client_id, request_id, type) keeps its stored fields, so a
+    rerun of intake cannot move a deadline or reopen a rejected request. Dedupe keys are added
+    insert-if-absent for all rows, so a rerun converges.
+    """
+    reqs = [r if isinstance(r, NewRequest) else NewRequest(**r) for r in rows]
+    out: dict[RequestKey, int] = {}
+    if not reqs:
+        return out
+    with engine.begin() as conn:
+        for r in reqs:
+            values = {f.name: getattr(r, f.name) for f in fields(NewRequest) if f.name != "keys"}
+            conn.execute(insert_if_absent(conn, cj_requests).values(**values))
+            pk = conn.execute(
+                select(cj_requests.c.id).where(
+                    cj_requests.c.client_id == r.client_id,
+                    cj_requests.c.request_id == r.request_id,
+                    cj_requests.c.type == r.type,
+                )
+            ).scalar_one()
+            out[(r.client_id, r.request_id, r.type)] = pk
+            for key in dict.fromkeys(r.keys):
+                conn.execute(insert_if_absent(conn, cj_request_keys).values(request_pk=pk, key=key))
+    return out
+
+
+def existing_dedupe_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
+    """The subset of `keys` already held by an open, deferred or completed request."""
+    wanted = sorted(set(keys))
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for chunk in _chunks(wanted):
+            q = (
+                select(cj_request_keys.c.key)
+                .join(cj_requests, cj_requests.c.id == cj_request_keys.c.request_pk)
+                .where(
+                    cj_request_keys.c.key.in_(chunk),
+                    cj_requests.c.status.in_(DEDUPE_STATUSES),
+                )
+            )
+            found.update(conn.execute(q).scalars())
+    return found
+
+
+def open_requests(engine: Engine, type: str) -> list[RequestRow]:
+    """Open requests of one type, earliest deadline first."""
+    _check_choice("type", type, REQUEST_TYPES)
+    due = func.coalesce(cj_requests.c.extended_due, cj_requests.c.response_due)
+    q = (
+        select(cj_requests)
+        .where(cj_requests.c.status == "open", cj_requests.c.type == type)
+        .order_by(due.is_(None), due, cj_requests.c.id)  # same NULL order on both backends
+    )
+    with engine.connect() as conn:
+        return [_row(RequestRow, m) for m in conn.execute(q).mappings()]
+
+
+def get_requests(engine: Engine, pks: Iterable[int]) -> dict[int, RequestRow]:
+    wanted = sorted(set(pks))
+    out: dict[int, RequestRow] = {}
+    with engine.connect() as conn:
+        for chunk in _chunks(wanted):
+            for m in conn.execute(
+                select(cj_requests).where(cj_requests.c.id.in_(chunk))
+            ).mappings():
+                out[m["id"]] = _row(RequestRow, m)
+    return out
+
+
+def find_requests(engine: Engine, keys: Iterable[RequestKey]) -> dict[RequestKey, RequestRow]:
+    """Requests by their natural key (client_id, request_id, type); absent ones are left out."""
+    wanted = sorted(set(keys))
+    out: dict[RequestKey, RequestRow] = {}
+    with engine.connect() as conn:
+        for chunk in _chunks(wanted):
+            cond = tuple_(cj_requests.c.client_id, cj_requests.c.request_id, cj_requests.c.type)
+            for m in conn.execute(select(cj_requests).where(cond.in_(list(chunk)))).mappings():
+                out[(m["client_id"], m["request_id"], m["type"])] = _row(RequestRow, m)
+    return out
+
+
+def subject_request_count(
+    engine: Engine, client_id: int, subject_hash: str, type: str, since: datetime
+) -> int:
+    """R7: how many accepted requests of `type` one consumer made since `since` (repeat flag)."""
+    q = select(func.count()).where(
+        cj_requests.c.client_id == client_id,
+        cj_requests.c.subject_hash == subject_hash,
+        cj_requests.c.type == type,
+        cj_requests.c.status.in_(DEDUPE_STATUSES),
+        cj_requests.c.received_at >= to_utc(since),
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def set_status(
+    engine: Engine,
+    pks: Iterable[int],
+    status: str,
+    reason_code: str | None = None,
+    batch_id: str | None = None,
+    completed_at: datetime | None = None,
+) -> int:
+    """Move requests to `status`; return how many rows changed.
+
+    All-or-nothing: an unknown pk or a refused transition changes nothing. Reruns converge:
+    a row already in a terminal status equal to `status` is left untouched (its `completed_at`
+    never moves). For open/deferred rows, given `reason_code`/`batch_id` overwrite the stored
+    ones. `rejected` and `deferred` need a reason code (R21: the basis of a denial).
+    """
+    _check_choice("status", status, STATUSES)
+    if status in {"rejected", "deferred"} and not reason_code:
+        raise TransitionRefused("reason_required", f"a {status} request needs a reason code")
+    if reason_code is not None and not _TOKEN.match(reason_code):
+        raise ValueError("reason_code must be a short lowercase code (no free text)")
+    wanted = sorted(set(pks))
+    if not wanted:
+        return 0
+    when = to_utc(completed_at) if completed_at else utcnow()
+    changed = 0
+    with engine.begin() as conn:
+        current: dict[int, tuple[str, datetime | None]] = {}
+        for chunk in _chunks(wanted):
+            q = (
+                select(cj_requests.c.id, cj_requests.c.status, cj_requests.c.completed_at)
+                .where(cj_requests.c.id.in_(chunk))
+                .with_for_update()
+            )
+            current.update({pk: (st, done) for pk, st, done in conn.execute(q)})
+        missing = [pk for pk in wanted if pk not in current]
+        if missing:
+            raise LookupError(f"unknown request pk(s): {missing[:10]}")
+        for pk in wanted:
+            old = current[pk][0]
+            if old != status and status not in _TRANSITIONS[old]:
+                raise TransitionRefused(
+                    "transition_refused", f"request {pk} is {old}; it cannot become {status}"
+                )
+        for pk in wanted:
+            old, done = current[pk]
+            if old == status and not _TRANSITIONS[old]:
+                continue  # terminal and already there: a rerun
+            values: dict[str, Any] = {"status": status}
+            if reason_code is not None or status == "open":
+                values["reason_code"] = reason_code  # reopening clears a deferral reason
+            if batch_id is not None:
+                values["batch_id"] = batch_id
+            if status == "completed":
+                values["completed_at"] = done or when
+            changed += conn.execute(
+                update(cj_requests).where(cj_requests.c.id == pk).values(**values)
+            ).rowcount
+    return changed
+
+
+def _add_months(d: date, months: int) -> date:
+    """Calendar-month arithmetic for G1: 15 Jan + 1 month = 15 Feb; 31 Jan + 1 = 28/29 Feb."""
+    y, m = divmod(d.month - 1 + months, 12)
+    year, month = d.year + y, m + 1
+    return date(year, month, min(d.day, calendar.monthrange(year, month)[1]))
+
+
+def extension_window(jurisdiction: str, received_on: date) -> tuple[date, date]:
+    """(last day a notice may be sent, extended due date) for a request received that day.
+
+    CCPA (R3, R4), conservative day-1 counting: the receipt day is day 1, so the first period
+    ends on received_on + 44d and the extension on day 90 = received_on + 89d.
+    GDPR (G1): notice within the first month; the due date moves to three months from receipt.
+    """
+    if jurisdiction == "gdpr":
+        return _add_months(received_on, 1), _add_months(received_on, 3)
+    return received_on + CCPA_FIRST_PERIOD_LAST_DAY, received_on + CCPA_EXTENDED_LAST_DAY
+
+
+def record_extension(engine: Engine, pk: int, notice_at: datetime | None, reason: str) -> date:
+    """Record the one extension R4 allows and return the new due date.
+
+    Refused (ExtensionRefused) when: the notice date is missing, before receipt or after the
+    45th day (received_on + 44d); the reason is blank; the request is already extended; or it
+    is no longer open/deferred. Day 1 is `received_on` (as intake computed it) or else the
+    UTC day of `received_at`; the notice counts by its UTC day. The notice deadline is never
+    later than the stored `response_due` (the end of the first period, R3).
+    Rerunning with the same notice and reason is a no-op that returns the same date.
+    """
+    if notice_at is None:
+        raise ExtensionRefused("notice_missing", "R4: an extension needs the date of its notice")
+    notice_at = to_utc(notice_at)
+    reason = (reason or "").strip()
+    with engine.begin() as conn:
+        row = (
+            conn.execute(select(cj_requests).where(cj_requests.c.id == pk).with_for_update())
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise ExtensionRefused("unknown_request", f"no request with pk {pk}")
+        if row["extension_notice_at"] is not None:
+            if row["extension_notice_at"] == notice_at and row["extension_reason"] == reason:
+                return row["extended_due"]  # a rerun of the same extension
+            raise ExtensionRefused("already_extended", "R4: a request may be extended only once")
+        if not reason:
+            raise ExtensionRefused("reason_missing", "R4: the notice must give the reason")
+        if row["status"] not in {"open", "deferred"}:
+            raise ExtensionRefused("not_open", f"request {pk} is {row['status']}")
+        received_on = _row(RequestRow, row).receipt_day
+        last_notice_day, extended_due = extension_window(row["jurisdiction"], received_on)
+        if row["response_due"] is not None:
+            last_notice_day = min(last_notice_day, row["response_due"])
+        if notice_at.date() < received_on:
+            raise ExtensionRefused("notice_before_receipt", "the notice predates the request")
+        if notice_at.date() > last_notice_day:
+            raise ExtensionRefused(
+                "notice_too_late",
+                f"R4: the notice must be sent by {last_notice_day.isoformat()} "
+                f"(the last day of the first period)",
+            )
+        conn.execute(
+            update(cj_requests)
+            .where(cj_requests.c.id == pk)
+            .values(
+                extension_notice_at=notice_at,
+                extension_reason=reason,
+                extended_due=extended_due,
+            )
+        )
+    return extended_due
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def plan_batch(
+    engine: Engine,
+    batch_id: str,
+    kind: str,
+    plan_rows: Iterable[PlanRow | Mapping[str, Any]],
+    created_at: datetime | None = None,
+) -> list[PlanRow]:
+    """Write a batch and its plan once; return the stored plan.
+
+    If the batch exists (a rerun after a crash) nothing is written and the plan stored the
+    first time is returned, so receipts report the same planned counts however often a batch
+    is retried (executions after the first find fewer rows to delete).
+    """
+    _check_choice("kind", kind, BATCH_KINDS)
+    rows = [r if isinstance(r, PlanRow) else PlanRow(**r) for r in plan_rows]
+    with engine.begin() as conn:
+        created = conn.execute(
+            insert_if_absent(conn, cj_batches).values(
+                batch_id=batch_id,
+                kind=kind,
+                created_at=to_utc(created_at) if created_at else utcnow(),
+                status="planned",
+            )
+        ).rowcount
+        if created:
+            if rows:
+                conn.execute(
+                    cj_batch_plan.insert(),
+                    [{"batch_id": batch_id, **r.__dict__} for r in rows],
+                )
+        else:
+            stored_kind = conn.execute(
+                select(cj_batches.c.kind).where(cj_batches.c.batch_id == batch_id)
+            ).scalar_one()
+            if stored_kind != kind:
+                raise ValueError(f"batch {batch_id} exists with kind {stored_kind}, not {kind}")
+        return _plan(conn, batch_id)
+
+
+def _plan(conn: Connection, batch_id: str) -> list[PlanRow]:
+    q = (
+        select(cj_batch_plan)
+        .where(cj_batch_plan.c.batch_id == batch_id)
+        .order_by(cj_batch_plan.c.id)
+    )
+    return [_row(PlanRow, m) for m in conn.execute(q).mappings()]
+
+
+def batch_plan(engine: Engine, batch_id: str) -> list[PlanRow]:
+    """The plan written by `plan_batch` (empty if the batch is unknown)."""
+    with engine.connect() as conn:
+        return _plan(conn, batch_id)
+
+
+def get_batch(engine: Engine, batch_id: str) -> BatchRow | None:
+    with engine.connect() as conn:
+        m = conn.execute(select(cj_batches).where(cj_batches.c.batch_id == batch_id)).mappings()
+        row = m.first()
+    return _row(BatchRow, row) if row else None
+
+
+def finish_batch(engine: Engine, batch_id: str, finished_at: datetime | None = None) -> bool:
+    """Mark a batch done; True if this call did it (False on a rerun)."""
+    with engine.begin() as conn:
+        if _batch_status(conn, batch_id) is None:
+            raise LookupError(f"unknown batch {batch_id}")
+        return bool(
+            conn.execute(
+                update(cj_batches)
+                .where(cj_batches.c.batch_id == batch_id, cj_batches.c.status != "done")
+                .values(status="done", finished_at=to_utc(finished_at) if finished_at else utcnow())
+            ).rowcount
+        )
+
+
+def _batch_status(conn: Connection, batch_id: str) -> str | None:
+    return conn.execute(
+        select(cj_batches.c.status).where(cj_batches.c.batch_id == batch_id)
+    ).scalar_one_or_none()
+
+
+# --------------------------------------------------------------------------- tombstones
+
+Tombstone = tuple[int, str, str]  # (client_id, kind, keyed hash)
+
+
+def add_tombstones(
+    engine: Engine,
+    system: str,
+    tombstones: Iterable[Tombstone],
+    request_pk: int | None = None,
+    created_at: datetime | None = None,
+) -> int:
+    """Remember erased identities of one system (R18, R20); return how many were new.
+
+    Only keyed hashes are stored: enough to re-apply the deletion when a backup is restored,
+    useless for anything else. Insert-if-absent on (system, client_id, kind, hash).
+    """
+    when = to_utc(created_at) if created_at else utcnow()
+    added = 0
+    with engine.begin() as conn:
+        for client_id, kind, digest in dict.fromkeys(tombstones):
+            added += conn.execute(
+                insert_if_absent(conn, cj_tombstones).values(
+                    system=system,
+                    client_id=client_id,
+                    kind=kind,
+                    hash=digest,
+                    request_pk=request_pk,
+                    created_at=when,
+                )
+            ).rowcount
+    return added
+
+
+def tombstone_hashes(engine: Engine, system: str, client_id: int | None = None) -> set[Tombstone]:
+    """Every tombstone of a system (optionally one tenant) as (client_id, kind, hash)."""
+    q = select(cj_tombstones.c.client_id, cj_tombstones.c.kind, cj_tombstones.c.hash).where(
+        cj_tombstones.c.system == system
+    )
+    if client_id is not None:
+        q = q.where(cj_tombstones.c.client_id == client_id)
+    with engine.connect() as conn:
+        return {(int(c), k, h) for c, k, h in conn.execute(q)}
+
+
+# --------------------------------------------------------------------------- notices
+
+
+def record_notice(
+    engine: Engine,
+    request_pk: int,
+    subprocessor: str,
+    channel: str,
+    status: str,
+    error_kind: str | None = None,
+    at: datetime | None = None,
+) -> NoticeRow:
+    """Record the outcome of telling a sub-processor to delete (R16.3) or that none is set up.
+
+    `sent` and `failed` count as attempts; `sent_at` keeps the first successful send; an
+    `acknowledged` notice is never downgraded by a later rerun. `error_kind` is a short code
+    (an exception class or HTTP status), never a message that could carry personal data.
+    """
+    _check_choice("status", status, ("sent", "failed", "not_configured"))
+    if error_kind is not None and not _TOKEN.match(error_kind.lower()):
+        raise ValueError("error_kind must be a short code such as 'timeout' or 'http_503'")
+    when = to_utc(at) if at else utcnow()
+    t = cj_notices
+    with engine.begin() as conn:
+        conn.execute(
+            insert_if_absent(conn, t).values(
+                request_pk=request_pk,
+                subprocessor=subprocessor,
+                channel=channel,
+                status=status,
+                attempts=0,
+            )
+        )
+        where = (t.c.request_pk == request_pk, t.c.subprocessor == subprocessor)
+        cur = conn.execute(select(t).where(*where).with_for_update()).mappings().one()
+        if cur["status"] != "acknowledged":
+            values: dict[str, Any] = {"status": status, "channel": channel}
+            if status in {"sent", "failed"}:
+                values["attempts"] = t.c.attempts + 1
+            if status == "sent":
+                values["sent_at"] = cur["sent_at"] or when
+                values["last_error_kind"] = None
+            elif status == "failed":
+                values["last_error_kind"] = error_kind or "unknown"
+            conn.execute(update(t).where(*where).values(**values))
+        return _row(NoticeRow, conn.execute(select(t).where(*where)).mappings().one())
+
+
+def acknowledge(
+    engine: Engine, request_pk: int, subprocessor: str, at: datetime | None = None
+) -> bool:
+    """Record a sub-processor's confirmation; True if this call recorded it."""
+    t = cj_notices
+    where = (t.c.request_pk == request_pk, t.c.subprocessor == subprocessor)
+    with engine.begin() as conn:
+        status = conn.execute(select(t.c.status).where(*where)).scalar_one_or_none()
+        if status is None:
+            raise LookupError(f"no notice to {subprocessor} for request {request_pk}")
+        return bool(
+            conn.execute(
+                update(t)
+                .where(*where, t.c.status != "acknowledged")
+                .values(status="acknowledged", acked_at=to_utc(at) if at else utcnow())
+            ).rowcount
+        )
+
+
+def notices(engine: Engine, request_pk: int) -> dict[str, NoticeRow]:
+    """The notices of one request, by sub-processor."""
+    with engine.connect() as conn:
+        q = select(cj_notices).where(cj_notices.c.request_pk == request_pk)
+        return {m["subprocessor"]: _row(NoticeRow, m) for m in conn.execute(q).mappings()}
