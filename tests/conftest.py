@@ -7,6 +7,7 @@ when the service is missing they skip, except in CI (CI=true) where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -80,9 +81,9 @@ def s3(s3_endpoint: str):
         client.delete_bucket(Bucket=name)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """Create a uniquely named PostgreSQL database; drop it afterwards."""
     need_postgres()
     from sqlalchemy import create_engine, text
 
@@ -90,15 +91,33 @@ def pg_url() -> Iterator[str]:
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as conn:
-        conn.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-            {"n": name},
-        )
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def state_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """The compliance state DB on the same backend as `db_url`, in its own database."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

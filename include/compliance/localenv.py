@@ -33,6 +33,9 @@ def airflow_env(home: Path, s3_url: str, crm_url_path: Path) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW_CONN_CRM_DB": json.dumps({"conn_type": "sqlite", "host": str(crm_url_path)}),
+            "AIRFLOW_CONN_COMPLIANCE_DB": json.dumps(
+                {"conn_type": "sqlite", "host": str(home / "compliance.db")}
+            ),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
                 {
                     "conn_type": "aws",

@@ -7,6 +7,7 @@ testable without a scheduler.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -66,3 +67,40 @@ def run_day() -> str:
     ctx = get_current_context()
     when = ctx.get("logical_date") or ctx["dag_run"].run_after
     return when.date().isoformat()
+
+
+def state_engine() -> Engine:
+    """The compliance state DB (requests, tombstones, ledger); schema created on first use."""
+    from compliance.state import STATE_CONN_ID, create_state_schema
+
+    engine = sql_engine(STATE_CONN_ID)
+    if engine not in _schema_ready:
+        create_state_schema(engine)
+        _schema_ready.add(engine)
+    return engine
+
+
+_schema_ready: set[Engine] = set()
+
+
+def engines(dm: DataMap) -> dict[str, Engine]:
+    """One engine per SQL system of the data map."""
+    return {name: sql_engine(system.connection) for name, system in dm.systems.items()}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sns(conn_id: str = "aws_default") -> Any:
+    conn = _connection(conn_id)
+    extra = conn.extra_dejson
+    import boto3
+
+    return boto3.client(
+        "sns",
+        endpoint_url=extra.get("endpoint_url"),
+        region_name=extra.get("region_name", "us-east-1"),
+        aws_access_key_id=conn.login or None,
+        aws_secret_access_key=conn.password or None,
+    )

@@ -429,6 +429,18 @@ def open_requests(engine: Engine, type: str) -> list[RequestRow]:
         return [_row(RequestRow, m) for m in conn.execute(q).mappings()]
 
 
+def actionable_requests(engine: Engine, type: str) -> list[RequestRow]:
+    """Open and deferred requests of one type: deferrals are re-examined on every run (R19)."""
+    _check_choice("type", type, REQUEST_TYPES)
+    q = (
+        select(cj_requests)
+        .where(cj_requests.c.status.in_(("open", "deferred")), cj_requests.c.type == type)
+        .order_by(cj_requests.c.id)
+    )
+    with engine.connect() as conn:
+        return [_row(RequestRow, m) for m in conn.execute(q).mappings()]
+
+
 def get_requests(engine: Engine, pks: Iterable[int]) -> dict[int, RequestRow]:
     wanted = sorted(set(pks))
     out: dict[int, RequestRow] = {}

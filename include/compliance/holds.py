@@ -1,0 +1,67 @@
+"""Legal holds (R19): which clients, consumers or data scopes must not be erased right now.
+
+The registry is a table the data map names (`systems.<name>.holds`). A hold is active while its
+expiry is unset or later than the moment asked about, so an expired hold simply stops applying.
+Deletion defers a request whose consumer is under any active hold (client-wide holds included);
+retention excludes held rows and objects from its sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from compliance.datamap.model import SqlSystem
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Hold:
+    client_id: int
+    consumer_id: str | None  # None: the whole client
+    scope: str  # "all" or a table / store name
+    exception_code: str
+    expires_at: datetime | None
+
+    def covers(self, client_id: int, consumer_id: str | None, scope: str = ALL) -> bool:
+        if self.client_id != client_id:
+            return False
+        if self.consumer_id is not None and self.consumer_id != consumer_id:
+            return False
+        return self.scope == ALL or scope == ALL or self.scope == scope
+
+
+def active_holds(
+    engine: Engine, system: SqlSystem, as_of: datetime, client_ids: Iterable[int] | None = None
+) -> list[Hold]:
+    reg = system.holds
+    if reg is None:
+        return []
+    table = sa.Table(reg.table, sa.MetaData(), autoload_with=engine)
+    expires = table.c[reg.expires_column]
+    as_of_naive = as_of.replace(tzinfo=None) if engine.dialect.name == "sqlite" else as_of
+    stmt = sa.select(
+        table.c[reg.client_column],
+        table.c[reg.consumer_column],
+        table.c[reg.scope_column],
+        table.c[reg.exception_column],
+        expires,
+    ).where(sa.or_(expires.is_(None), expires > as_of_naive))
+    if client_ids is not None:
+        stmt = stmt.where(table.c[reg.client_column].in_(sorted(set(client_ids))))
+    with engine.connect() as conn:
+        return [
+            Hold(int(c), None if k is None else str(k), str(s or ALL), str(code), exp)
+            for c, k, s, code, exp in conn.execute(stmt)
+        ]
+
+
+def holding(holds: Iterable[Hold], client_id: int, consumer_ids: Iterable[str]) -> list[Hold]:
+    """The holds that apply to any of these consumers of this client (any scope)."""
+    ids = [str(c) for c in consumer_ids] or [None]
+    return [h for h in holds if any(h.covers(client_id, cid) for cid in ids)]

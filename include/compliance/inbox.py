@@ -1,0 +1,291 @@
+"""The request inbox in S3: documents in, accepted and rejected out, nothing lost.
+
+Clients drop documents under `inbox/<client_id>/` (their prefix names the only client they may
+file for); staff submissions from the UI land under `inbox/ui/`. One pass:
+
+1. read every inbox object (bounded size) and validate it (`compliance.intake`);
+2. drop duplicates of requests already open or finished (keyed hashes in the state DB, R7);
+3. write each accepted request, normalised, to `accepted/<client>/<request_id>.<type>.json`, and
+   each document with rejections to `rejected/<day>/` beside a `.reasons.json` naming the field
+   and rule of every rejection;
+4. register the requests (state DB) and ledger entries, then delete the inbox object.
+
+Every step is idempotent, and the inbox object is deleted last: a crash anywhere means the next
+run redoes the document, and a replay of a document already registered from the same source is
+recognised as such, not as a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from compliance import intake, ledger, state
+from compliance.datamap.model import SqlSystem
+from compliance.hashing import keyed_hash
+from compliance.outputs import put_bytes, put_json
+from compliance.stores.s3 import list_keys
+
+INBOX = "inbox/"
+ACCEPTED = "accepted/"
+REJECTED = "rejected/"
+UI = "ui"
+MAX_OBJECT_BYTES = 16 * 1024 * 1024  # an NDJSON batch of thousands of requests fits
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass
+class IntakeSummary:
+    documents: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    replayed: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def submit(s3: Any, bucket: str, document: dict[str, Any], name: str) -> str:
+    """Staff's UI form: put one request document into the inbox (validated like any other)."""
+    key = f"{INBOX}{UI}/{_SAFE.sub('_', name)}.json"
+    put_bytes(s3, bucket, key, json.dumps(document).encode(), "application/json")
+    return key
+
+
+def form_document(params: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """A request document from a DAG trigger form, or None when the form was left empty.
+
+    The document then goes through the inbox like any client's, so the form cannot bypass a rule.
+    """
+    if not params.get("request_id"):
+        return None
+    identities = {k: params[k] for k in ("email", "phone", "contact_id") if params.get(k)}
+    doc: dict[str, Any] = {
+        "request_id": params["request_id"],
+        "client_id": params.get("client_id"),
+        "type": type_,
+        "identities": identities,
+        "received_at": params.get("received_at"),
+        "jurisdiction": params.get("jurisdiction") or "ccpa",
+        "verification": {
+            "method": params.get("verification_method"),
+            "verified_at": params.get("verified_at") or params.get("received_at"),
+            "verified_by": params.get("verified_by"),
+        },
+    }
+    if type_ == "access" and params.get("look_back"):
+        doc["look_back"] = params["look_back"]
+    return doc
+
+
+def load_clients(engine: Engine, system: SqlSystem) -> dict[int, bool]:
+    """client id -> active, from the tenant registry the data map names."""
+    if system.tenants is None:
+        raise ValueError("the data map names no tenant registry (systems.<name>.tenants)")
+    reg = system.tenants
+    table = sa.Table(reg.table, sa.MetaData(), autoload_with=engine)
+    active = table.c[reg.active_column] if reg.active_column else sa.true()
+    with engine.connect() as conn:
+        return {int(k): bool(a) for k, a in conn.execute(sa.select(table.c[reg.key], active))}
+
+
+def accepted_key(item: intake.Accepted) -> str:
+    return f"{ACCEPTED}{item.client_id}/{item.request_id}.{item.type.value}.json"
+
+
+def ingest(
+    s3: Any,
+    bucket: str,
+    clients: dict[int, bool],
+    state_engine: Engine,
+    hash_key: bytes,
+    now: datetime,
+) -> IntakeSummary:
+    summary = IntakeSummary()
+    documents: list[tuple[str, bytes, list[intake.Result]]] = []
+    for obj in sorted(list_keys(s3, bucket, INBOX), key=lambda o: o["Key"]):
+        key = obj["Key"]
+        if key.endswith("/"):
+            continue
+        raw = _read_bounded(s3, bucket, key, int(obj["Size"]))
+        parts = key[len(INBOX) :].split("/")
+        source_client = int(parts[0]) if len(parts) > 1 and parts[0].isdigit() else None
+        if raw is None:
+            results: list[intake.Result] = [
+                intake.Rejected(
+                    key,
+                    None,
+                    intake.Reason.too_large,
+                    None,
+                    f"the object exceeds {MAX_OBJECT_BYTES} bytes; split it (R1)",
+                )
+            ]
+        else:
+            results = intake.parse_documents(
+                raw, key, now=now, clients=clients, source_client=source_client
+            )
+        documents.append((key, raw or b"", results))
+    summary.documents = len(documents)
+    flat = [r for _, _, rs in documents for r in rs]
+    replays = _replays(state_engine, flat)
+    fresh = [r for r in flat if id(r) not in replays]
+    candidate_keys = {
+        k for r in fresh if isinstance(r, intake.Accepted) for k in intake.dedupe_key(r, hash_key)
+    }
+    existing = state.existing_dedupe_keys(state_engine, candidate_keys)
+    checked = {
+        id(orig): res
+        for orig, res in zip(fresh, intake.find_duplicates(fresh, existing, hash_key), strict=True)
+    }
+    final = [(checked.get(id(r), r), id(r) in replays) for r in flat]
+
+    new_rows: list[state.NewRequest] = []
+    entries: list[ledger.Entry] = []
+    reasons: Counter[str] = Counter()
+    for result, replay in final:
+        idem = f"intake:{result.source}:{result.line or 0}"
+        if isinstance(result, intake.Accepted):
+            summary.replayed += int(replay)
+            summary.accepted += int(not replay)
+            put_json(s3, bucket, accepted_key(result), _accepted_doc(result))
+            new_rows.append(_new_request(result, hash_key))
+            entries.append(
+                ledger.Entry(
+                    "request_accepted",
+                    _ref(result, hash_key),
+                    {
+                        "type": result.type.value,
+                        "client_id": result.client_id,
+                        "rules": ["R1", "R5"],
+                    },
+                    idem,
+                )
+            )
+        else:
+            summary.rejected += 1
+            reasons[result.reason.value] += 1
+            row = _rejected_request(result, clients, now)
+            if row is not None:
+                new_rows.append(row)
+            entries.append(
+                ledger.Entry(
+                    "request_rejected",
+                    None,
+                    {
+                        "reason": result.reason.value,
+                        "field": result.field,
+                        "client_id": result.client_id,
+                    },
+                    idem,
+                )
+            )
+    summary.by_reason = dict(sorted(reasons.items()))
+    day = now.date().isoformat()
+    for key, raw, results in documents:
+        rejections = [
+            r for r in (checked.get(id(x), x) for x in results) if isinstance(r, intake.Rejected)
+        ]
+        if rejections:
+            base = f"{REJECTED}{day}/{_SAFE.sub('_', key[len(INBOX) :])}"
+            put_bytes(s3, bucket, base, raw, "application/octet-stream")
+            put_json(s3, bucket, base + ".reasons.json", [r.as_dict() for r in rejections])
+    state.insert_requests(state_engine, new_rows)
+    ledger.append(state_engine, hash_key, entries)
+    for key, _, _ in documents:
+        s3.delete_object(Bucket=bucket, Key=key)
+    return summary
+
+
+def _read_bounded(s3: Any, bucket: str, key: str, size: int) -> bytes | None:
+    if size > MAX_OBJECT_BYTES:
+        return None
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_OBJECT_BYTES + 1)
+
+
+def _replays(state_engine: Engine, results: list[intake.Result]) -> set[int]:
+    """Accepted results already registered from the same source object (a rerun after a crash)."""
+    accepted = [r for r in results if isinstance(r, intake.Accepted)]
+    if not accepted:
+        return set()
+    known = state.find_requests(
+        state_engine, [(r.client_id, r.request_id, r.type.value) for r in accepted]
+    )
+    return {
+        id(r)
+        for r in accepted
+        if (row := known.get((r.client_id, r.request_id, r.type.value))) is not None
+        and row.source == accepted_key(r)
+    }
+
+
+def _ref(item: intake.Accepted, hash_key: bytes) -> str:
+    return keyed_hash(hash_key, "request", f"{item.client_id}\x1f{item.request_id}\x1f{item.type}")
+
+
+def _accepted_doc(item: intake.Accepted) -> dict[str, Any]:
+    """The normalised request, the only place its identities live until it is completed."""
+    return {
+        "request_id": item.request_id,
+        "client_id": item.client_id,
+        "type": item.type.value,
+        "jurisdiction": item.jurisdiction.value,
+        "identities": {k.value: v for k, v in item.identities.items()},
+        "received_at": item.received_at.isoformat(),
+        "look_back": item.look_back.value if item.look_back else None,
+        "collected_since": item.collected_since.isoformat() if item.collected_since else None,
+        "under_13": item.under_13,
+        "source": item.source,
+    }
+
+
+def _new_request(item: intake.Accepted, hash_key: bytes) -> state.NewRequest:
+    first = next(iter(item.identities.items()))
+    return state.NewRequest(
+        client_id=item.client_id,
+        request_id=item.request_id,
+        type=item.type.value,
+        jurisdiction=item.jurisdiction.value,
+        received_at=item.received_at,
+        source=accepted_key(item),
+        received_on=item.due.received_on,
+        ack_due=item.due.ack_due,
+        response_due=item.due.response_due,
+        subject_hash=keyed_hash(
+            hash_key, f"subject:{first[0].value}", f"{item.client_id}\x1f{first[1]}"
+        ),
+        look_back=item.look_back.value if item.look_back else None,
+        keys=tuple(sorted(intake.dedupe_key(item, hash_key))),
+    )
+
+
+def _rejected_request(
+    item: intake.Rejected, clients: dict[int, bool], now: datetime
+) -> state.NewRequest | None:
+    """A refusal is part of the request log (R22) when it names a known client and request.
+
+    Duplicates are not logged again: the original request is the one on record.
+    """
+    if (
+        item.reason is intake.Reason.duplicate
+        or item.client_id not in clients
+        or not item.request_id
+    ):
+        return None
+    return state.NewRequest(
+        client_id=item.client_id,
+        request_id=item.request_id,
+        type="delete" if "access" not in item.source else "access",
+        jurisdiction="ccpa",
+        received_at=now,
+        source=item.source,
+        status="rejected",
+        reason_code=item.reason.value,
+    )
