@@ -6,6 +6,7 @@ coexist. `python -m compliance local-s3 --port-file F` runs one in the foregroun
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -21,6 +22,7 @@ def free_port() -> int:
 
 
 def start(port: int | None = None) -> tuple[ThreadedMotoServer, str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = port or free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -1,0 +1,236 @@
+"""
+### Deletion requests
+
+Erases consumers' personal information on their business's verified request (R16-R21):
+
+1. **intake**: validates every document in the S3 inbox (and the one entered in this form),
+   moving each to `accepted/` or `rejected/` with its reason (R1, R5, R24);
+2. **plan**: forms one batch of every open request, resolves identities to consumer rows within
+   each client's tenant, defers consumers under a legal hold (R19) and stores the plan;
+3. fans out, mapped: **erase_system** per SQL system, **scrub_logs** per log day,
+   **erase_recordings** per recording store, **tombstone_backups** per backup store (R18), and
+   **notify_subprocessors** (R16.3);
+4. **finalize**: re-checks every system for every target (zero residue or the run fails and the
+   requests stay open), writes receipts to `receipts/`, ledger entries (R20), closes the requests.
+
+Rerun = converge: a crashed batch is resumed from its stored plan. Logic: `compliance.erasure`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, task
+
+from compliance import erasure, inbox, runtime, subprocessors
+from compliance_alerts import DEFAULT_ARGS
+
+FORM = {
+    "request_id": Param(
+        None,
+        type=["null", "string"],
+        title="Request id",
+        description="The client's id for this request (letters, digits, . _ : -).",
+        section="Enter one request (optional)",
+    ),
+    "client_id": Param(
+        None,
+        type=["null", "integer"],
+        title="Client id",
+        minimum=1,
+        section="Enter one request (optional)",
+    ),
+    "email": Param(
+        None,
+        type=["null", "string"],
+        title="Consumer e-mail",
+        format="email",
+        section="Enter one request (optional)",
+    ),
+    "phone": Param(
+        None,
+        type=["null", "string"],
+        title="Consumer phone",
+        section="Enter one request (optional)",
+    ),
+    "contact_id": Param(
+        None,
+        type=["null", "string"],
+        title="Client-side contact id",
+        section="Enter one request (optional)",
+    ),
+    "received_at": Param(
+        None,
+        type=["null", "string"],
+        format="date-time",
+        title="Received by the business at",
+        description="Starts the clock (R1).",
+        section="Enter one request (optional)",
+    ),
+    "verification_method": Param(
+        None,
+        type=["null", "string"],
+        title="Verification method",
+        section="Enter one request (optional)",
+    ),
+    "verified_by": Param(
+        None, type=["null", "string"], title="Verified by", section="Enter one request (optional)"
+    ),
+    "jurisdiction": Param(
+        "ccpa", enum=["ccpa", "gdpr"], title="Jurisdiction", section="Enter one request (optional)"
+    ),
+}
+
+
+@dag(
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["compliance", "deletion"],
+    params=FORM,
+    doc_md=__doc__,
+)
+def deletion_requests():
+    @task
+    def intake(params: dict | None = None) -> dict:
+        cfg = runtime.settings()
+        s3 = runtime.s3(cfg.workspace_connection)
+        dm = runtime.datamap()
+        form = inbox.form_document(params or {}, "delete")
+        if form is not None:
+            inbox.submit(s3, cfg.workspace_bucket, form, f"delete-{form['request_id']}")
+        system = dm.systems[sorted(dm.systems)[0]]
+        clients = inbox.load_clients(runtime.sql_engine(system.connection), system)
+        summary = inbox.ingest(
+            s3, cfg.workspace_bucket, clients, runtime.state_engine(), cfg.hash_key, runtime.now()
+        )
+        return summary.to_dict()
+
+    @task
+    def plan(_intake: dict) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        return erasure.plan(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            runtime.engines(dm),
+            runtime.state_engine(),
+            cfg.hash_key,
+            runtime.now(),
+        )
+
+    @task
+    def pick(batch: dict, what: str) -> list[str]:
+        return batch[what]
+
+    @task(map_index_template="{{ system }}")
+    def erase_system(batch: dict, system: str) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        engine = runtime.sql_engine(dm.systems[system].connection)
+        return erasure.erase_system(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            engine,
+            batch["batch_id"],
+            system,
+            cfg.hash_key,
+        )
+
+    @task(map_index_template="{{ shard }}")
+    def scrub_logs(batch: dict, shard: str) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        store_s3 = runtime.s3(dm.stores[shard.split("|")[0]].connection)
+        return erasure.scrub_log_shard(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            store_s3,
+            batch["batch_id"],
+            shard,
+        )
+
+    @task(map_index_template="{{ store }}")
+    def erase_recordings(batch: dict, store: str) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        return erasure.erase_recordings(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            runtime.s3(dm.stores[store].connection),
+            batch["batch_id"],
+            store,
+        )
+
+    @task(map_index_template="{{ store }}")
+    def tombstone_backups(batch: dict, store: str) -> dict:
+        cfg = runtime.settings()
+        return erasure.tombstone(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            runtime.datamap(),
+            runtime.state_engine(),
+            batch["batch_id"],
+            store,
+            cfg.hash_key,
+        )
+
+    @task
+    def notify_subprocessors(batch: dict) -> dict:
+        if not batch["batch_id"] or not batch["requests"]:
+            return {}
+        cfg = runtime.settings()
+        s3 = runtime.s3(cfg.workspace_connection)
+        targets = erasure.load_targets(s3, cfg.workspace_bucket, batch["batch_id"])
+        active = {r: targets.requests[r] for r in targets.active_refs()}
+        return subprocessors.notify_all(
+            runtime.datamap(),
+            runtime.state_engine(),
+            cfg.hash_key,
+            active,
+            targets.identities,
+            runtime.sns(),
+        )
+
+    @task(trigger_rule="none_failed")
+    def finalize(batch: dict, shard_results: list[dict]) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        stores = {name: runtime.s3(store.connection) for name, store in dm.stores.items()}
+        return erasure.finalize(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            runtime.engines(dm),
+            stores,
+            runtime.state_engine(),
+            cfg.hash_key,
+            batch["batch_id"],
+            list(shard_results or []),
+            runtime.now(),
+        )
+
+    batch = plan(intake())
+    systems = erase_system.partial(batch=batch).expand(
+        system=pick.override(task_id="systems")(batch, "systems")
+    )
+    shards = scrub_logs.partial(batch=batch).expand(
+        shard=pick.override(task_id="log_shards")(batch, "shards")
+    )
+    audio = erase_recordings.partial(batch=batch).expand(
+        store=pick.override(task_id="recording_stores")(batch, "recordings")
+    )
+    stones = tombstone_backups.partial(batch=batch).expand(
+        store=pick.override(task_id="backup_stores")(batch, "backups")
+    )
+    notices = notify_subprocessors(batch)
+    [systems, audio, stones, notices] >> finalize(batch, shards)
+
+
+deletion_requests()
