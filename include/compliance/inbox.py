@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from compliance import intake, ledger, state
 from compliance.datamap.model import SqlSystem
 from compliance.hashing import keyed_hash
-from compliance.outputs import put_bytes, put_json
+from compliance.outputs import ensure_workspace, put_bytes, put_json
 from compliance.stores.s3 import list_keys
 
 INBOX = "inbox/"
@@ -110,6 +110,7 @@ def ingest(
     now: datetime,
 ) -> IntakeSummary:
     summary = IntakeSummary()
+    ensure_workspace(s3, bucket)
     documents: list[tuple[str, bytes, list[intake.Result]]] = []
     for obj in sorted(list_keys(s3, bucket, INBOX), key=lambda o: o["Key"]):
         key = obj["Key"]

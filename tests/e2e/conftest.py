@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +23,38 @@ def airflow_db():
     from airflow.utils import db
 
     db.resetdb()
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """The demo ESP's deletion webhook: records each notice and acknowledges it (R16.3)."""
+
+    received: list[dict] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Receiver.received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"acknowledged": true}')
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def esp_webhook(tmp_path_factory):
+    """A local HTTP server standing in for the ESP, and a copy of the demo map pointing at it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    text = (REPO / "config" / "datamap.yaml").read_text()
+    text = text.replace("http://127.0.0.1:8719/", f"http://127.0.0.1:{server.server_port}/")
+    path = tmp_path_factory.mktemp("map") / "datamap.yaml"
+    path.write_text(text)
+    _Receiver.datamap = path
+    yield _Receiver.received
+    server.shutdown()
 
 
 @dataclass
@@ -58,12 +93,12 @@ def _conn_env(db_url: str, state_url: str, s3_url: str) -> dict[str, str]:
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
         "COMPLIANCE_WORKSPACE_BUCKET": "cj-compliance",
         "COMPLIANCE_HASH_KEY": "e2e-test-key",
-        "COMPLIANCE_DATAMAP": str(REPO / "config" / "datamap.yaml"),
+        "COMPLIANCE_DATAMAP": str(_Receiver.datamap),
     }
 
 
 @pytest.fixture
-def stack(db_url, state_url, s3, s3_endpoint, airflow_db, monkeypatch) -> Stack:
+def stack(db_url, state_url, s3, s3_endpoint, airflow_db, esp_webhook, monkeypatch) -> Stack:
     """A tiny seeded world on the parametrised SQL backend and the moto server, wired to Airflow."""
     from compliance import runtime
     from compliance.datamap.validate import load_datamap
@@ -76,5 +111,11 @@ def stack(db_url, state_url, s3, s3_endpoint, airflow_db, monkeypatch) -> Stack:
     engine = engine_from_url(db_url)
     seed_world(engine, s3, load_datamap(REPO / "config" / "datamap.yaml"), "tiny", 7, AS_OF)
     engine.dispose()
+    s3.create_bucket(Bucket=os.environ["COMPLIANCE_WORKSPACE_BUCKET"])  # clients' inbox lives here
+    sns = boto3.client("sns", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for sp in load_datamap(REPO / "config" / "datamap.yaml").subprocessors:
+        if sp.channel == "sns":
+            sns.create_topic(Name=sp.target.rsplit(":", 1)[1])
+    esp_webhook.clear()
     yield Stack(db_url, state_url, s3_endpoint, s3, os.environ["COMPLIANCE_WORKSPACE_BUCKET"])
     runtime.sql_engine.cache_clear()

@@ -23,13 +23,18 @@ def test_inventory_matches_seeded_world(stack):
     with engine.connect() as conn:
         contacts = conn.execute(sa.text("select count(*) from contacts")).scalar()
         per_client = dict(
-            conn.execute(sa.text("select client_id, count(*) from contacts group by client_id")).all()
+            conn.execute(
+                sa.text("select client_id, count(*) from contacts group by client_id")
+            ).all()
         )
     engine.dispose()
     assert crm["tables"]["contacts"] == contacts
     # contacts carry identifiers: that category's count per client includes every contact row
-    ident = {r["client_id"]: r["records"] for r in crm["per_client_category"]
-             if r["category"] == "identifiers"}
+    ident = {
+        r["client_id"]: r["records"]
+        for r in crm["per_client_category"]
+        if r["category"] == "identifiers"
+    }
     for client, n in per_client.items():
         assert ident[client] >= n
     stores = {s["name"]: s for s in report["stores"]}

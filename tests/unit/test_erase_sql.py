@@ -154,7 +154,7 @@ def snapshot(engine) -> dict[str, dict]:
     out = {}
     with engine.connect() as c:
         for table in w.metadata.sorted_tables:
-            pk = list(table.primary_key.columns)[0]
+            pk = next(iter(table.primary_key.columns))
             for row in c.execute(sa.select(table).order_by(pk)):
                 out[(table.name, row._mapping[pk.name])] = hashlib.sha256(
                     repr(tuple(row)).encode()
