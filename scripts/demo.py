@@ -15,9 +15,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from compliance.localenv import airflow_env, start_s3, stop_group
+from compliance.localenv import (
+    airflow_env,
+    prepare_workspace,
+    start_s3,
+    start_webhook_receiver,
+    stop_group,
+)
 from compliance.settings import REPO_ROOT
 from compliance.stores.s3 import list_keys, s3_client
+from compliance.stores.sql import engine_from_url
+from compliance.world.requests import sample_inbox
 
 DEMO = REPO_ROOT / ".demo"
 HOME = DEMO / "demo"
@@ -27,7 +35,9 @@ LOGS = DEMO / "logs"
 # (dag_id, conf): every DAG of the project, in the order a day would run them.
 DAGS: list[tuple[str, dict]] = [
     ("data_inventory", {}),
+    ("deletion_requests", {}),
 ]
+ESP_WEBHOOK_PORT = 8719  # the demo data map's esp_mailer target
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path) -> int:
@@ -81,6 +91,19 @@ def main() -> int:
             if rc:
                 print((LOGS / f"{label.replace(' ', '_')}.log").read_text()[-3000:])
                 return 1
+        prepare_workspace(
+            s3_url, env["COMPLIANCE_WORKSPACE_BUCKET"], Path(env["COMPLIANCE_DATAMAP"])
+        )
+        receiver = start_webhook_receiver(ESP_WEBHOOK_PORT)
+        if receiver is None:
+            print(f"  port {ESP_WEBHOOK_PORT} is taken: ESP notices will be recorded as failed")
+        s3 = s3_client(endpoint_url=s3_url, access_key="testing", secret_key="testing")
+        engine = engine_from_url(f"sqlite:///{crm}")
+        dropped = sample_inbox(engine, "delete", 6)
+        engine.dispose()
+        for key, body in dropped.items():
+            s3.put_object(Bucket=env["COMPLIANCE_WORKSPACE_BUCKET"], Key=key, Body=body)
+        print(f"  dropped {len(dropped)} request document(s) into the inbox (some invalid)")
         for dag_id, conf in DAGS:
             t0 = time.monotonic()
             log = LOGS / f"{dag_id}.log"
@@ -90,7 +113,6 @@ def main() -> int:
             print(
                 f"  dag {dag_id:<24} {'success' if ok else 'FAILED'} ({time.monotonic() - t0:.0f}s)"
             )
-        s3 = s3_client(endpoint_url=s3_url, access_key="testing", secret_key="testing")
         bucket = env["COMPLIANCE_WORKSPACE_BUCKET"]
         copied = collect(s3, bucket)
         print(f"\n{copied} output file(s) copied to {OUT.relative_to(REPO_ROOT)}/")

@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from compliance import erase_sql, holds, ledger, logs, recordings, state
 from compliance.datamap.model import BackupStore, DataMap, IdentityType, LogStore, RecordingStore
 from compliance.hashing import keyed_hash
-from compliance.outputs import put_json
+from compliance.outputs import put_json, put_summary
 from compliance.resolve import Subject, resolve
 
 BATCHES = "batches/"
@@ -354,12 +354,15 @@ def finalize(
         row = state.get_requests(state_engine, [int(ref)])[int(ref)]
         s3.delete_object(Bucket=bucket, Key=row.source)
     s3.delete_object(Bucket=bucket, Key=targets_key(batch_id))  # deferred ones re-plan next run
-    return {
+    summary = {
         "batch_id": batch_id,
         "completed": len(receipts),
         "deferred": len(targets.deferred),
         "residue": 0,
+        "receipts": f"s3://{bucket}/{RECEIPTS}",
     }
+    put_summary(s3, bucket, "deletion_requests", summary)
+    return summary
 
 
 def _receipts(dm, state_engine, targets: Targets, shard_results, now) -> dict[str, dict[str, Any]]:
@@ -415,6 +418,9 @@ def _receipts(dm, state_engine, targets: Targets, shard_results, now) -> dict[st
             "counts": {s: dict(t) for s, t in sorted(counts[ref].items())},
             "verification": "every system re-checked: zero residue",
             "exceptions": held_back,
+            "subprocessors": {
+                name: n.status for name, n in sorted(state.notices(state_engine, int(ref)).items())
+            },
             "backups": backups,
             "rules": ["R16", "R18", "R19", "R20"],
         }

@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from compliance import intake, ledger, state
 from compliance.datamap.model import SqlSystem
 from compliance.hashing import keyed_hash
-from compliance.outputs import ensure_workspace, put_bytes, put_json
+from compliance.outputs import ensure_workspace, put_bytes, put_json, put_summary
 from compliance.stores.s3 import list_keys
 
 INBOX = "inbox/"
@@ -202,6 +202,7 @@ def ingest(
     ledger.append(state_engine, hash_key, entries)
     for key, _, _ in documents:
         s3.delete_object(Bucket=bucket, Key=key)
+    put_summary(s3, bucket, "intake", summary.to_dict())
     return summary
 
 

@@ -8,11 +8,13 @@ escalates to SIGKILL after a grace period (the scheduler ignores SIGTERM for a w
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,3 +105,51 @@ def start_s3(home: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.1)
     stop_group(proc.pid)
     raise RuntimeError("local S3 server did not start within 30 s")
+
+
+def prepare_workspace(s3_url: str, bucket: str, datamap_path: Path) -> None:
+    """The workspace bucket (inbox, outputs) and the SNS topics sub-processors listen on."""
+    import boto3
+
+    from compliance.datamap.validate import load_datamap
+    from compliance.outputs import ensure_workspace
+    from compliance.stores.s3 import s3_client
+
+    ensure_workspace(s3_client(s3_url, access_key="testing", secret_key="testing"), bucket)
+    sns = boto3.client(
+        "sns",
+        endpoint_url=s3_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    for sp in load_datamap(datamap_path).subprocessors:
+        if sp.channel == "sns":
+            sns.create_topic(Name=sp.target.rsplit(":", 1)[1])
+
+
+class _Acknowledger(http.server.BaseHTTPRequestHandler):
+    """Stands in for a sub-processor's deletion webhook: counts notices, acknowledges them."""
+
+    count = 0
+
+    def do_POST(self) -> None:  # http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))  # never logged
+        type(self).count += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"acknowledged": true}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def start_webhook_receiver(port: int) -> http.server.ThreadingHTTPServer | None:
+    """Serve the demo map's webhook target in a thread; None if the port is taken."""
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Acknowledger)
+    except OSError:
+        return None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
