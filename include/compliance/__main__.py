@@ -105,6 +105,52 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention_check(args: argparse.Namespace) -> int:
+    """Exit 0 if the retention policy is valid and covers the data map (R22, R26, R27), 1 if not."""
+    from compliance.retention import check_file
+    from compliance.settings import Settings
+
+    datamap = args.datamap or Settings.from_env().datamap_path
+    try:
+        problems, summary = check_file(args.file, datamap)
+    except OSError as exc:
+        print(f"cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if problems:
+        print(f"retention policy {args.file}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def _backups_restore(args: argparse.Namespace) -> int:
+    """Load a snapshot into a database with the CRM's schema, then re-apply deletions (R18)."""
+    import json
+
+    from compliance.backups import restore
+    from compliance.datamap.validate import load_datamap
+    from compliance.settings import Settings
+    from compliance.stores.s3 import s3_client
+    from compliance.stores.sql import engine_from_url
+
+    cfg = Settings.from_env()
+    dm = load_datamap(args.datamap or cfg.datamap_path)
+    s3 = s3_client(endpoint_url=args.s3)
+    report = restore(
+        s3,
+        dm,
+        args.store,
+        args.day,
+        engine_from_url(args.db),
+        engine_from_url(args.state_db),
+        cfg.hash_key,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compliance")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -143,6 +189,35 @@ def _parser() -> argparse.ArgumentParser:
         "--head", type=_ledger_head, help="checkpoint SEQ:MAC from an earlier verify or head()"
     )
     lverify.set_defaults(func=_ledger_verify)
+
+    backups = sub.add_parser("backups", help="backup commands").add_subparsers(
+        dest="cmd", required=True
+    )
+    restore = backups.add_parser(
+        "restore", help="restore a snapshot and re-apply every deletion recorded since (R18)"
+    )
+    restore.add_argument("--store", required=True, help="backup store name in the data map")
+    restore.add_argument("--day", required=True, help="snapshot date, YYYY-MM-DD")
+    restore.add_argument(
+        "--db", required=True, help="target database (SQLAlchemy URL), with schema"
+    )
+    restore.add_argument("--state-db", required=True, help="compliance state DB holding tombstones")
+    restore.add_argument("--s3", help="S3 endpoint URL (default: AWS)")
+    restore.add_argument("--datamap", help="data map (default: settings)")
+    restore.set_defaults(func=_backups_restore)
+
+    retention = sub.add_parser("retention", help="retention policy commands").add_subparsers(
+        dest="cmd", required=True
+    )
+    rcheck = retention.add_parser(
+        "check", help="validate a retention policy and its coverage of the data map"
+    )
+    rcheck.add_argument("file")
+    rcheck.add_argument(
+        "--datamap",
+        help="data map to check against (default: COMPLIANCE_DATAMAP or config/datamap.yaml)",
+    )
+    rcheck.set_defaults(func=_retention_check)
     return parser
 
 
