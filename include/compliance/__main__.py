@@ -178,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--seed", type=int, default=7)
     seed.add_argument("--as-of", help="the world's 'today' (YYYY-MM-DD); default: today")
     seed.add_argument("--datamap", help="data map naming the buckets (default: settings)")
+    seed.add_argument("--replace", action="store_true", help="drop and re-create a non-empty world")
     seed.set_defaults(func=_world_seed)
 
     ledger = sub.add_parser("ledger", help="audit ledger commands").add_subparsers(
