@@ -382,7 +382,9 @@ def test_backup_restore_reapplies_deletions(stack, requests_dropped, tmp_path):
     with engine.connect() as c:
         left = c.execute(
             sa.text(
-                "select count(*) from contacts where contact_id in ({})".format(",".join(str(i) for e in expected for i in e["ids"]))
+                "select count(*) from contacts where contact_id in ({})".format(
+                    ",".join(str(i) for e in expected for i in e["ids"])
+                )
             )
         ).scalar()
         total = c.execute(sa.text("select count(*) from contacts")).scalar()
