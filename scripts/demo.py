@@ -35,6 +35,7 @@ LOGS = DEMO / "logs"
 # (dag_id, conf): every DAG of the project, in the order a day would run them.
 DAGS: list[tuple[str, dict]] = [
     ("data_inventory", {}),
+    ("access_reports", {}),  # before deletion: its subjects must still exist
     ("deletion_requests", {}),
 ]
 ESP_WEBHOOK_PORT = 8719  # the demo data map's esp_mailer target
@@ -100,6 +101,7 @@ def main() -> int:
         s3 = s3_client(endpoint_url=s3_url, access_key="testing", secret_key="testing")
         engine = engine_from_url(f"sqlite:///{crm}")
         dropped = sample_inbox(engine, "delete", 6)
+        dropped.update(sample_inbox(engine, "access", 4))
         engine.dispose()
         for key, body in dropped.items():
             s3.put_object(Bucket=env["COMPLIANCE_WORKSPACE_BUCKET"], Key=key, Body=body)

@@ -142,6 +142,16 @@ def ingest(
         k for r in fresh if isinstance(r, intake.Accepted) for k in intake.dedupe_key(r, hash_key)
     }
     existing = state.existing_dedupe_keys(state_engine, candidate_keys)
+    # R7: a consumer may ask to know again (the access run flags a third request in 12 months),
+    # so a finished access request never makes a new one a duplicate; an open one still does.
+    again = existing & {
+        k
+        for r in fresh
+        if isinstance(r, intake.Accepted) and r.type is intake.RequestType.access
+        for k in intake.identity_keys(r, hash_key)
+    }
+    if again:
+        existing -= again - state.existing_dedupe_keys(state_engine, again, ("open", "deferred"))
     checked = {
         id(orig): res
         for orig, res in zip(fresh, intake.find_duplicates(fresh, existing, hash_key), strict=True)

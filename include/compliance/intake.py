@@ -53,6 +53,7 @@ __all__ = [
     "deadlines",
     "dedupe_key",
     "find_duplicates",
+    "identity_keys",
     "parse_documents",
     "received_day",
     "validate_request",
@@ -1074,6 +1075,13 @@ def _identity_keys(accepted: Accepted, hash_key: bytes) -> set[str]:
         )
         for kind, value in accepted.identities.items()
     }
+
+
+def identity_keys(accepted: Accepted, hash_key: bytes) -> set[str]:
+    """The identity part of `dedupe_key` (without the request-id key), for callers whose policy
+    treats finished requests per identity, e.g. the inbox letting a consumer ask to know again
+    (R7)."""
+    return _identity_keys(accepted, hash_key)
 
 
 def dedupe_key(accepted: Accepted, hash_key: bytes) -> set[str]:

@@ -398,8 +398,11 @@ def insert_requests(
     return out
 
 
-def existing_dedupe_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
-    """The subset of `keys` already held by an open, deferred or completed request."""
+def existing_dedupe_keys(
+    engine: Engine, keys: Iterable[str], statuses: Sequence[str] = DEDUPE_STATUSES
+) -> set[str]:
+    """The subset of `keys` already held by a request in `statuses` (default: open, deferred or
+    completed)."""
     wanted = sorted(set(keys))
     found: set[str] = set()
     with engine.connect() as conn:
@@ -409,7 +412,7 @@ def existing_dedupe_keys(engine: Engine, keys: Iterable[str]) -> set[str]:
                 .join(cj_requests, cj_requests.c.id == cj_request_keys.c.request_pk)
                 .where(
                     cj_request_keys.c.key.in_(chunk),
-                    cj_requests.c.status.in_(DEDUPE_STATUSES),
+                    cj_requests.c.status.in_(tuple(statuses)),
                 )
             )
             found.update(conn.execute(q).scalars())

@@ -15,8 +15,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+# SigV4 explicitly: botocore otherwise presigns with SigV2, whose links have no 7-day cap (R12).
 RETRIES = Config(
-    retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=60
+    retries={"max_attempts": 8, "mode": "adaptive"},
+    connect_timeout=10,
+    read_timeout=60,
+    signature_version="s3v4",
 )
 
 

@@ -1,0 +1,208 @@
+"""
+### Access reports
+
+Compiles everything we hold about a consumer into a bundle the business can hand over, when it
+forwards a verified "right to know" request (R8-R15, R7, R27; GDPR Art. 15, G2):
+
+1. **intake**: the same inbox as deletions (`compliance.inbox`): every document in the S3 inbox,
+   plus the one entered in this form, is validated and moved to `accepted/` or `rejected/`;
+2. **plan**: one batch of every open access request: identities resolved within each client's
+   tenant, each request's window (12 months before receipt, since 2022-01-01 on request, R9; no
+   limit for the GDPR, G2), third request in 12 months flagged (R7);
+3. fans out, mapped: **gather_system** per SQL system (one SELECT per table for the whole
+   batch) and **gather_logs** per log day; withheld values (R10) never leave the stores;
+4. **build_bundles**: per request a zip (index.html, data.json, csv/, manifest.json, audio when
+   enabled) at `access/<client>/<request_id>/bundle.zip`, encrypted, a link that expires within
+   7 days (`link.json` beside it, R12), a receipt in `receipts/`, a ledger entry; requests closed.
+
+Backups are not searched, and every report says so (R13). Rerun = converge: a crashed batch is
+resumed from its stored targets. Logic: `compliance.access`; guide: docs/access.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, task
+
+from compliance import access, inbox, runtime
+from compliance_alerts import DEFAULT_ARGS
+
+ONE = "Enter one request (optional)"
+RUN = "This run"
+
+FORM = {
+    "request_id": Param(
+        None,
+        type=["null", "string"],
+        title="Request id",
+        description="The client's id for this request (letters, digits, . _ : -).",
+        section=ONE,
+    ),
+    "client_id": Param(None, type=["null", "integer"], title="Client id", minimum=1, section=ONE),
+    "email": Param(
+        None, type=["null", "string"], title="Consumer e-mail", format="email", section=ONE
+    ),
+    "phone": Param(None, type=["null", "string"], title="Consumer phone", section=ONE),
+    "contact_id": Param(None, type=["null", "string"], title="Client-side contact id", section=ONE),
+    "received_at": Param(
+        None,
+        type=["null", "string"],
+        format="date-time",
+        title="Received by the business at",
+        description="Starts the clock (R1) and ends the look-back window (R9).",
+        section=ONE,
+    ),
+    "verification_method": Param(
+        None,
+        type=["null", "string"],
+        title="Verification method",
+        description="How the business verified the consumer, e.g. email_link (R5).",
+        section=ONE,
+    ),
+    "verified_at": Param(
+        None,
+        type=["null", "string"],
+        format="date-time",
+        title="Verified at",
+        description="Defaults to the time of receipt.",
+        section=ONE,
+    ),
+    "verified_by": Param(None, type=["null", "string"], title="Verified by", section=ONE),
+    "jurisdiction": Param("ccpa", enum=["ccpa", "gdpr"], title="Jurisdiction", section=ONE),
+    "look_back": Param(
+        "default",
+        enum=["default", "since_2022", "all"],
+        title="Look-back",
+        description=(
+            "default: the jurisdiction's own (CCPA: 12 months before receipt, R9; GDPR: all "
+            "data, G2). since_2022: everything since 2022-01-01, when the consumer asks (CCPA, "
+            "R9). all: GDPR only."
+        ),
+        section=ONE,
+    ),
+    "link_expiry_days": Param(
+        access.MAX_LINK_DAYS,
+        type="integer",
+        minimum=1,
+        maximum=access.MAX_LINK_DAYS,
+        title="Download link expiry (days)",
+        description="Every bundle of this run gets a link valid this long; at most 7 days (R12).",
+        section=RUN,
+    ),
+    "include_audio": Param(
+        None,
+        type=["null", "boolean"],
+        title="Include call audio",
+        description="Empty: the deployment setting COMPLIANCE_ACCESS_INCLUDE_AUDIO (off).",
+        section=RUN,
+    ),
+}
+
+
+def _form(params: dict) -> dict:
+    """'default' means the jurisdiction's default: omitted, so a GDPR form is not refused (G2)."""
+    out = dict(params)
+    if out.get("look_back") == "default" and out.get("jurisdiction") == "gdpr":
+        out["look_back"] = None
+    return out
+
+
+@dag(
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["compliance", "access"],
+    params=FORM,
+    doc_md=__doc__,
+)
+def access_reports():
+    @task
+    def intake(params: dict | None = None) -> dict:
+        cfg = runtime.settings()
+        s3 = runtime.s3(cfg.workspace_connection)
+        dm = runtime.datamap()
+        form = inbox.form_document(_form(params or {}), "access")
+        if form is not None:
+            inbox.submit(s3, cfg.workspace_bucket, form, f"access-{form['request_id']}")
+        system = dm.systems[sorted(dm.systems)[0]]
+        clients = inbox.load_clients(runtime.sql_engine(system.connection), system)
+        summary = inbox.ingest(
+            s3, cfg.workspace_bucket, clients, runtime.state_engine(), cfg.hash_key, runtime.now()
+        )
+        return summary.to_dict()
+
+    @task
+    def plan(_intake: dict, params: dict | None = None) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        return access.plan(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            runtime.engines(dm),
+            runtime.state_engine(),
+            runtime.now(),
+            include_audio=access.audio_setting((params or {}).get("include_audio")),
+        )
+
+    @task
+    def pick(batch: dict, what: str) -> list[str]:
+        return batch[what]
+
+    @task(map_index_template="{{ system }}")
+    def gather_system(batch: dict, system: str) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        return access.gather_system(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            runtime.sql_engine(dm.systems[system].connection),
+            batch["batch_id"],
+            system,
+        )
+
+    @task(map_index_template="{{ shard }}")
+    def gather_logs(batch: dict, shard: str) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        return access.gather_log_shard(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            runtime.s3(dm.stores[shard.split("|")[0]].connection),
+            batch["batch_id"],
+            shard,
+        )
+
+    @task(trigger_rule="none_failed")
+    def build_bundles(batch: dict, _gathered: list | None, params: dict | None = None) -> dict:
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        return access.build_bundles(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            {name: runtime.s3(store.connection) for name, store in dm.stores.items()},
+            runtime.state_engine(),
+            cfg.hash_key,
+            batch["batch_id"],
+            runtime.now(),
+            retention_path=cfg.retention_path,
+            link_days=int((params or {}).get("link_expiry_days") or access.MAX_LINK_DAYS),
+        )
+
+    batch = plan(intake())
+    systems = gather_system.partial(batch=batch).expand(
+        system=pick.override(task_id="systems")(batch, "systems")
+    )
+    shards = gather_logs.partial(batch=batch).expand(
+        shard=pick.override(task_id="log_shards")(batch, "shards")
+    )
+    systems >> build_bundles(batch, shards)
+
+
+access_reports()

@@ -1,0 +1,244 @@
+"""An access batch: every open access request, planned once, resumed until delivered (R8-R15).
+
+The DAG `access_reports` plans one batch per run: all open requests of type `access` join it, so a
+thousand requests still cost one pass over each store. Planning resolves each request's identities
+to consumer rows *within its client's tenant* (`compliance.resolve`, shared with deletion), fixes
+each request's look-back window (R9, G2), counts repeats (R7), and writes the batch's targets
+(identities included) encrypted to `batches/<id>/targets.json` in the workspace bucket. Tasks see
+only the batch id and a system or shard name.
+
+Convergence: a batch stays `planned` until `deliver.build_bundles` has delivered every request;
+a rerun finds it through its open requests and reuses the stored targets, so the windows, the
+`generated_at` stamp and therefore the bundles' bytes are the same as a clean run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from compliance import intake, logs, state
+from compliance.datamap.model import DataMap, IdentityType, LogStore
+from compliance.outputs import put_json
+from compliance.resolve import Subject, resolve
+
+BATCHES = "batches/"
+KIND = "access"
+AUDIO_ENV = "COMPLIANCE_ACCESS_INCLUDE_AUDIO"
+REPEAT_THRESHOLD = 3  # R7: the business need not answer a third request within 12 months
+
+
+@dataclass
+class AccessBatch:
+    """What a batch exports. Holds identities: lives only in the encrypted workspace bucket."""
+
+    batch_id: str
+    created_at: str = ""  # ISO; every bundle's `generated_at`, so reruns rebuild identical bytes
+    include_audio: bool = False
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref -> request facts
+    given: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # as the request said
+    identities: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # + found on rows
+    consumers: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # system->ref->ids
+
+    @property
+    def refs(self) -> list[str]:
+        return sorted(self.requests, key=int)
+
+    def window(self, ref: str) -> tuple[datetime | None, datetime]:
+        """(since, until) of one request, aware UTC; since None = no limit (G2)."""
+        req = self.requests[ref]
+        since = datetime.fromisoformat(req["since"]) if req["since"] else None
+        return since, datetime.fromisoformat(req["until"])
+
+    def union_window(self) -> tuple[datetime | None, datetime | None]:
+        """The smallest window covering every request's: what one pass over a store reads."""
+        if not self.requests:
+            return None, None
+        windows = [self.window(r) for r in self.refs]
+        since = None if any(s is None for s, _ in windows) else min(s for s, _ in windows)
+        return since, max(u for _, u in windows)
+
+    def log_targets(self) -> logs.Targets:
+        """Every request's identities (given and found) by tenant, for the log scanner."""
+        by_tenant: dict[str, list[tuple[IdentityType, str, str]]] = {}
+        for ref in self.refs:
+            tenant = str(self.requests[ref]["client_id"])
+            for kind, values in self.identities.get(ref, {}).items():
+                by_tenant.setdefault(tenant, []).extend(
+                    (IdentityType(kind), v, ref) for v in values
+                )
+        return logs.Targets(by_tenant)
+
+
+def targets_key(batch_id: str) -> str:
+    return f"{BATCHES}{batch_id}/targets.json"
+
+
+def load(s3: Any, bucket: str, batch_id: str) -> AccessBatch:
+    body = s3.get_object(Bucket=bucket, Key=targets_key(batch_id))["Body"].read()
+    return AccessBatch(**json.loads(body))
+
+
+def audio_setting(value: bool | None) -> bool:
+    """A run's choice (the trigger form) wins, else COMPLIANCE_ACCESS_INCLUDE_AUDIO (deployment).
+
+    Off by default: audio makes bundles large and carries other voices (the client's staff).
+    """
+    if value is not None:
+        return bool(value)
+    return os.environ.get(AUDIO_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def plan(
+    s3: Any,
+    bucket: str,
+    dm: DataMap,
+    engines: dict[str, Engine],
+    state_engine: Engine,
+    now: datetime,
+    *,
+    include_audio: bool = False,
+) -> dict[str, Any]:
+    """Form (or resume) the batch; return small JSON naming what to fan out over."""
+    pending = state.actionable_requests(state_engine, KIND)
+    resumable = sorted(
+        {r.batch_id for r in pending if r.batch_id and _is_planned(state_engine, r.batch_id)}
+    )
+    if resumable:
+        batch = load(s3, bucket, resumable[0])
+    else:
+        batch = _new_batch(s3, bucket, dm, engines, state_engine, now, pending, include_audio)
+    return fanout(s3, dm, batch)
+
+
+def _is_planned(state_engine: Engine, batch_id: str) -> bool:
+    found = state.get_batch(state_engine, batch_id)
+    return found is not None and found.status == "planned"
+
+
+def _new_batch(
+    s3: Any,
+    bucket: str,
+    dm: DataMap,
+    engines: dict[str, Engine],
+    state_engine: Engine,
+    now: datetime,
+    pending: list[state.RequestRow],
+    include_audio: bool,
+) -> AccessBatch:
+    if not pending:
+        return AccessBatch("")
+    digest = hashlib.sha256(",".join(str(r.id) for r in pending).encode()).hexdigest()[:8]
+    now = state.to_utc(now).replace(microsecond=0)
+    batch = AccessBatch(
+        f"acc-{now:%Y%m%dT%H%M%S}-{digest}", now.isoformat(), include_audio=include_audio
+    )
+    subjects: list[Subject] = []
+    for row in pending:
+        ref = str(row.id)
+        doc = json.loads(s3.get_object(Bucket=bucket, Key=row.source)["Body"].read())
+        idents = tuple((IdentityType(k), v) for k, v in sorted(doc["identities"].items()))
+        subjects.append(Subject(ref, row.client_id, idents))
+        batch.given[ref] = {k.value: [v] for k, v in idents}
+        since, until = request_window(row, doc, now)
+        batch.requests[ref] = {
+            "pk": row.id,
+            "client_id": row.client_id,
+            "request_id": row.request_id,
+            "jurisdiction": row.jurisdiction,
+            "look_back": doc.get("look_back") or row.look_back,
+            "received_at": state.to_utc(row.received_at).isoformat(),
+            "response_due": row.due.isoformat() if row.due else None,
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat(),
+            "repeat": repeat(state_engine, row),
+        }
+    for sname, system in dm.systems.items():
+        resolved = resolve(engines[sname], system, subjects)
+        batch.consumers[sname] = {
+            ref: sorted(res.consumer_ids, key=str) for ref, res in resolved.items()
+        }
+        for ref, res in resolved.items():
+            per_kind = batch.identities.setdefault(ref, {})
+            for kind, values in res.identities.items():
+                per_kind[kind.value] = sorted(set(per_kind.get(kind.value, [])) | values)
+    put_json(s3, bucket, targets_key(batch.batch_id), asdict(batch))
+    plan_rows = [
+        state.PlanRow(int(ref), sname, "consumers", len(ids))
+        for sname, per_ref in batch.consumers.items()
+        for ref, ids in per_ref.items()
+    ]
+    state.plan_batch(state_engine, batch.batch_id, KIND, plan_rows, created_at=now)
+    state.set_status(state_engine, [int(r) for r in batch.refs], "open", batch_id=batch.batch_id)
+    return batch
+
+
+def request_window(
+    row: state.RequestRow, doc: dict[str, Any], now: datetime
+) -> tuple[datetime | None, datetime]:
+    """The collection window one request covers: (since, until), aware UTC.
+
+    since: intake's `collected_since` (R9: 12 months before the day of receipt at 00:00 UTC, or
+    2022-01-01 when the consumer asked; G2: None, no limit). until: the business's receipt for
+    the CCPA (R9 counts back from it); for the GDPR the moment the copy is made, because Art. 15
+    gives a copy of the data being processed, with no look-back limit (G2).
+    """
+    if doc.get("collected_since"):
+        since: datetime | None = datetime.fromisoformat(doc["collected_since"])
+    else:
+        look_back = doc.get("look_back") or row.look_back
+        if not look_back:
+            look_back = "all" if row.jurisdiction == "gdpr" else "default"
+        since = intake.collected_since(row.receipt_day, look_back, row.jurisdiction)
+    received = state.to_utc(row.received_at)
+    until = state.to_utc(now) if row.jurisdiction == "gdpr" else received
+    return (state.to_utc(since) if since else None), until
+
+
+def repeat(state_engine: Engine, row: state.RequestRow) -> dict[str, Any]:
+    """R7: how many access requests this consumer made in the 12 months up to this one.
+
+    Counted by the keyed subject hash intake stores (the request's first identity), so a consumer
+    who used another identity each time is not recognised; the business has the final word.
+    """
+    if not row.subject_hash:
+        return {"requests_in_12_months": None, "flagged": False, "rule": "R7"}
+    start = datetime.combine(intake.add_months(row.receipt_day, -12), time(), tzinfo=UTC)
+    received = state.to_utc(row.received_at)
+    count = state.subject_request_count(
+        state_engine, row.client_id, row.subject_hash, KIND, start
+    ) - state.subject_request_count(
+        state_engine, row.client_id, row.subject_hash, KIND, received + timedelta(microseconds=1)
+    )
+    return {"requests_in_12_months": count, "flagged": count >= REPEAT_THRESHOLD, "rule": "R7"}
+
+
+def fanout(s3: Any, dm: DataMap, batch: AccessBatch) -> dict[str, Any]:
+    """Small JSON for XCom: the batch id, counts, and the systems and log days to map over.
+
+    Log days are those of the union window, one day wider on each side: a line's day folder may
+    differ from its timestamp's UTC day; lines are then kept by their own timestamps.
+    """
+    if not batch.batch_id or not batch.requests:
+        return {"batch_id": batch.batch_id, "requests": 0, "systems": [], "shards": []}
+    since, until = batch.union_window()
+    first = (since - timedelta(days=1)).date() if since else None
+    last = (until + timedelta(days=1)).date() if until else None
+    shards = [
+        f"{name}|{prefix}"
+        for name, store in sorted(dm.stores.items())
+        if isinstance(store, LogStore)
+        for prefix in logs.day_prefixes(s3, store, first, last)
+    ]
+    return {
+        "batch_id": batch.batch_id,
+        "requests": len(batch.requests),
+        "systems": sorted(dm.systems),
+        "shards": shards,
+    }

@@ -1,0 +1,323 @@
+"""Delivering a batch: a bundle per request, encrypted at rest, an expiring link, a receipt, a
+ledger entry, and the request closed (R8-R15, R7, R12).
+
+Per request: read its parts, assemble the report, write the zip to a spooled temporary file,
+upload it to `access/<client>/<request_id>/bundle.zip` with server-side encryption
+(`outputs.encryption_args`: KMS when COMPLIANCE_KMS_KEY_ID is set, else SSE-S3), presign a GET
+link valid for at most 7 days (SigV4's own ceiling, and R12's "expiring"), and write the link
+beside the bundle (`link.json`) for the business to pick up. The receipt
+(`receipts/<client>/<request_id>.access.json`) names the object, its checksum and the link's
+expiry but not the link, which is a bearer credential; the ledger holds keyed hashes and counts
+only.
+
+Rerun = converge: requests already completed are skipped; the others are rebuilt from the stored
+batch and parts into the same bytes (same `generated_at`), receipts are overwritten with the same
+content, ledger entries carry idempotency keys. Only when every request is delivered are the
+requests closed, the batch finished and the identities (accepted documents, targets, parts)
+deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from botocore.exceptions import ClientError
+from sqlalchemy import Engine
+
+from compliance import ledger, state
+from compliance.access import bundle, disclosure, gather, report
+from compliance.access.batch import AccessBatch, load, targets_key
+from compliance.datamap.model import DataMap, RecordingStore
+from compliance.hashing import keyed_hash
+from compliance.outputs import encryption_args, put_json, put_summary
+from compliance.stores.s3 import list_keys
+
+log = logging.getLogger(__name__)
+
+ACCESS = "access/"
+RECEIPTS = "receipts/"
+DEFAULT_LINK_DAYS = 7
+MAX_LINK_DAYS = 7  # SigV4 presigned URLs cannot outlive 7 days; R12 asks for expiring links
+SPOOL_BYTES = 32 << 20
+
+
+class LinkExpiryRefused(ValueError):
+    """The requested link lifetime is outside 1..7 days (R12)."""
+
+    reason = "link_expiry_out_of_range"
+
+
+class LinkNotBounded(RuntimeError):
+    """The S3 client presigned a link without an X-Amz-Expires bound (not SigV4)."""
+
+    reason = "link_not_sigv4"
+
+
+def link_lifetime(days: int | None) -> timedelta:
+    """A whole number of days in 1..7, as a timedelta (R12); anything else is refused."""
+    days = DEFAULT_LINK_DAYS if days is None else days
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_LINK_DAYS:
+        raise LinkExpiryRefused(
+            f"a download link must expire within 1 to {MAX_LINK_DAYS} days (R12)"
+        )
+    return timedelta(days=days)
+
+
+def bundle_key(client_id: int, request_id: str) -> str:
+    return f"{ACCESS}{client_id}/{request_id}/bundle.zip"
+
+
+def link_key(client_id: int, request_id: str) -> str:
+    return f"{ACCESS}{client_id}/{request_id}/link.json"
+
+
+def receipt_key(client_id: int, request_id: str) -> str:
+    return f"{RECEIPTS}{client_id}/{request_id}.access.json"
+
+
+def presign(s3: Any, bucket: str, key: str, lifetime: timedelta) -> str:
+    """A GET link for `key`, checked to carry its own bounded expiry (SigV4 X-Amz-Expires)."""
+    seconds = int(lifetime.total_seconds())
+    url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+    )
+    expires = parse_qs(urlsplit(url).query).get("X-Amz-Expires", [""])[0]
+    if not expires.isdigit() or int(expires) > MAX_LINK_DAYS * 86400:
+        raise LinkNotBounded("the S3 client must sign with SigV4 (signature_version='s3v4')")
+    return url
+
+
+@dataclass(frozen=True)
+class Delivered:
+    ref: str
+    receipt: dict[str, Any]
+    entry: ledger.Entry
+
+
+def build_bundles(
+    s3: Any,
+    bucket: str,
+    dm: DataMap,
+    store_clients: dict[str, Any],
+    state_engine: Engine,
+    hash_key: bytes,
+    batch_id: str,
+    now: datetime,
+    *,
+    retention_path: str | Path,
+    link_days: int | None = DEFAULT_LINK_DAYS,
+) -> dict[str, Any]:
+    """Deliver every request of the batch, then close it; return the run's summary (counts)."""
+    lifetime = link_lifetime(link_days)
+    if not batch_id:
+        summary = {"batch_id": "", "delivered": 0, "repeats_flagged": 0}
+        put_summary(s3, bucket, "access_reports", summary)
+        return summary
+    batch = load(s3, bucket, batch_id)
+    policy = disclosure.load_policy(retention_path, dm)
+    rows = state.get_requests(state_engine, [int(r) for r in batch.refs])
+    delivered: list[Delivered] = []
+    skipped = 0
+    for ref in batch.refs:
+        if rows[int(ref)].status == "completed":
+            skipped += 1  # delivered by an earlier attempt of this batch
+            continue
+        delivered.append(
+            _deliver_one(s3, bucket, dm, store_clients, batch, ref, hash_key, now, lifetime, policy)
+        )
+    ledger.append(state_engine, hash_key, [d.entry for d in delivered])
+    state.set_status(state_engine, [int(d.ref) for d in delivered], "completed", completed_at=now)
+    state.finish_batch(state_engine, batch_id, finished_at=now)
+    _forget(s3, bucket, batch, rows)
+    summary = {
+        "batch_id": batch_id,
+        "delivered": len(delivered),
+        "already_delivered": skipped,
+        "records": sum(sum(d.receipt["counts"].values()) for d in delivered),
+        "withheld_fields": sum(len(d.receipt["withheld"]) for d in delivered),
+        "repeats_flagged": sum(1 for d in delivered if d.receipt["repeat"]["flagged"]),
+        "link_expiry_days": lifetime.days,
+        "bundles": f"s3://{bucket}/{ACCESS}",
+        "receipts": f"s3://{bucket}/{RECEIPTS}",
+    }
+    put_summary(s3, bucket, "access_reports", summary)
+    log.info("access batch %s: %d bundle(s) delivered", batch_id, len(delivered))
+    return summary
+
+
+def _deliver_one(
+    s3: Any,
+    bucket: str,
+    dm: DataMap,
+    store_clients: dict[str, Any],
+    batch: AccessBatch,
+    ref: str,
+    hash_key: bytes,
+    now: datetime,
+    lifetime: timedelta,
+    policy: Any,
+) -> Delivered:
+    req = batch.requests[ref]
+    client_id, request_id = int(req["client_id"]), str(req["request_id"])
+    records = gather.read_parts(s3, bucket, batch.batch_id, ref)
+    recordings, audio = _recordings(dm, store_clients, records, batch.include_audio)
+    body = report.assemble(
+        dm,
+        req,
+        batch.given.get(ref, {}),
+        records,
+        retention=disclosure.retention_lines(policy, dm, client_id),
+        generated_at=datetime.fromisoformat(batch.created_at),
+        recordings=recordings,
+    )
+    key = bundle_key(client_id, request_id)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+        info = bundle.write_bundle(spool, body, audio=audio)
+        s3.upload_fileobj(
+            spool,
+            bucket,
+            key,
+            ExtraArgs={
+                "ContentType": "application/zip",
+                "Metadata": {"sha256": info.sha256, "batch": batch.batch_id},
+                **encryption_args(),
+            },
+        )
+    url = presign(s3, bucket, key, lifetime)
+    expires_at = (now + lifetime).isoformat()
+    put_json(
+        s3,
+        bucket,
+        link_key(client_id, request_id),
+        {
+            "request_id": request_id,
+            "client_id": client_id,
+            "url": url,
+            "expires_at": expires_at,
+            "sha256": info.sha256,
+            "rule": "R12",
+        },
+    )
+    counts: dict[str, int] = {}
+    for src in body["sources"]:
+        counts[src["source"]] = len(src["records"])
+    receipt = {
+        "request_id": request_id,
+        "client_id": client_id,
+        "type": "access",
+        "jurisdiction": req["jurisdiction"],
+        "look_back": req.get("look_back"),
+        "received_at": req["received_at"],
+        "response_due": req.get("response_due"),
+        "delivered_at": now.isoformat(),
+        "batch_id": batch.batch_id,
+        "window": {"since": req["since"], "until": req["until"]},
+        "bundle": {
+            "key": key,
+            "sha256": info.sha256,
+            "bytes": info.size,
+            "files": len(info.files) + 1,
+            "encryption": encryption_args()["ServerSideEncryption"],
+            "link": link_key(client_id, request_id),
+            "link_expires_at": expires_at,
+        },
+        "counts": counts,
+        "categories": [c["category"] for c in body["categories"]],
+        "withheld": sorted({w["field"] for w in body["withheld"]}),
+        "recordings": {
+            "rows": len(body["recordings"]),
+            "audio_included": sum(1 for a in body["recordings"] if a["file"]),
+        },
+        "not_searched": [n["store"] for n in body["not_searched"]],
+        "repeat": req["repeat"],
+        "rules": ["R7", "R8", "R9", "R10", "R12", "R13", "R15"]
+        + (["G2"] if req["jurisdiction"] == "gdpr" else []),
+    }
+    rkey = receipt_key(client_id, request_id)
+    put_json(s3, bucket, rkey, receipt)
+    entry = ledger.Entry(
+        "access_delivered",
+        keyed_hash(hash_key, "request", f"{client_id}\x1f{request_id}\x1faccess"),
+        {
+            "batch": batch.batch_id,
+            "receipt": rkey,
+            "bundle_sha256": info.sha256,
+            "counts": counts,
+            "withheld_fields": len(receipt["withheld"]),
+            "repeat_flagged": bool(req["repeat"]["flagged"]),
+            "link_expires_at": expires_at,
+            "rules": receipt["rules"],
+        },
+        f"access:{batch.batch_id}:{ref}",
+    )
+    return Delivered(ref, receipt, entry)
+
+
+def _recordings(
+    dm: DataMap, store_clients: dict[str, Any], records: list[dict[str, Any]], include: bool
+) -> tuple[dict[tuple[str, str], dict[str, Any]], list[bundle.Audio]]:
+    """Which recordings go into the bundle, under names we assign (never the stored key)."""
+    stores = {
+        f"{s.system}.{s.table}": (name, s)
+        for name, s in dm.stores.items()
+        if isinstance(s, RecordingStore)
+    }
+    status: dict[tuple[str, str], dict[str, Any]] = {}
+    audio: list[bundle.Audio] = []
+    rows = sorted(
+        (r for r in records if r["source"] in stores),
+        key=lambda r: (r["source"], str(r["record"])),
+    )
+    for rec in rows:
+        ident = (rec["source"], str(rec["record"]))
+        obj = rec.get("object")
+        if not include or not obj:
+            status[ident] = {"file": None, "status": "not_requested" if obj else "no_audio"}
+            continue
+        name, store = stores[rec["source"]]
+        client = store_clients[name]
+        try:
+            client.head_object(Bucket=store.bucket, Key=obj)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                status[ident] = {"file": None, "status": "missing"}
+                continue
+            raise
+        member = bundle.recording_name(len(audio) + 1, obj)
+        status[ident] = {"file": member, "status": "included"}
+        audio.append(
+            bundle.Audio(
+                member,
+                lambda c=client, b=store.bucket, k=obj: c.get_object(Bucket=b, Key=k)["Body"],
+            )
+        )
+    return status, audio
+
+
+def _forget(s3: Any, bucket: str, batch: AccessBatch, rows: dict[int, state.RequestRow]) -> None:
+    """After delivery only keyed hashes remain: the accepted documents, the batch's targets and
+    its parts (which hold identities and data) are deleted (R20's minimal record)."""
+    for ref in batch.refs:
+        source = rows[int(ref)].source
+        if source.startswith("accepted/"):
+            s3.delete_object(Bucket=bucket, Key=source)
+    parts = [o["Key"] for o in list_keys(s3, bucket, gather.parts_prefix(batch.batch_id))]
+    for i in range(0, len(parts), 1000):
+        s3.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": k} for k in parts[i : i + 1000]], "Quiet": True},
+        )
+    s3.delete_object(Bucket=bucket, Key=targets_key(batch.batch_id))
+
+
+def receipt(s3: Any, bucket: str, client_id: int, request_id: str) -> dict[str, Any]:
+    """A delivered request's receipt (for staff tools and tests)."""
+    body = s3.get_object(Bucket=bucket, Key=receipt_key(client_id, request_id))["Body"].read()
+    return json.loads(body)

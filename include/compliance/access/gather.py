@@ -1,0 +1,264 @@
+"""Gathering a batch's data: one pass per SQL system and per log day, parts per request in S3.
+
+`gather_system` runs one SELECT per mapped table (and chunk of consumer ids) for *every* consumer
+of the batch, joined toward the consumer along the data map's relations (`compliance.sqlmap`), and
+keeps only rows of the request's own tenant inside the request's window. `gather_log_shard` scans
+one day folder with the shared log engine (`logs.collect_shard`) for the union window, then keeps
+each line only inside its own request's window. Rows and lines go to JSON-lines *parts* under
+`batches/<id>/parts/<ref>/` in the workspace bucket (encrypted); XCom carries counts only.
+
+R10 at the source: a column or field the data map marks `withhold` is never selected. The
+database answers only whether a value is held, so an SSN, a password hash or a voiceprint never
+leaves the store, not even into a part.
+
+What is disclosed: mapped columns (the data map is the declaration of personal information; an
+unmapped column is drift the inventory reports), plus each row's id and collection time. For log
+lines, every field but the tenant field: the line is a record about the consumer, and its
+unmapped fields (service, path, message) say what happened.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from compliance import logs
+from compliance.access.batch import BATCHES, load
+from compliance.datamap.model import DataMap, LogStore, RecordingStore
+from compliance.outputs import put_bytes
+from compliance.sqlmap import MappedSql
+from compliance.stores.s3 import list_keys
+
+CHUNK = 500
+
+
+def parts_prefix(batch_id: str, ref: str | None = None) -> str:
+    base = f"{BATCHES}{batch_id}/parts/"
+    return base if ref is None else f"{base}{ref}/"
+
+
+def part_key(batch_id: str, ref: str, name: str) -> str:
+    return f"{parts_prefix(batch_id, ref)}{name}.jsonl"
+
+
+def json_value(value: Any) -> Any:
+    """A stored value as JSON: datetimes as ISO 8601 UTC (the CRM stores naive UTC)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.isoformat() + "Z"
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    return str(value)
+
+
+def _naive(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment is not None else None
+
+
+def _inside(moment: datetime | None, since: datetime | None, until: datetime | None) -> bool:
+    """Inside [since, until]; a record without a time is kept (err toward disclosing, R9)."""
+    if moment is None:
+        return True
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (since is None or moment >= since) and (until is None or moment <= until)
+
+
+def _held(col: sa.ColumnElement) -> sa.ColumnElement:
+    """1 when a value is held, else 0: the only thing the database returns for a withheld column."""
+    return sa.case(
+        (col.is_(None), 0),
+        (sa.cast(col, sa.String) == "", 0),
+        else_=1,
+    )
+
+
+def gather_system(
+    s3: Any, bucket: str, dm: DataMap, engine: Engine, batch_id: str, system: str
+) -> dict[str, Any]:
+    """Every mapped table's rows owned by the batch's consumers, per request, into parts."""
+    batch = load(s3, bucket, batch_id)
+    spec = dm.systems[system]
+    per_ref = batch.consumers.get(system, {})
+    owners: dict[str, list[str]] = defaultdict(list)  # consumer id (as text) -> refs
+    for ref in batch.refs:
+        for cid in per_ref.get(ref, []):
+            owners[str(cid)].append(ref)
+    ids = sorted({cid for ref in batch.refs for cid in per_ref.get(ref, [])}, key=str)
+    out: dict[str, list[bytes]] = defaultdict(list)
+    if ids:
+        sql = MappedSql(engine, spec)
+        since, until = batch.union_window()
+        audio_keys = {
+            s.table: s.key_column
+            for s in dm.stores.values()
+            if isinstance(s, RecordingStore) and s.system == system
+        }
+        with engine.connect() as conn:
+            for tname, table in spec.tables.items():
+                rows = _table_rows(conn, sql, tname, table, ids, since, until, audio_keys)
+                for row in rows:
+                    for ref in owners.get(str(row["consumer"]), []):
+                        req = batch.requests[ref]
+                        r_since, r_until = batch.window(ref)
+                        if str(row["tenant"]) != str(req["client_id"]):
+                            continue  # never another tenant's row, whatever the join says
+                        if not _inside(row["time"], r_since, r_until):
+                            continue
+                        out[ref].append(_record_line(f"{system}.{tname}", row))
+    for ref, lines in sorted(out.items()):
+        put_bytes(s3, bucket, part_key(batch_id, ref, f"sql-{system}"), b"".join(lines), _NDJSON)
+    return {
+        "system": system,
+        "rows": sum(len(v) for v in out.values()),
+        "requests_with_rows": len(out),
+    }
+
+
+_NDJSON = "application/x-ndjson"
+
+
+def _table_rows(
+    conn: sa.Connection,
+    sql: MappedSql,
+    tname: str,
+    table: Any,
+    ids: list[Any],
+    since: datetime | None,
+    until: datetime | None,
+    audio_keys: dict[str, str],
+) -> list[dict[str, Any]]:
+    owned = sql.owned(tname)
+    t = owned.table
+    plain = [c for c, col in table.columns.items() if col.withhold is None]
+    withheld = [c for c, col in table.columns.items() if col.withhold is not None]
+    time_col = t.c[table.time_column]
+    cols: list[sa.ColumnElement] = [
+        t.c[table.primary_key].label("_pk"),
+        time_col.label("_time"),
+        owned.consumer_key.label("_consumer"),
+        sa.cast(owned.tenant, sa.String).label("_tenant"),
+    ]
+    cols += [t.c[c].label(f"v{i}") for i, c in enumerate(plain)]
+    cols += [_held(t.c[c]).label(f"w{i}") for i, c in enumerate(withheld)]
+    key_col = audio_keys.get(tname)
+    if key_col is not None:
+        cols.append(t.c[key_col].label("_object"))
+    found: list[dict[str, Any]] = []
+    for i in range(0, len(ids), CHUNK):
+        stmt = (
+            sa.select(*cols)
+            .select_from(owned.from_clause)
+            .where(owned.consumer_key.in_(ids[i : i + CHUNK]))
+            .order_by(t.c[table.primary_key])
+        )
+        if since is not None:  # the union window; each request's own is applied per row
+            stmt = stmt.where(sa.or_(time_col.is_(None), time_col >= _naive(since)))
+        if until is not None:
+            stmt = stmt.where(sa.or_(time_col.is_(None), time_col <= _naive(until)))
+        for m in conn.execute(stmt).mappings():
+            found.append(
+                {
+                    "record": m["_pk"],
+                    "time": m["_time"],
+                    "consumer": m["_consumer"],
+                    "tenant": m["_tenant"],
+                    "values": {c: m[f"v{i}"] for i, c in enumerate(plain)},
+                    "withheld": [c for i, c in enumerate(withheld) if m[f"w{i}"]],
+                    "object": m["_object"] if key_col is not None else None,
+                }
+            )
+    return found
+
+
+def _record_line(source: str, row: dict[str, Any]) -> bytes:
+    record: dict[str, Any] = {
+        "source": source,
+        "record": json_value(row["record"]),
+        "collected_at": json_value(row["time"]),
+        "values": {k: json_value(v) for k, v in row["values"].items()},
+        "withheld": row["withheld"],
+    }
+    if row["object"]:
+        record["object"] = str(row["object"])  # internal: never a file name in the bundle
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def gather_log_shard(
+    s3: Any, bucket: str, dm: DataMap, store_s3: Any, batch_id: str, shard: str
+) -> dict[str, Any]:
+    """One day folder of one log store: each request's lines inside its window, into parts."""
+    store_name, prefix = shard.split("|", 1)
+    store = dm.stores[store_name]
+    if not isinstance(store, LogStore):
+        raise ValueError(f"{store_name} is not a log store")
+    batch = load(s3, bucket, batch_id)
+    since, until = batch.union_window()
+    out: dict[str, list[bytes]] = defaultdict(list)
+    withheld = {name for name, f in store.fields.items() if f.withhold is not None}
+    for ref, line in logs.collect_shard(
+        store_s3, store, prefix, batch.log_targets(), since=since, until=until
+    ):
+        if ref not in batch.requests:
+            continue
+        # the scanner's own parser, so "inside the window" means the same thing in both places
+        moment = logs._timestamp(line.get(store.timestamp_field))
+        if not _inside(moment, *batch.window(ref)):
+            continue
+        if str(line.get(store.tenant_field)) != str(batch.requests[ref]["client_id"]):
+            continue  # the scanner matched on this tenant; checked again, cheaply
+        out[ref].append(_log_line(store_name, store, line, moment, withheld))
+    name = f"log-{store_name}-{hashlib.sha256(prefix.encode()).hexdigest()[:16]}"
+    for ref, lines in sorted(out.items()):
+        put_bytes(s3, bucket, part_key(batch_id, ref, name), b"".join(lines), _NDJSON)
+    return {
+        "store": store_name,
+        "shard": prefix,
+        "lines": sum(len(v) for v in out.values()),
+        "requests_with_lines": len(out),
+    }
+
+
+def _log_line(
+    store_name: str,
+    store: LogStore,
+    line: dict[str, Any],
+    moment: datetime | None,
+    withheld: set[str],
+) -> bytes:
+    # The tenant is the business, not the consumer; a readable timestamp becomes collected_at.
+    skip = {store.tenant_field, *withheld, *([store.timestamp_field] if moment else [])}
+    values = {k: v for k, v in line.items() if k not in skip}  # nested values kept as they are
+    held = sorted(k for k in withheld if line.get(k) not in (None, ""))
+    record = {
+        "source": store_name,
+        "record": None,
+        "collected_at": json_value(moment) if moment else None,
+        "values": values,
+        "withheld": held,
+    }
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def read_parts(s3: Any, bucket: str, batch_id: str, ref: str) -> list[dict[str, Any]]:
+    """Every record gathered for one request (all systems and log days), in a stable order."""
+    records: list[dict[str, Any]] = []
+    for obj in sorted(list_keys(s3, bucket, parts_prefix(batch_id, ref)), key=lambda o: o["Key"]):
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        records += [json.loads(line) for line in body.splitlines() if line.strip()]
+    return records

@@ -1,0 +1,236 @@
+"""One request's report as plain JSON: the content of `data.json`, and what HTML and CSV show.
+
+Pure: takes the request's facts, its gathered records (`gather.read_parts`), the data map and the
+retention lines, and returns a dict whose shape is documented in docs/access.md ("data.json").
+Everything the bundle renders is derived from this one value, so the HTML, the CSV files and the
+JSON cannot disagree. Records are sorted, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from compliance import __version__
+from compliance.access import disclosure
+from compliance.datamap.model import Category, DataMap, LogStore, RecordingStore
+
+SCHEMA = "compliance-jobs/access-report/1"
+GENERATOR = {"name": "compliance-jobs access_reports", "version": __version__}
+
+NOTES = {
+    "service_provider": (
+        "We hold this information as a service provider of the business named above, which "
+        "collected it and decides what it is used for. We use it only to provide our services "
+        "to that business, and we do not sell or share it. The third parties listed are our own "
+        "service providers, to which we disclose it for a business purpose."
+    ),
+    "withheld": (
+        "Some information is too sensitive to show: government identification numbers, "
+        "financial account numbers, medical identification numbers, passwords, security "
+        "questions and answers, and biometric data. This report says that such information is "
+        "held and in which field, never its value (R10). The same applies to GDPR requests: "
+        "these values would open accounts and identities to anyone who intercepted the "
+        "report, so they are disclosed, if at all, only through a separately verified channel "
+        "arranged by the business (Art. 15(4))."
+    ),
+    "logs": (
+        "Application and e-mail delivery logs are kept briefly for debugging and security. "
+        "Data kept for security and integrity need not be disclosed as specific pieces (R11); "
+        "we include the log lines that mention you anyway, so that you see everything we hold."
+    ),
+}
+
+
+def window_text(since: str | None, until: str, look_back: str | None, jurisdiction: str) -> str:
+    day = until[:10]
+    if since is None:
+        return (
+            "All personal information we hold about you, whatever its age (GDPR Art. 15: no "
+            f"look-back limit, G2), as of {day}."
+        )
+    if look_back == "since_2022":
+        return (
+            f"Personal information collected from 2022-01-01 until the business received your "
+            f"request on {day}, as you asked (R9)."
+        )
+    return (
+        f"Personal information collected from {since[:10]} until the business received your "
+        f"request on {day}: the 12 months before your request (R9). You may ask for everything "
+        "collected since 2022-01-01."
+    )
+
+
+def assemble(
+    dm: DataMap,
+    request: dict[str, Any],
+    given: dict[str, list[str]],
+    records: list[dict[str, Any]],
+    *,
+    retention: disclosure.Retention,
+    generated_at: datetime,
+    recordings: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The report of one request. `recordings` maps (source, record id text) to a recording's
+    bundle entry ({"file": name | None, "status": included | not_requested | missing})."""
+    recordings = recordings or {}
+    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_source[rec["source"]].append(rec)
+    sources = [_source(dm, name, recs) for name, recs in _ordered(dm, by_source)]
+    held: dict[Category, int] = defaultdict(int)
+    withheld: dict[tuple[str, str], dict[str, Any]] = {}
+    for src in sources:
+        cats = {f["name"]: f["categories"] for f in src["fields"]}
+        kinds = {f["name"]: f["withhold"] for f in src["fields"]}
+        for rec in src["records"]:
+            present = [k for k, v in rec["values"].items() if v not in (None, "")]
+            present += list(rec["withheld"])
+            for c in {c for name in present for c in cats.get(name, [])}:
+                held[Category(c)] += 1
+            for name in rec["withheld"]:
+                item = withheld.setdefault(
+                    (kinds[name], f"{src['source']}.{name}"),
+                    {
+                        "kind": kinds[name],
+                        "field": f"{src['source']}.{name}",
+                        "statement": disclosure.withheld_statement(kinds[name], name),
+                        "records": 0,
+                    },
+                )
+                item["records"] += 1
+    audio = []
+    for src in sources:
+        store = _recording_store(dm, src["source"])
+        if store is None:
+            continue
+        for rec in src["records"]:
+            entry = recordings.get((src["source"], str(rec["record"])), {})
+            audio.append(
+                {
+                    "source": src["source"],
+                    "record": rec["record"],
+                    "collected_at": rec["collected_at"],
+                    "file": entry.get("file"),
+                    "status": entry.get("status", "not_requested"),
+                }
+            )
+            for c in store.categories:  # the audio is held whether or not it is in the bundle
+                held[c] += 1
+    categories = []
+    for cat in Category:
+        if not held.get(cat):
+            continue
+        info = disclosure.category_info(dm, cat)
+        info["retention"] = retention.for_category(dm, cat)
+        info["records"] = held[cat]
+        categories.append(info)
+    since, until = request["since"], request["until"]
+    return {
+        "schema": SCHEMA,
+        "generator": GENERATOR,
+        "generated_at": generated_at.isoformat(),
+        "request": {
+            "request_id": request["request_id"],
+            "client_id": request["client_id"],
+            "jurisdiction": request["jurisdiction"],
+            "look_back": request.get("look_back"),
+            "received_at": request["received_at"],
+            "identities": {k: list(v) for k, v in sorted(given.items())},
+        },
+        "window": {
+            "since": since,
+            "until": until,
+            "rule": "G2" if since is None else "R9",
+            "text": window_text(since, until, request.get("look_back"), request["jurisdiction"]),
+        },
+        "categories": categories,
+        "sold_or_shared": [],
+        "sources": sources,
+        "recordings": audio,
+        "withheld": [withheld[k] for k in sorted(withheld)],
+        "not_searched": disclosure.not_searched(dm),
+        "notes": NOTES,
+        "retention_policy": "available" if retention.available else disclosure.SEE_POLICY,
+    }
+
+
+def _ordered(
+    dm: DataMap, by_source: dict[str, list[dict[str, Any]]]
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Sources in data-map order (tables of each system, then stores), unknown ones last."""
+    order = [f"{s}.{t}" for s, system in dm.systems.items() for t in system.tables]
+    order += list(dm.stores)
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(by_source.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
+def _sort_key(rec: dict[str, Any]) -> tuple[Any, ...]:
+    record = rec.get("record")
+    return (
+        rec.get("collected_at") or "",
+        (0, record, "") if isinstance(record, int) else (1, 0, str(record)),
+        json.dumps(rec.get("values"), sort_keys=True, default=str),
+    )
+
+
+def _source(dm: DataMap, name: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
+    recs = sorted(recs, key=_sort_key)
+    store = dm.stores.get(name)
+    if isinstance(store, LogStore):
+        mapped = [
+            {
+                "name": f,
+                "categories": [c.value for c in spec.categories],
+                "withhold": spec.withhold.value if spec.withhold else None,
+            }
+            for f, spec in store.fields.items()
+        ]
+        known = {f["name"] for f in mapped}
+        extra = sorted({k for r in recs for k in r["values"]} - known)
+        fields = mapped + [{"name": f, "categories": [], "withhold": None} for f in extra]
+        kind, description = "log", store.description or name
+    else:
+        sname, tname = name.split(".", 1)
+        table = dm.systems[sname].tables[tname]
+        fields = [
+            {
+                "name": c,
+                "categories": [x.value for x in col.categories],
+                "withhold": col.withhold.value if col.withhold else None,
+            }
+            for c, col in table.columns.items()
+        ]
+        kind = "table"
+        description = table.description or f"{tname.replace('_', ' ').capitalize()} ({sname})"
+    kinds = {f["name"]: f["withhold"] for f in fields}
+    rows = []
+    for rec in recs:
+        rows.append(
+            {
+                "record": rec.get("record"),
+                "collected_at": rec.get("collected_at"),
+                "values": {k: v for k, v in rec["values"].items() if not kinds.get(k)},
+                "withheld": {
+                    f: disclosure.WITHHELD_CELL
+                    for f in sorted(rec.get("withheld", []))
+                    if f in kinds
+                },
+            }
+        )
+    return {
+        "source": name,
+        "kind": kind,
+        "description": description,
+        "fields": fields,
+        "records": rows,
+    }
+
+
+def _recording_store(dm: DataMap, source: str) -> RecordingStore | None:
+    for store in dm.stores.values():
+        if isinstance(store, RecordingStore) and f"{store.system}.{store.table}" == source:
+            return store
+    return None
