@@ -31,6 +31,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m compliance datamap check config/datamap.yaml
+	$(BIN)/python -m compliance retention check config/retention.yaml
 
 format: venv
 	$(BIN)/ruff format .

@@ -37,6 +37,7 @@ DAGS: list[tuple[str, dict]] = [
     ("data_inventory", {}),
     ("access_reports", {}),  # before deletion: its subjects must still exist
     ("deletion_requests", {}),
+    ("retention_sweep", {"dry_run": False}),
 ]
 ESP_WEBHOOK_PORT = 8719  # the demo data map's esp_mailer target
 

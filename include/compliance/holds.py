@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -23,45 +23,57 @@ ALL = "all"
 @dataclass(frozen=True)
 class Hold:
     client_id: int
-    consumer_id: str | None  # None: the whole client
+    consumer_id: int | str | None  # the consumer table's key as stored; None: the whole client
     scope: str  # "all" or a table / store name
     exception_code: str
-    expires_at: datetime | None
+    expires_at: datetime | None = None
 
-    def covers(self, client_id: int, consumer_id: str | None, scope: str = ALL) -> bool:
+    def covers(self, client_id: int, consumer_id: object = None, scope: str = ALL) -> bool:
         if self.client_id != client_id:
             return False
-        if self.consumer_id is not None and self.consumer_id != consumer_id:
+        if self.consumer_id is not None and str(self.consumer_id) != str(consumer_id):
             return False
         return self.scope == ALL or scope == ALL or self.scope == scope
 
 
 def active_holds(
-    engine: Engine, system: SqlSystem, as_of: datetime, client_ids: Iterable[int] | None = None
+    engine: Engine,
+    system: SqlSystem,
+    as_of: datetime | date,
+    client_ids: Iterable[int] | None = None,
 ) -> list[Hold]:
+    """Holds in force at `as_of` (a date means its midnight), sorted; reasons stay in the CRM."""
     reg = system.holds
-    if reg is None:
+    if reg is None or not sa.inspect(engine).has_table(reg.table):
         return []
     table = sa.Table(reg.table, sa.MetaData(), autoload_with=engine)
     expires = table.c[reg.expires_column]
-    as_of_naive = as_of.replace(tzinfo=None) if engine.dialect.name == "sqlite" else as_of
+    moment = as_of if isinstance(as_of, datetime) else datetime.combine(as_of, time())
+    if engine.dialect.name == "sqlite" or moment.tzinfo is None:
+        moment = moment.replace(tzinfo=None)
     stmt = sa.select(
         table.c[reg.client_column],
         table.c[reg.consumer_column],
         table.c[reg.scope_column],
         table.c[reg.exception_column],
         expires,
-    ).where(sa.or_(expires.is_(None), expires > as_of_naive))
+    ).where(sa.or_(expires.is_(None), expires > moment))
     if client_ids is not None:
         stmt = stmt.where(table.c[reg.client_column].in_(sorted(set(client_ids))))
     with engine.connect() as conn:
-        return [
-            Hold(int(c), None if k is None else str(k), str(s or ALL), str(code), exp)
+        found = [
+            Hold(int(c), k, str(s or ALL), str(code), exp)
             for c, k, s, code, exp in conn.execute(stmt)
         ]
+    return sorted(found, key=lambda h: (h.client_id, str(h.consumer_id or ""), h.scope))
 
 
-def holding(holds: Iterable[Hold], client_id: int, consumer_ids: Iterable[str]) -> list[Hold]:
+def holding(holds: Iterable[Hold], client_id: int, consumer_ids: Iterable[object]) -> list[Hold]:
     """The holds that apply to any of these consumers of this client (any scope)."""
-    ids = [str(c) for c in consumer_ids] or [None]
-    return [h for h in holds if any(h.covers(client_id, cid) for cid in ids)]
+    ids = list(consumer_ids)
+    return [
+        h
+        for h in holds
+        if h.client_id == client_id
+        and (h.consumer_id is None or any(h.covers(client_id, cid) for cid in ids))
+    ]

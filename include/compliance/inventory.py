@@ -36,6 +36,7 @@ PERSONAL_HINTS = re.compile(
     re.IGNORECASE,
 )
 TECHNICAL = {"created_at", "updated_at", "deleted_at", "id"}
+OWN_TABLE_PREFIX = "cj_"  # this project's own tables (e.g. retention aggregates): counts only
 
 
 class InventoryProblem(RuntimeError):
@@ -81,7 +82,7 @@ def inspect_sql_system(engine: Engine, dm: DataMap, system_name: str) -> SystemI
     for tname, cols in sorted(live.items()):
         spec = system.tables.get(tname)
         if spec is None:
-            if tname in system.ignore:
+            if tname in system.ignore or tname.startswith(OWN_TABLE_PREFIX):
                 continue
             personal = [c for c in cols if looks_personal(c)]
             if personal:

@@ -1,0 +1,383 @@
+"""Carrying out one retention rule, in short batches that a crash and a rerun complete.
+
+Row rules walk the table by primary key (keyset: `pk > last ORDER BY pk LIMIT batch_rows`): each
+batch's ids are read without a write lock, then one short transaction re-checks the predicate for
+exactly those ids, deletes their children (the foreign keys need it), aggregates them if asked,
+and deletes them. No transaction ever spans more than one batch, so locks are held for
+milliseconds, and a crash leaves whole batches done or not done: a rerun evaluates the same
+predicate (`rows.py`) and finishes the rest. Progress (counts only) is logged per batch.
+
+Consumer expiry reuses erasure (`erase_sql.execute_erasure`: children before parents, one short
+transaction per table and chunk), after deleting every version of the consumers' recordings: the
+audio goes first, so a crash can leave a row without its audio but never audio without its row.
+
+Recordings under S3 Object Lock cannot be deleted; the step then fails rather than drop the row
+that points at them (the report and the task log say which rule).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from compliance import faults
+from compliance.datamap.graph import chain_to_consumer
+from compliance.datamap.model import TableErase
+
+# Column erasure (nullify, placeholder, keyed hash) is erasure's own: one implementation.
+from compliance.erase_sql import _mask, execute_erasure
+from compliance.recordings import recording_keys
+from compliance.retention import objects
+from compliance.retention.plan import Sweep, describe, request_log_table, store_plan
+from compliance.retention.policy import (
+    AGGREGATE_TABLE,
+    Action,
+    Step,
+    Wave,
+    descendants,
+    object_stores,
+    recording_stores,
+)
+from compliance.retention.rows import SystemRows, request_log_pred
+
+log = logging.getLogger(__name__)
+
+CONSUMER_BATCH = 500  # consumers per erasure call (each table: one short transaction)
+OnBatch = Callable[[str, int, dict[str, dict[str, int]]], None]
+
+
+class Progress:
+    """Counts committed batches, times each write transaction, and reports after each commit."""
+
+    def __init__(self, rule_id: str, on_batch: OnBatch | None) -> None:
+        self.rule_id = rule_id
+        self.on_batch = on_batch
+        self.batches = 0
+        self.longest = 0.0  # seconds of the longest write transaction (issue 9 measures it)
+
+    @contextmanager
+    def transaction(self, engine: Engine) -> Iterator[sa.Connection]:
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            yield conn
+            faults.checkpoint("retention.in_batch", rule=self.rule_id, conn=conn)
+        self.longest = max(self.longest, time.perf_counter() - started)
+
+    def committed(self, counts: dict[str, dict[str, int]]) -> None:
+        """Call after a batch's commit: a crash in between loses no count."""
+        self.batches += 1
+        done = {t: sum(v for k, v in c.items() if k != "held") for t, c in counts.items()}
+        log.info(
+            "rule %s: batch %d committed (longest transaction %.0f ms); so far %s",
+            self.rule_id,
+            self.batches,
+            self.longest * 1000,
+            json.dumps(done, sort_keys=True),
+        )
+        faults.checkpoint("retention.after_batch", rule=self.rule_id, n=self.batches)
+        if self.on_batch:
+            self.on_batch(self.rule_id, self.batches, counts)
+
+
+def execute_step(sweep: Sweep, rule_id: str, on_batch: OnBatch | None = None) -> dict[str, Any]:
+    """Run one rule for real; returns `describe(step)`, `counts` shaped like the plan's, the
+    number of batches and the longest write transaction in seconds.
+
+    `on_batch(rule_id, batch_number, counts_so_far)` is called after each committed batch (tests
+    use it to simulate a crash mid-rule).
+    """
+    step = sweep.step(rule_id)
+    progress = Progress(rule_id, on_batch)
+    if step.wave in (Wave.minors, Wave.consumers):
+        counts = _expire_consumers(sweep, step, progress)
+    elif step.rule.request_log:
+        counts = _purge_request_log(sweep, step, progress)
+    elif step.wave is Wave.rows:
+        counts = _delete_rows(sweep, step, progress)
+    elif step.wave is Wave.deidentify:
+        counts = _deidentify(sweep, step, progress)
+    else:
+        store = object_stores(sweep.datamap)[step.store or ""]
+        plan = store_plan(sweep, step)
+        counts = {
+            f"store:{step.store}": objects.expire_store(sweep.s3(store.connection), store, plan)
+        }
+    return {
+        **describe(step),
+        "counts": counts,
+        "batches": progress.batches,
+        "longest_transaction_s": round(progress.longest, 3),
+    }
+
+
+def _add(counts: dict[str, dict[str, int]], target: str, key: str, n: int) -> None:
+    if n:
+        counts.setdefault(target, {})
+        counts[target][key] = counts[target].get(key, 0) + n
+
+
+# -- consumers ---------------------------------------------------------------------------------
+
+
+def _expire_consumers(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
+    system = step.system or ""
+    spec = sweep.datamap.systems[system]
+    rows = sweep.rows(system)
+    pk = rows.pk(rows.consumer)
+    pred = rows.consumer_pred(step)
+    with rows.engine.connect() as conn:
+        ids = list(conn.execute(sa.select(pk).where(pred).order_by(pk)).scalars())
+    counts: dict[str, dict[str, int]] = {"consumers": {"expire": 0}}
+    stores = recording_stores(sweep.datamap, system)
+    for lo in range(0, len(ids), CONSUMER_BATCH):
+        chunk = ids[lo : lo + CONSUMER_BATCH]
+        with rows.engine.connect() as conn:  # still expiring? (a hold may have arrived)
+            chunk = list(conn.execute(sa.select(pk).where(pk.in_(chunk), pred)).scalars())
+        if not chunk:
+            continue
+        for name, store in stores.items():
+            keys = [
+                k for ks in recording_keys(rows.engine, spec, store, chunk).values() for k in ks
+            ]
+            if keys:
+                objects.delete_keys(sweep.s3(store.connection), store.bucket, keys)
+                _add(counts, f"audio:{name}", "delete", len(keys))
+                faults.checkpoint("retention.after_audio", rule=step.id)
+        for table, affected in execute_erasure(rows.engine, spec, chunk, sweep.hash_key).items():
+            kind = "delete" if spec.tables[table].erase is TableErase.delete else "mask"
+            _add(counts, table, kind, affected)
+        counts["consumers"]["expire"] += len(chunk)
+        progress.committed(counts)  # erasure commits per table and chunk (not timed here)
+    return counts
+
+
+# -- rows ----------------------------------------------------------------------------------
+
+
+def _batches(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int):
+    """Successive lists of at most `size` matching pks, in pk order (keyset pagination)."""
+    owned = rows.owned(table)
+    pk = rows.pk(table)
+    last = None
+    while True:
+        stmt = sa.select(pk).select_from(owned.from_clause).where(pred)
+        if last is not None:
+            stmt = stmt.where(pk > last)
+        with rows.engine.connect() as conn:
+            ids = list(conn.execute(stmt.order_by(pk).limit(size)).scalars())
+        if not ids:
+            return
+        last = ids[-1]
+        yield ids
+
+
+def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
+    system = step.system or ""
+    rows = sweep.rows(system)
+    name = step.table or ""
+    owned = rows.owned(name)
+    pk = rows.pk(name)
+    pred = rows.row_pred(step)
+    key = "aggregate" if step.rule.action is Action.aggregate else "delete"
+    spec = sweep.datamap.systems[system]
+    children = sorted(
+        (c for c in descendants(spec, name) if c in rows.present),
+        key=lambda c: -len(chain_to_consumer(spec, c)),
+    )
+    audio = {
+        n: s
+        for n, s in recording_stores(sweep.datamap, system).items()
+        if s.table == name or s.table in children
+    }
+    agg_table = None
+    if step.rule.action is Action.aggregate:
+        agg_table = aggregates_table(step.rule.aggregate.into if step.rule.aggregate else None)
+        agg_table.create(rows.engine, checkfirst=True)
+    counts: dict[str, dict[str, int]] = {name: {key: 0}}
+    table = rows.table(name)
+    simple = agg_table is None and not children and owned.from_clause is table
+    for ids in _batches(rows, name, pred, sweep.policy.batch_rows):
+        for sname, store in audio.items():  # objects first: see the module docstring
+            where = pk.in_(ids) if store.table == name else None
+            keys = _keys(rows, store.table, store.key_column, name, ids, where)
+            if keys:
+                objects.delete_keys(sweep.s3(store.connection), store.bucket, keys)
+                _add(counts, f"audio:{sname}", "delete", len(keys))
+                faults.checkpoint("retention.after_audio", rule=step.id)
+        with progress.transaction(rows.engine) as conn:
+            if simple:  # one statement: the DELETE re-checks the predicate itself
+                gone = conn.execute(sa.delete(table).where(pk.in_(ids), pred)).rowcount
+            else:
+                gone = _delete_batch(conn, rows, step, ids, pred, children, agg_table, counts)
+            counts[name][key] += gone or 0
+        progress.committed(counts)
+    return counts
+
+
+def _delete_batch(
+    conn: sa.Connection,
+    rows: SystemRows,
+    step: Step,
+    ids: list,
+    pred: sa.ColumnElement,
+    children: list[str],
+    agg_table: sa.Table | None,
+    counts: dict[str, dict[str, int]],
+) -> int:
+    """Children first (the foreign keys), the aggregate, then the rows; returns rows deleted."""
+    name = step.table or ""
+    pk = rows.pk(name)
+    owned = rows.owned(name)
+    stmt = sa.select(pk).select_from(owned.from_clause).where(pk.in_(ids), pred)
+    confirmed = list(conn.execute(stmt).scalars())  # still matching, inside the transaction
+    if not confirmed:
+        return 0
+    if agg_table is not None:
+        _aggregate(conn, rows, step, agg_table, confirmed)
+    for child in children:
+        under = rows.under(child, name, confirmed)
+        gone = conn.execute(sa.delete(rows.table(child)).where(rows.pk(child).in_(under)))
+        _add(counts, child, "delete", gone.rowcount or 0)
+    return conn.execute(sa.delete(rows.table(name)).where(pk.in_(confirmed))).rowcount or 0
+
+
+def _keys(
+    rows: SystemRows,
+    table: str,
+    key_column: str,
+    name: str,
+    ids: list,
+    where: sa.ColumnElement | None,
+) -> list[str]:
+    if where is None:
+        where = rows.pk(table).in_(rows.under(table, name, ids))
+    col = rows.table(table).c[key_column]
+    with rows.engine.connect() as conn:
+        return [k for k in conn.execute(sa.select(col).where(where, col.is_not(None))).scalars()]
+
+
+def aggregates_table(name: str | None) -> sa.Table:
+    """Counts per rule, source table, client, month and grouping values (no consumer data).
+
+    Lives next to the rows it summarises, so a batch's counts and its deletion commit together:
+    a crash can neither count rows twice nor delete rows uncounted.
+    """
+    return sa.Table(
+        name or AGGREGATE_TABLE,
+        sa.MetaData(),
+        sa.Column("rule_id", sa.String(63), primary_key=True),
+        sa.Column("source", sa.String(130), primary_key=True),
+        sa.Column("client_id", sa.BigInteger, primary_key=True),
+        sa.Column("month", sa.String(7), primary_key=True),
+        sa.Column("dims", sa.String(500), primary_key=True),
+        sa.Column("row_count", sa.BigInteger, nullable=False),
+    )
+
+
+def _aggregate(conn: sa.Connection, rows: SystemRows, step: Step, agg: sa.Table, ids: list) -> None:
+    name = step.table or ""
+    owned = rows.owned(name)
+    by = step.rule.aggregate.by if step.rule.aggregate else []
+    table = rows.table(name)
+    stmt = (
+        sa.select(owned.tenant, rows.time(name), *[table.c[c] for c in by])
+        .select_from(owned.from_clause)
+        .where(rows.pk(name).in_(ids))
+    )
+    groups: Counter[tuple[int, str, str]] = Counter()
+    for tenant, when, *values in conn.execute(stmt):
+        dims = json.dumps(dict(zip(by, values, strict=True)), sort_keys=True, default=str)
+        groups[(int(tenant), when.strftime("%Y-%m"), dims)] += 1
+    if not groups:
+        return
+    source = f"{step.system}.{name}"
+    params = [
+        dict(rule_id=step.id, source=source, client_id=c, month=m, dims=d, row_count=n)
+        for (c, m, d), n in sorted(groups.items())
+    ]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(agg)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[c.name for c in agg.primary_key.columns],
+        set_={"row_count": agg.c.row_count + stmt.excluded.row_count},
+    )
+    conn.execute(stmt, params)  # one round trip per batch, whatever the number of groups
+
+
+# -- de-identification ---------------------------------------------------------------------
+
+
+def _deidentify(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
+    rows = sweep.rows(step.system or "")
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for table, columns in step.columns:
+        owned = rows.owned(table)
+        pk = rows.pk(table)
+        base, held = rows.deid_parts(step, table, columns)
+        pred = sa.and_(base, ~held)
+        spec = rows.column_spec(table, columns)
+        counts[table]["deidentify"] = 0
+        for ids in _batches(rows, table, pred, sweep.policy.batch_rows):
+            with progress.transaction(rows.engine) as conn:
+                chosen = sa.select(pk).select_from(owned.from_clause).where(pk.in_(ids), pred)
+                counts[table]["deidentify"] += _mask(
+                    conn, rows.table(table), pk, spec, chosen, sweep.hash_key
+                )
+            progress.committed(dict(counts))
+    return dict(counts)
+
+
+# -- the request log --------------------------------------------------------------------------
+
+
+def _purge_request_log(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
+    """Request records past the period, with their dedupe keys, notices and plan lines.
+
+    Tombstones stay (R20: they keep deleted data deleted); only their link to the request goes.
+    """
+    engine = sweep.engine(sweep.state_conn)
+    requests = request_log_table(engine)
+    counts: dict[str, dict[str, int]] = {"cj_requests": {"delete": 0}}
+    if requests is None:
+        return counts
+    from compliance.state import cj_batch_plan, cj_notices, cj_request_keys, cj_tombstones
+
+    pred = request_log_pred(requests, step.rule, sweep.as_of)
+    last = None
+    while True:
+        stmt = sa.select(requests.c.id).where(pred)
+        if last is not None:
+            stmt = stmt.where(requests.c.id > last)
+        with engine.connect() as conn:
+            ids = list(
+                conn.execute(stmt.order_by(requests.c.id).limit(sweep.policy.batch_rows)).scalars()
+            )
+        if not ids:
+            return counts
+        last = ids[-1]
+        with progress.transaction(engine) as conn:
+            ids = list(
+                conn.execute(sa.select(requests.c.id).where(requests.c.id.in_(ids), pred)).scalars()
+            )
+            for child in (cj_request_keys, cj_notices, cj_batch_plan):
+                conn.execute(sa.delete(child).where(child.c.request_pk.in_(ids)))
+            conn.execute(
+                sa.update(cj_tombstones)
+                .where(cj_tombstones.c.request_pk.in_(ids))
+                .values(request_pk=None)
+            )
+            counts["cj_requests"]["delete"] += (
+                conn.execute(sa.delete(requests).where(requests.c.id.in_(ids))).rowcount or 0
+            )
+        progress.committed(counts)

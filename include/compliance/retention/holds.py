@@ -1,0 +1,59 @@
+"""Legal holds (R19) as the sweep sees them: read once, turned into SQL and object predicates.
+
+The registry is the table the data map names (`systems.<s>.holds`): one row per hold, for a whole
+client (`contact_id` NULL) or one consumer, over everything (`scope: all`) or one table or store.
+A hold is active while `expires_at` is NULL (until released) or later than the as-of date's
+midnight; expired holds stop applying on the next sweep. Holds are few, so they are read into
+memory and written into each statement as literals: the same hold set then decides the plan and
+the execution, and the report can say how many holds applied.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+
+from compliance.holds import ALL, Hold, active_holds
+
+__all__ = ["ALL", "Hold", "active_holds", "held_clients", "held_expr", "relevant"]
+
+
+def relevant(holds: Iterable[Hold], scopes: Iterable[str]) -> list[Hold]:
+    wanted = {ALL, *scopes}
+    return [h for h in holds if h.scope in wanted]
+
+
+def held_expr(
+    holds: Iterable[Hold],
+    scopes: Iterable[str],
+    tenant: sa.ColumnElement,
+    consumer_key: sa.ColumnElement,
+) -> sa.ColumnElement[bool]:
+    """True for rows a hold protects: the client's whole scope, or the consumer's.
+
+    Never NULL (a row whose consumer key was cut by an earlier erasure is simply not held by a
+    consumer hold), so `NOT held` can be combined safely.
+    """
+    hs = relevant(holds, scopes)
+    clients = sorted({h.client_id for h in hs if h.consumer_id is None})
+    people: dict[int, set[object]] = defaultdict(set)
+    for h in hs:
+        if h.consumer_id is not None and h.client_id not in clients:
+            people[h.client_id].add(h.consumer_id)
+    terms: list[sa.ColumnElement[bool]] = []
+    if clients:
+        terms.append(sa.and_(tenant.is_not(None), tenant.in_(clients)))
+    for client, ids in sorted(people.items()):
+        terms.append(
+            sa.and_(
+                tenant == client, consumer_key.is_not(None), consumer_key.in_(sorted(ids, key=str))
+            )
+        )
+    return sa.or_(*terms) if terms else sa.false()
+
+
+def held_clients(holds: Iterable[Hold], scopes: Iterable[str]) -> set[int]:
+    """Clients with any active hold over `scopes` (objects mix consumers, so the whole client)."""
+    return {h.client_id for h in relevant(holds, scopes)}
