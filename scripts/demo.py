@@ -38,6 +38,7 @@ DAGS: list[tuple[str, dict]] = [
     ("access_reports", {}),  # before deletion: its subjects must still exist
     ("deletion_requests", {}),
     ("retention_sweep", {"dry_run": False}),
+    ("statistics_reports", {"period": "last-month"}),
 ]
 ESP_WEBHOOK_PORT = 8719  # the demo data map's esp_mailer target
 

@@ -1,0 +1,229 @@
+"""Weekly rollups: what one ISO week's events add up to, kept so no run reads a week twice.
+
+`cj_stats_weekly` (compliance state database) holds, per source and week, the week's three
+groupings from `compliance.stats.aggregate` (reach per tenant, campaigns, devices), each with
+its events and its distinct consumers *within that week*. A weekly run computes its week
+(three statements on that week's events, through the time index), stores it, and reads the
+other weeks of its series from here: its cost follows the new week's events, not the length of
+the history.
+
+Distinct consumers do not add across weeks and this table does not pretend they do: it keeps
+weekly uniques, used for weekly figures and, across weeks, only as lower bounds (a period holds
+at least the consumers of its busiest week) and in sums that are labelled as such.
+
+Only complete weeks are stored (a week still running would be frozen without its late opens);
+a partial week is computed live each time. Every stored week has a marker row, so an empty week
+is not recomputed either. Rows are aggregate counts with no identifiers; they are not
+re-derived after an erasure (aggregates may be kept, R16.1), but `refresh` recomputes the
+weeks a run reads, e.g. after a bulk correction. Storing a week replaces it in one transaction,
+so reruns converge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import BigInteger, Column, Date, DateTime, Engine, MetaData, String, Table
+
+from compliance.stats import aggregate
+from compliance.stats.aggregate import MEASURES, Aggregates
+from compliance.stats.config import EventSource
+
+metadata = MetaData()
+
+cj_stats_weekly = Table(
+    "cj_stats_weekly",
+    metadata,
+    Column("source_key", String(16), primary_key=True),
+    Column("week", Date, primary_key=True),  # the Monday
+    Column("grain", String(8), primary_key=True),  # week (marker) | reach | campaign | device
+    Column("client_id", BigInteger, primary_key=True),  # 0 where the grain has no tenant
+    Column("key", String(255), primary_key=True),  # campaign, or dimension values joined
+    *(Column(m, BigInteger, nullable=False) for m in MEASURES),
+    Column("computed_at", DateTime, nullable=False),
+)
+
+GRAINS = ("reach", "campaign", "device")
+_SEP = "\x1f"  # joins dimension values into one key
+
+
+@dataclass
+class RollupRun:
+    """What one call did: weeks read from the table, computed and stored, computed live."""
+
+    reused: list[str] = field(default_factory=list)
+    stored: list[str] = field(default_factory=list)
+    live: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"reused": len(self.reused), "stored": len(self.stored), "live": len(self.live)}
+
+
+def ensure_table(state: Engine) -> None:
+    metadata.create_all(state, checkfirst=True)
+
+
+def is_complete(monday: date, today: date) -> bool:
+    """The week ended before today (UTC), so no event of it is still to come."""
+    return monday + timedelta(days=7) <= today
+
+
+def week_range(monday: date) -> tuple[datetime, datetime]:
+    lo = datetime.combine(monday, time())
+    return lo, lo + timedelta(days=7)
+
+
+def _rows(source_key: str, monday: date, agg: Aggregates, dims: list[str]) -> list[dict]:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    base = {"source_key": source_key, "week": monday, "computed_at": now}
+    zero = dict.fromkeys(MEASURES, 0)
+    rows = [{**base, "grain": "week", "client_id": 0, "key": "", **zero}]
+
+    def add(grain: str, df: pd.DataFrame, client: pd.Series | None, key: pd.Series) -> None:
+        measures = df[MEASURES].astype("int64").to_dict("records")
+        clients = [0] * len(df) if client is None else client.astype("int64").tolist()
+        for c, k, m in zip(clients, key.tolist(), measures, strict=True):  # groups, not events
+            rows.append({**base, "grain": grain, "client_id": c, "key": k, **m})
+
+    add("reach", agg.reach, agg.reach["client_id"], pd.Series([""] * len(agg.reach)))
+    add("campaign", agg.campaigns, agg.campaigns["client_id"], agg.campaigns["campaign"])
+    if dims and len(agg.devices):
+        key = agg.devices[dims].astype(str).agg(_SEP.join, axis=1)
+        add("device", agg.devices, None, key)
+    return rows
+
+
+def store_week(state: Engine, src: EventSource, monday: date, agg: Aggregates) -> None:
+    """Replace one week's rollup (all groupings and the marker) in one transaction."""
+    key = src.key()
+    rows = _rows(key, monday, agg, list(src.dimensions))
+    t = cj_stats_weekly
+    with state.begin() as conn:
+        conn.execute(sa.delete(t).where(t.c.source_key == key, t.c.week == monday))
+        conn.execute(sa.insert(t), rows)
+
+
+def stored_weeks(state: Engine, source_key: str, mondays: Iterable[date]) -> set[date]:
+    t = cj_stats_weekly
+    wanted = sorted(set(mondays))
+    if not wanted:
+        return set()
+    q = sa.select(t.c.week).where(
+        t.c.source_key == source_key, t.c.grain == "week", t.c.week.in_(wanted)
+    )
+    with state.connect() as conn:
+        return {_as_date(w) for w in conn.execute(q).scalars()}
+
+
+def load_weeks(
+    state: Engine, src: EventSource, mondays: Iterable[date], grains: Iterable[str] = GRAINS
+) -> dict[str, pd.DataFrame]:
+    """Stored rows of those weeks, per grain, shaped like `Aggregates` plus a `week` column."""
+    wanted = sorted(set(mondays))
+    return _load(state, src, {grain: wanted for grain in grains})
+
+
+def _load(
+    state: Engine, src: EventSource, by_grain: dict[str, list[date]]
+) -> dict[str, pd.DataFrame]:
+    t = cj_stats_weekly
+    rows: list[tuple] = []
+    clauses = [
+        sa.and_(t.c.grain == grain, t.c.week.in_(weeks))
+        for grain, weeks in by_grain.items()
+        if weeks
+    ]
+    if clauses:
+        q = sa.select(t.c.week, t.c.grain, t.c.client_id, t.c.key, *(t.c[m] for m in MEASURES))
+        q = q.where(t.c.source_key == src.key(), sa.or_(*clauses))
+        with state.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(q)]  # plain tuples: pandas builds them fast
+    df = pd.DataFrame(rows, columns=["week", "grain", "client_id", "key", *MEASURES])
+    df["week"] = df["week"].map(_as_date)
+    out: dict[str, pd.DataFrame] = {}
+    dims = list(src.dimensions)
+    for grain in by_grain:
+        part = df[df["grain"] == grain]
+        if grain == "reach":
+            frame = part[["week", "client_id", *MEASURES]]
+        elif grain == "campaign":
+            frame = part[["week", "client_id", "key", *MEASURES]].rename(
+                columns={"key": "campaign"}
+            )
+        else:
+            split = part["key"].str.split(_SEP, expand=True) if len(part) else None
+            frame = part[["week", *MEASURES]].copy()
+            for i, d in enumerate(dims):
+                frame.insert(1 + i, d, split[i] if split is not None else pd.Series(dtype=str))
+        out[grain] = _typed(frame)
+    return out
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy().reset_index(drop=True)
+    for col in ("client_id", *MEASURES):
+        if col in df:
+            df[col] = df[col].astype("int64")
+    return df
+
+
+def _with_week(agg: Aggregates, monday: date) -> dict[str, pd.DataFrame]:
+    return {
+        "reach": agg.reach.assign(week=monday),
+        "campaign": agg.campaigns.assign(week=monday),
+        "device": agg.devices.assign(week=monday),
+    }
+
+
+def weekly(
+    events: Engine,
+    state: Engine,
+    src: EventSource,
+    mondays: list[date],
+    today: date,
+    refresh: bool = False,
+    wanted: dict[str, Iterable[date]] | None = None,
+) -> tuple[dict[str, pd.DataFrame], RollupRun]:
+    """The weeks' groupings: stored rollups where present, the events otherwise.
+
+    Missing complete weeks are computed (one week at a time, through the time index) and
+    stored; with `refresh` every complete week asked for is recomputed and stored again.
+    `wanted` names, per grain, the weeks whose rows the caller needs (default: all of them),
+    so a run reads back only what it uses.
+    """
+    wanted_sets = {g: set(w) for g, w in (wanted or dict.fromkeys(GRAINS, mondays)).items()}
+    run = RollupRun()
+    have = set() if refresh else stored_weeks(state, src.key(), mondays)
+    fresh: list[dict[str, pd.DataFrame]] = []
+    for monday in mondays:
+        if monday in have:
+            run.reused.append(monday.isoformat())
+            continue
+        agg = aggregate.aggregate(events, src, *week_range(monday))
+        if is_complete(monday, today):
+            store_week(state, src, monday, agg)
+            run.stored.append(monday.isoformat())
+        else:
+            run.live.append(monday.isoformat())
+        fresh.append(_with_week(agg, monday))
+    loaded = _load(state, src, {g: sorted(w & have) for g, w in wanted_sets.items()})
+    out = {}
+    for grain, weeks in wanted_sets.items():
+        frames = [loaded[grain], *(f[grain][f[grain]["week"].isin(weeks)] for f in fresh)]
+        frames = [f for f in frames if len(f)]
+        out[grain] = (
+            _typed(pd.concat(frames, ignore_index=True)) if frames else loaded[grain].iloc[:0]
+        )
+    return out, run
+
+
+def _as_date(value: object) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
