@@ -212,7 +212,8 @@ def ingest(
     ledger.append(state_engine, hash_key, entries)
     for key, _, _ in documents:
         s3.delete_object(Bucket=bucket, Key=key)
-    put_summary(s3, bucket, "intake", summary.to_dict())
+    if summary.documents:  # both request DAGs run intake; keep the run that saw documents
+        put_summary(s3, bucket, "intake", summary.to_dict())
     return summary
 
 
