@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance import faults
 from compliance.datamap.graph import erase_order
 from compliance.datamap.model import ColumnErase, SqlSystem, TableErase
 from compliance.hashing import keyed_hash
@@ -95,6 +96,8 @@ def execute_erasure(
                     affected[tname] += result.rowcount or 0
                 else:
                     affected[tname] += _mask(conn, owned.table, pk, spec, row_ids, hash_key)
+                faults.checkpoint("erase_sql.in_chunk", table=tname, conn=conn)
+            faults.checkpoint("erase_sql.after_chunk", table=tname)
     return {table: n for table, n in affected.items() if n}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from compliance import erase_sql, holds, ledger, logs, recordings, state
+from compliance import erase_sql, faults, holds, ledger, logs, recordings, state
 from compliance.datamap.model import BackupStore, DataMap, IdentityType, LogStore, RecordingStore
 from compliance.hashing import keyed_hash
 from compliance.outputs import put_json, put_summary
@@ -168,7 +168,9 @@ def _new_batch(
             if keys
         ]
     put_json(s3, bucket, targets_key(batch_id), targets.__dict__)
+    faults.checkpoint("plan.targets_written")
     state.plan_batch(state_engine, batch_id, "delete", plan_rows, created_at=now)
+    faults.checkpoint("plan.batch_stored")
     active = [int(r) for r in targets.active_refs()]
     deferred_by_code: dict[str, list[int]] = defaultdict(list)
     for ref, code in targets.deferred.items():
@@ -345,11 +347,16 @@ def finalize(
                 f"erasure:{batch_id}:{ref}",
             )
         )
+        faults.checkpoint("finalize.after_receipt", n=len(entries))
+    faults.checkpoint("finalize.receipts_written")
     ledger.append(state_engine, hash_key, entries)
+    faults.checkpoint("finalize.ledger_appended")
     state.set_status(
         state_engine, [int(r) for r in targets.active_refs()], "completed", completed_at=now
     )
+    faults.checkpoint("finalize.requests_completed")
     state.finish_batch(state_engine, batch_id, finished_at=now)
+    faults.checkpoint("finalize.batch_finished")
     for ref in targets.active_refs():  # R20: from now on only keyed hashes remain
         row = state.get_requests(state_engine, [int(ref)])[int(ref)]
         s3.delete_object(Bucket=bucket, Key=row.source)

@@ -136,7 +136,7 @@ def ingest(
         documents.append((key, raw or b"", results))
     summary.documents = len(documents)
     flat = [r for _, _, rs in documents for r in rs]
-    replays = _replays(state_engine, flat)
+    replays = _replays(state_engine, flat, hash_key)
     fresh = [r for r in flat if id(r) not in replays]
     candidate_keys = {
         k for r in fresh if isinstance(r, intake.Accepted) for k in intake.dedupe_key(r, hash_key)
@@ -223,19 +223,26 @@ def _read_bounded(s3: Any, bucket: str, key: str, size: int) -> bytes | None:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_OBJECT_BYTES + 1)
 
 
-def _replays(state_engine: Engine, results: list[intake.Result]) -> set[int]:
-    """Accepted results already registered from the same source object (a rerun after a crash)."""
+def _replays(state_engine: Engine, results: list[intake.Result], hash_key: bytes) -> set[int]:
+    """Accepted results that are the registered request itself (a rerun after a crash).
+
+    A replay names the same (client, request_id, type) *and* the same identities (its dedupe keys
+    are the ones on record). A resend of a request_id with other identities is not a replay: it
+    falls through to `find_duplicates` and is rejected, so it can never redirect an erasure.
+    """
     accepted = [r for r in results if isinstance(r, intake.Accepted)]
     if not accepted:
         return set()
     known = state.find_requests(
         state_engine, [(r.client_id, r.request_id, r.type.value) for r in accepted]
     )
+    on_record = state.request_keys(state_engine, [row.id for row in known.values()])
     return {
         id(r)
         for r in accepted
         if (row := known.get((r.client_id, r.request_id, r.type.value))) is not None
         and row.source == accepted_key(r)
+        and intake.dedupe_key(r, hash_key) <= on_record[row.id]
     }
 
 

@@ -45,6 +45,7 @@ from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
 
+from compliance import faults
 from compliance.datamap.model import IdentityType, LogStore
 from compliance.stores.s3 import list_keys, list_prefixes
 
@@ -583,6 +584,7 @@ def rewrite_object(
     finally:
         out.close()
     result.rewritten, result.bytes_out = True, size
+    faults.checkpoint("logs.after_put", key=key)
     result.versions_deleted = _delete_noncurrent(s3, bucket, key, keep=new_version)
     log.info(
         "rewrote s3://%s/%s: %d of %d lines %s, %d old versions deleted",
@@ -869,6 +871,7 @@ def scrub_shard(
             result.rewritten_keys.append(r.key)
         else:
             clean.add(_identity(obj))
+        faults.checkpoint("logs.after_object", n=result.objects, rewritten=r.rewritten)
     result.per_ref = dict(sorted(counts.items()))
     result.versions_deleted += clean_versions(s3, store.bucket, day_prefix)
     for obj in list_keys(s3, store.bucket, day_prefix):

@@ -432,6 +432,20 @@ def open_requests(engine: Engine, type: str) -> list[RequestRow]:
         return [_row(RequestRow, m) for m in conn.execute(q).mappings()]
 
 
+def request_keys(engine: Engine, pks: Iterable[int]) -> dict[int, set[str]]:
+    """The dedupe keys registered with each request."""
+    wanted = sorted(set(pks))
+    out: dict[int, set[str]] = {pk: set() for pk in wanted}
+    with engine.connect() as conn:
+        for chunk in _chunks(wanted):
+            q = select(cj_request_keys.c.request_pk, cj_request_keys.c.key).where(
+                cj_request_keys.c.request_pk.in_(chunk)
+            )
+            for pk, key in conn.execute(q):
+                out[pk].add(key)
+    return out
+
+
 def actionable_requests(engine: Engine, type: str) -> list[RequestRow]:
     """Open and deferred requests of one type: deferrals are re-examined on every run (R19)."""
     _check_choice("type", type, REQUEST_TYPES)
