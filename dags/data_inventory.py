@@ -13,12 +13,12 @@ Fails (and alerts) when the map no longer matches the systems. Logic: `complianc
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
 from compliance import inventory, runtime
-from compliance_alerts import DEFAULT_ARGS
+from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 
 @dag(
@@ -27,6 +27,7 @@ from compliance_alerts import DEFAULT_ARGS
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=nightly_deadline("data_inventory", timedelta(hours=4)),
     tags=["compliance", "inventory"],
     doc_md=__doc__,
 )

@@ -18,12 +18,12 @@ Rerun = converge: a crashed batch is resumed from its stored plan. Logic: `compl
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
 from compliance import erasure, inbox, runtime, subprocessors
-from compliance_alerts import DEFAULT_ARGS
+from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 FORM = {
     "request_id": Param(
@@ -88,6 +88,8 @@ FORM = {
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    # Hourly: a run still going after 2 h is holding up the next ones (max_active_runs=1).
+    deadline=nightly_deadline("deletion_requests", timedelta(hours=2)),
     tags=["compliance", "deletion"],
     params=FORM,
     doc_md=__doc__,

@@ -24,14 +24,14 @@ Logic: `compliance.retention` (docs/retention.md).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from compliance import runtime
 from compliance.retention import PolicyInvalid, RetentionError, run
-from compliance_alerts import DEFAULT_ARGS
+from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 # (wave, task id), in sweep order: children's consumers first (R26), objects alongside.
 WAVES = [
@@ -70,6 +70,7 @@ PARAMS = {
     schedule="30 2 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    deadline=nightly_deadline("retention_sweep", timedelta(hours=3)),
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params=PARAMS,

@@ -23,7 +23,7 @@ Logic: `compliance.stats` (docs/statistics.md).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
@@ -31,13 +31,14 @@ from airflow.timetables.trigger import MultipleCronTriggerTimetable
 
 from compliance import runtime
 from compliance.stats.period import MONTHLY_CRON, WEEKLY_CRON
-from compliance_alerts import DEFAULT_ARGS
+from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 
 @dag(
     schedule=MultipleCronTriggerTimetable(WEEKLY_CRON, MONTHLY_CRON, timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    deadline=nightly_deadline("statistics_reports", timedelta(hours=3)),
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["compliance", "statistics"],

@@ -39,6 +39,7 @@ DAGS: list[tuple[str, dict]] = [
     ("deletion_requests", {}),
     ("retention_sweep", {"dry_run": False}),
     ("statistics_reports", {"period": "last-month"}),
+    ("deadline_watchdog", {}),
 ]
 ESP_WEBHOOK_PORT = 8719  # the demo data map's esp_mailer target
 

@@ -1,40 +1,93 @@
-"""What a failure alert says and where it goes.
+"""What an alert says and where it goes: failure alerts, missed run deadlines, request deadlines.
 
-The message names the DAG, task, run, try and log link, and the exception's *class*: exception
-messages may quote data, so they are never forwarded (no PII in alerts). Channels are configured by
-environment: e-mail (COMPLIANCE_ALERT_EMAIL through the `smtp_default` connection), Slack
-(COMPLIANCE_ALERT_SLACK_CONN, a slack-webhook connection id) and SNS (COMPLIANCE_ALERT_SNS_TOPIC).
-With none configured, alerts are only logged, and a warning says so once per process.
+Every message names Airflow objects only (DAG, task, run, try, log link, deadline) and, for
+request deadlines, the business's request id: never a consumer's data. Exception *messages* may
+quote data (a SQL error echoes its parameters), so only the exception's class and our own
+PII-free reason code are forwarded.
+
+Channels (see docs/operations.md), each configured by environment or by the optional Airflow
+connection `compliance_alerts` (COMPLIANCE_ALERT_CONN renames it; its `extra` holds the same keys
+in lowercase without the prefix, e.g. {"email": "...", "sns_topic": "..."}); the environment wins:
+
+- e-mail: COMPLIANCE_ALERT_EMAIL (comma-separated recipients) through the SMTP connection
+  COMPLIANCE_ALERT_SMTP_CONN (default `smtp_default`), sender COMPLIANCE_ALERT_FROM;
+- Slack: COMPLIANCE_ALERT_SLACK_CONN, the id of a `slackwebhook` connection;
+- SNS: COMPLIANCE_ALERT_SNS_TOPIC (topic ARN) through COMPLIANCE_ALERT_AWS_CONN (`aws_default`).
+
+With none configured nothing is sent and nothing fails: one warning per process says so, the
+first time an alert would have gone out.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+RUNBOOK = "docs/operations.md"
+DEFAULT_CONFIG_CONN = "compliance_alerts"
+# Setting name -> environment variable. Connection extras use the setting name.
+_ENV = {
+    "email": "COMPLIANCE_ALERT_EMAIL",
+    "smtp_conn": "COMPLIANCE_ALERT_SMTP_CONN",
+    "from_email": "COMPLIANCE_ALERT_FROM",
+    "slack_conn": "COMPLIANCE_ALERT_SLACK_CONN",
+    "sns_topic": "COMPLIANCE_ALERT_SNS_TOPIC",
+    "aws_conn": "COMPLIANCE_ALERT_AWS_CONN",
+}
+_DEFAULTS = {
+    "smtp_conn": "smtp_default",
+    "from_email": "compliance-jobs@localhost",
+    "aws_conn": "aws_default",
+}
+_CHANNEL_KEY = {"email": "email", "slack": "slack_conn", "sns": "sns_topic"}
 _warned = False
 
 
 @dataclass(frozen=True)
 class Alert:
+    """One message for every channel; `kind` lets subscribers filter (failure, deadline...)."""
+
     subject: str
     body: str
+    kind: str = "failure"
 
 
-def failure_message(context: dict[str, Any]) -> Alert:
+# --------------------------------------------------------------------------- messages
+
+
+def _reason_code(exc: BaseException | None) -> str | None:
+    """Our errors carry a PII-free reason code (`reason` or `reason_code`), maybe on the cause."""
+    for err in (exc, getattr(exc, "__cause__", None)):
+        for attr in ("reason", "reason_code"):
+            value = getattr(err, attr, None)
+            value = getattr(value, "value", value)  # enum reasons (intake.Reason)
+            if isinstance(value, str) and value.replace("_", "").replace("-", "").isalnum():
+                return value[:64]
+    return None
+
+
+def failure_message(context: Mapping[str, Any]) -> Alert:
+    """A task failed: who, where, which try, the log link, the error's class and reason code."""
     ti = context.get("ti") or context.get("task_instance")
     dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
     task_id = getattr(ti, "task_id", "?")
     run_id = getattr(ti, "run_id", None) or getattr(context.get("dag_run"), "run_id", "?")
     try_number = getattr(ti, "try_number", "?")
     map_index = getattr(ti, "map_index", -1)
-    log_url = getattr(ti, "log_url", "") or ""
+    try:
+        log_url = getattr(ti, "log_url", "") or ""
+    except Exception:  # a log link is nice to have; never let it stop the alert
+        log_url = ""
     exc = context.get("exception")
-    kind = type(exc).__name__ if exc is not None else "unknown"
-    reason = getattr(exc, "reason", None)  # our own errors carry a PII-free reason code
+    kind = type(exc).__name__ if isinstance(exc, BaseException) else "unknown"
+    reason = _reason_code(exc) if isinstance(exc, BaseException) else None
     task = task_id if map_index in (-1, None) else f"{task_id}[{map_index}]"
     subject = f"[compliance] {dag_id}.{task} failed (run {run_id})"
     lines = [
@@ -42,74 +95,163 @@ def failure_message(context: dict[str, Any]) -> Alert:
         f"Task: {task}",
         f"Run: {run_id}",
         f"Try: {try_number}",
-        f"Error: {kind}" + (f" ({reason})" if isinstance(reason, str) else ""),
+        f"Error: {kind}" + (f" ({reason})" if reason else ""),
         f"Log: {log_url}",
-        "See docs/operations.md for what this alert means and what to do.",
+        f"What to do: {RUNBOOK}, section 'Task failed'.",
     ]
-    return Alert(subject, "\n".join(lines))
+    return Alert(subject, "\n".join(lines), "failure")
 
 
-def configured_channels() -> list[str]:
-    env = os.environ
-    channels = []
-    if env.get("COMPLIANCE_ALERT_EMAIL"):
-        channels.append("email")
-    if env.get("COMPLIANCE_ALERT_SLACK_CONN"):
-        channels.append("slack")
-    if env.get("COMPLIANCE_ALERT_SNS_TOPIC"):
-        channels.append("sns")
-    return channels
+def deadline_missed_message(
+    context: Mapping[str, Any], expected: str | None = None, base_url: str | None = None
+) -> Alert:
+    """An Airflow Deadline Alert fired: a run had not finished by its deadline.
+
+    `context` is what the scheduler hands the triggerer: `dag_run` (the REST API's DAGRun
+    model as JSON) and `deadline`. Only ids and times are read; the run's `conf` (which may hold
+    a form's consumer e-mail) is never touched.
+    """
+    run = context.get("dag_run") or {}
+    deadline = context.get("deadline") or {}
+    dag_id = str(run.get("dag_id", "?"))
+    run_id = str(run.get("dag_run_id") or run.get("run_id") or "?")
+    state = str(run.get("state", "?"))
+    due = deadline.get("deadline_time", "?")
+    if isinstance(due, datetime):
+        due = due.isoformat()
+    base = (base_url or os.environ.get("AIRFLOW__API__BASE_URL") or "").rstrip("/")
+    link = f"{base}/dags/{dag_id}/runs/{run_id}" if base else f"/dags/{dag_id}/runs/{run_id}"
+    subject = f"[compliance] {dag_id} run {run_id} missed its deadline"
+    lines = [
+        f"DAG: {dag_id}",
+        f"Run: {run_id}",
+        f"State: {state}",
+        f"Queued at: {run.get('queued_at', '?')}",
+        f"Deadline: {due}" + (f" ({expected})" if expected else ""),
+        f"Run: {link}",
+        f"What to do: {RUNBOOK}, section 'Run missed its deadline'.",
+    ]
+    return Alert(subject, "\n".join(lines), "deadline_missed")
 
 
-def dispatch(alert: Alert) -> list[str]:
-    """Send to every configured channel; a broken channel never hides the others."""
+# --------------------------------------------------------------------------- configuration
+
+ConnectionLookup = Callable[[str], Mapping[str, Any] | None]
+
+
+def _airflow_extra(conn_id: str) -> Mapping[str, Any] | None:
+    """The `extra` of an Airflow connection, or None if it does not exist or cannot be read."""
+    try:
+        from airflow.sdk import BaseHook
+
+        return BaseHook.get_connection(conn_id).extra_dejson
+    except Exception:  # absent connection, or no Airflow context (unit tests, CLI)
+        return None
+
+
+def alert_settings(
+    env: Mapping[str, str] | None = None, lookup: ConnectionLookup | None = None
+) -> dict[str, str]:
+    """Channel settings: environment first, then the `compliance_alerts` connection's extra.
+
+    The connection is only consulted when the environment names no channel at all, so a
+    deployment configured by environment never pays for (or depends on) a connection lookup.
+    """
+    env = os.environ if env is None else env
+    out = {name: env[var] for name, var in _ENV.items() if env.get(var)}
+    if not any(out.get(key) for key in _CHANNEL_KEY.values()):
+        conn_id = env.get("COMPLIANCE_ALERT_CONN", DEFAULT_CONFIG_CONN)
+        extra = (lookup or _airflow_extra)(conn_id) or {}
+        for name in _ENV:
+            value = extra.get(name)
+            if isinstance(value, str) and value and name not in out:
+                out[name] = value
+    for name, value in _DEFAULTS.items():
+        out.setdefault(name, value)
+    return out
+
+
+def configured_channels(settings: Mapping[str, str] | None = None) -> list[str]:
+    settings = alert_settings() if settings is None else settings
+    return [channel for channel, key in _CHANNEL_KEY.items() if settings.get(key)]
+
+
+def warn_once_unconfigured() -> bool:
+    """Log the 'nothing configured' warning once per process; True if it was logged now."""
     global _warned
-    channels = configured_channels()
+    if _warned:
+        return False
+    _warned = True
+    log.warning(
+        "no alert channel configured (COMPLIANCE_ALERT_EMAIL / _SLACK_CONN / _SNS_TOPIC or "
+        "connection %s): alerts are not sent; see %s",
+        os.environ.get("COMPLIANCE_ALERT_CONN", DEFAULT_CONFIG_CONN),
+        RUNBOOK,
+    )
+    return True
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def dispatch(alert: Alert, settings: Mapping[str, str] | None = None) -> list[str]:
+    """Send to every configured channel; return the channels that took it.
+
+    A broken channel never hides the others (each is tried, its failure logged by class only).
+    Nothing configured is not an error: one warning per process, then silence.
+    """
+    settings = alert_settings() if settings is None else settings
+    channels = configured_channels(settings)
     if not channels:
-        if not _warned:
-            log.warning("no alert channel configured (COMPLIANCE_ALERT_*); alerts are only logged")
-            _warned = True
-        log.error("ALERT %s", alert.subject)
+        warn_once_unconfigured()
+        log.info("alert not sent (no channel configured): %s", alert.subject)
         return []
     sent = []
     for channel in channels:
         try:
-            _SENDERS[channel](alert)
+            _SENDERS[channel](alert, settings)
             sent.append(channel)
-        except Exception:
-            log.exception("alert channel %s failed", channel)
+        except Exception as exc:
+            # Class only: a channel's error text can echo the message or the endpoint's reply.
+            log.error("alert channel %s failed: %s", channel, type(exc).__name__)
+    log.info("alert sent to %s: %s", ", ".join(sent) or "no channel", alert.subject)
     return sent
 
 
-def _send_email(alert: Alert) -> None:
+def _send_email(alert: Alert, settings: Mapping[str, str]) -> None:
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    conn_id = os.environ.get("COMPLIANCE_ALERT_SMTP_CONN", "smtp_default")
-    with SmtpHook(smtp_conn_id=conn_id) as hook:
+    recipients = [a.strip() for a in settings["email"].split(",") if a.strip()]
+    with SmtpHook(smtp_conn_id=settings["smtp_conn"]) as hook:
         hook.send_email_smtp(
-            to=os.environ["COMPLIANCE_ALERT_EMAIL"],
+            to=recipients,
             subject=alert.subject,
-            html_content=f"<pre>{alert.body}</pre>",
-            from_email=os.environ.get("COMPLIANCE_ALERT_FROM", "compliance-jobs@localhost"),
+            html_content=f"<pre>{html.escape(alert.body)}</pre>",
+            from_email=settings["from_email"],
+            custom_headers={"X-Compliance-Alert": alert.kind},
         )
 
 
-def _send_slack(alert: Alert) -> None:
+def _send_slack(alert: Alert, settings: Mapping[str, str]) -> None:
     from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
-    hook = SlackWebhookHook(slack_webhook_conn_id=os.environ["COMPLIANCE_ALERT_SLACK_CONN"])
+    hook = SlackWebhookHook(slack_webhook_conn_id=settings["slack_conn"])
     hook.send(text=f"*{alert.subject}*\n```{alert.body}```")
 
 
-def _send_sns(alert: Alert) -> None:
+def _send_sns(alert: Alert, settings: Mapping[str, str]) -> None:
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
-    conn_id = os.environ.get("COMPLIANCE_ALERT_AWS_CONN", "aws_default")
-    SnsHook(aws_conn_id=conn_id).publish_to_target(
-        target_arn=os.environ["COMPLIANCE_ALERT_SNS_TOPIC"],
+    SnsHook(aws_conn_id=settings["aws_conn"]).publish_to_target(
+        target_arn=settings["sns_topic"],
         message=alert.body,
-        subject=alert.subject[:99],
+        subject=alert.subject[:99],  # SNS subjects are limited to 100 characters
+        message_attributes={"kind": alert.kind},
     )
 
 
-_SENDERS = {"email": _send_email, "slack": _send_slack, "sns": _send_sns}
+_SENDERS: dict[str, Callable[[Alert, Mapping[str, str]], None]] = {
+    "email": _send_email,
+    "slack": _send_slack,
+    "sns": _send_sns,
+}

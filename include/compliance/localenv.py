@@ -11,11 +11,14 @@ import contextlib
 import http.server
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from compliance.settings import REPO_ROOT
@@ -24,6 +27,9 @@ from compliance.settings import REPO_ROOT
 def airflow_env(home: Path, s3_url: str, crm_url_path: Path) -> dict[str, str]:
     """Environment for Airflow commands over the local stack rooted at `home`."""
     env = dict(os.environ)
+    # Started from pytest, the components would inherit unit-test mode, in which every process
+    # makes up its own fernet key and JWT secret (tasks and triggers then fail to authenticate).
+    env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"  # standalone spawns `airflow ...`
     env.update(
@@ -54,6 +60,9 @@ def airflow_env(home: Path, s3_url: str, crm_url_path: Path) -> dict[str, str]:
             "COMPLIANCE_WORKSPACE_BUCKET": "cj-compliance",
             "COMPLIANCE_HASH_KEY": "local-demo-key-" + home.name,
             "PYTHONPATH": str(REPO_ROOT / "include"),
+            # `airflow dags test` crashes on DAGs with a deadline on 3.3.2 (apache/airflow#73428);
+            # `ui_env` turns them back on for a real scheduler. See compliance_alerts.
+            "COMPLIANCE_DEADLINE_ALERTS": "off",
         }
     )
     return env
@@ -86,6 +95,36 @@ def stop_group(pid: int, grace: float = 10.0) -> None:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def stop_groups(pids: list[int], grace: float = 10.0) -> None:
+    """`stop_group` for several groups at once: SIGTERM all, one shared grace, SIGKILL the rest.
+
+    Stopping five Airflow components one after another would cost five grace periods.
+    """
+    groups = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.append(os.getpgid(pid))
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(groups)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [g for g in alive if _group_alive(g)]
+    for pgid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def start_s3(home: Path) -> tuple[subprocess.Popen, str]:
@@ -153,3 +192,79 @@ def start_webhook_receiver(port: int) -> http.server.ThreadingHTTPServer | None:
         return None
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+# --------------------------------------------------------------------------- UI stack helpers
+# Shared by `make up` (scripts/localstack.py) and the browser test, so the UI a person sees and
+# the one the test drives are started the same way.
+
+UI_USERS = {"admin": "admin", "compliance": "op", "auditor": "viewer"}  # simple auth manager roles
+UI_PASSWORDS = {"admin": "admin", "compliance": "compliance", "auditor": "auditor"}  # local only
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (parallel runs must not share fixed ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ui_env(
+    home: Path,
+    s3_url: str,
+    crm_path: Path,
+    port: int,
+    users: dict[str, str] | None = None,
+    passwords: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """`airflow_env` plus the API server on 127.0.0.1:`port` and pinned simple-auth users.
+
+    The execution API URL moves with the port, or every task fails to reach it; the passwords
+    file is pre-written so nobody has to read generated passwords from a log.
+    """
+    env = airflow_env(home, s3_url, crm_path)
+    env["COMPLIANCE_DEADLINE_ALERTS"] = "on"  # a real scheduler evaluates them
+    users = users or UI_USERS
+    env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = ",".join(f"{u}:{r}" for u, r in users.items())
+    env["AIRFLOW__API__PORT"] = str(port)
+    env["AIRFLOW__API__HOST"] = "127.0.0.1"
+    env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{port}/"
+    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
+    # One JWT secret for every component, or tasks fail with "Invalid auth token": on a fresh
+    # AIRFLOW_HOME each process standalone starts would otherwise make up its own.
+    env.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))
+    env.setdefault("AIRFLOW__API__SECRET_KEY", secrets.token_urlsafe(32))
+    # Tasks call the API server (SQLite behind it: one writer); 5 s is short on a busy machine.
+    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT", "30")
+    # The workers' and triggerer's log servers default to fixed ports (8793, 8794).
+    env.setdefault("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(free_port()))
+    env.setdefault("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port()))
+    af_home = Path(env["AIRFLOW_HOME"])
+    af_home.mkdir(parents=True, exist_ok=True)
+    (af_home / "simple_auth_manager_passwords.json.generated").write_text(
+        json.dumps(passwords or UI_PASSWORDS)
+    )
+    return env
+
+
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path) -> None:
+    """Poll `url` until it answers 2xx; fail early (naming the log) if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback URL we built
+                return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process exited (rc {proc.returncode}); see {log}") from None
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {log}")
+
+
+def worker_hostname() -> str:
+    """`[core] hostname_callable` for several Celery workers on one host.
+
+    Task instances record the hostname of the worker that ran them; with two workers on one
+    machine both would report the same FQDN, so each worker process gets COMPLIANCE_WORKER_NAME.
+    """
+    return os.environ.get("COMPLIANCE_WORKER_NAME") or socket.getfqdn()

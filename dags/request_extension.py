@@ -1,0 +1,109 @@
+"""
+### Request extension (R4)
+
+Records the **one** extension the CCPA allows for a request (R4; G1 for the GDPR): the response
+deadline moves from day 45 to day 90 (GDPR: from one month to three). Compliance staff fill the
+form after the notice with the reason has been sent to the consumer.
+
+Refused, with the reason in the task log and in the failure alert, when:
+
+* the request is unknown, completed or rejected;
+* it was already extended (**second extension**);
+* the notice is missing, dated before receipt or **after the 45th day** (GDPR: after the
+  first month);
+* the reason is blank or quotes an e-mail address or phone number (no personal data is kept).
+
+A refused extension changes nothing; the same form submitted twice is a no-op. An accepted one
+is written to the request (`extended_due`) and to the audit ledger (`request_extended`). The
+deadline watchdog then counts down to the new date. Logic: `compliance.deadlines.extend`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from compliance import deadlines, runtime, state
+from compliance_alerts import DEFAULT_ARGS
+
+FORM = {
+    "client_id": Param(
+        type="integer",
+        minimum=1,
+        title="Client id",
+        description="The business client that forwarded the request.",
+        section="Request",
+    ),
+    "request_id": Param(
+        type="string",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+        title="Request id",
+        description="The client's id for this request (letters, digits, . _ : -).",
+        section="Request",
+    ),
+    "type": Param(
+        "delete",
+        enum=list(state.REQUEST_TYPES),
+        values_display={"delete": "Deletion", "access": "Access (right to know)"},
+        title="Request type",
+        section="Request",
+    ),
+    "notice_at": Param(
+        type="string",
+        format="date-time",
+        title="Notice sent at",
+        description="When the extension notice (with its reason) went to the consumer. R4: within "
+        "the first 45 days (GDPR: the first month).",
+        section="Extension notice",
+    ),
+    "reason": Param(
+        type="string",
+        format="multiline",
+        minLength=10,
+        maxLength=500,
+        title="Reason given in the notice",
+        description="As stated to the consumer, e.g. the volume or complexity of the request. "
+        "No names, e-mail addresses or phone numbers.",
+        section="Extension notice",
+    ),
+}
+
+
+@dag(
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    # Manual only, and it refuses anything R4 does not allow: usable as soon as it is deployed.
+    is_paused_upon_creation=False,
+    default_args=DEFAULT_ARGS,
+    params=FORM,
+    tags=["compliance", "operations"],
+    doc_md=__doc__,
+)
+def request_extension():
+    @task
+    def record(params: dict | None = None) -> dict:
+        params = params or {}
+        try:
+            done = deadlines.extend(
+                runtime.state_engine(),
+                runtime.settings().hash_key,
+                int(params["client_id"]),
+                params["request_id"],
+                params["type"],
+                datetime.fromisoformat(params["notice_at"]),
+                params["reason"],
+            )
+        except state.ExtensionRefused as refused:
+            # A refusal is an answer, not an outage: fail at once (no retry), reason first.
+            raise AirflowFailException(
+                f"extension refused ({refused.reason_code}): {refused.message}"
+            ) from refused
+        return done.to_dict()
+
+    record()
+
+
+request_extension()
