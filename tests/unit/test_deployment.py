@@ -44,7 +44,7 @@ ONE_SHOT = {"airflow-init", "airflow-cli"}  # no healthcheck expected
 # pool="..." literals are required on top of these.
 REQUIRED_POOLS = {"crm_db": 4, "s3_scan": 8}
 # Connection id -> conn_type the project's code expects (compliance.runtime / stores.sql).
-CONNECTIONS = {"crm_db": "postgres", "aws_default": "aws"}
+CONNECTIONS = {"crm_db": "postgres", "compliance_db": "postgres", "aws_default": "aws"}
 # Bind-mounted source directories (repo dir -> container dir); logs/ is created at run time.
 MOUNTS = {
     "dags": "/opt/airflow/dags",
