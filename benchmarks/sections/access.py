@@ -1,0 +1,179 @@
+"""Figure 4: access bundles for 1 and 100 consumers on the big world.
+
+The DAG's stages (`dags/access_reports.py`) in its order, each in its own process(es), log
+days on `--workers` processes: intake, plan, gather_system per SQL system, gather_logs per log
+day, build_bundles. Access only reads the CRM, so it runs on the seeded database itself; each
+run gets a fresh state database and workspace bucket. The CCPA default look-back (12 months)
+covers every log day of the world, so every run reads every log object once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.sections import _common as C
+
+IMPORTS = ["compliance.access", "compliance.inbox"]
+SECTION = "access"
+
+
+def available() -> str | None:
+    try:
+        from compliance.access import build_bundles, gather_log_shard, gather_system, plan  # noqa: F401
+    except ImportError as exc:
+        return f"compliance.access is missing ({exc})"
+    return None
+
+
+def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
+    from compliance import inbox
+
+    dm = C.datamap()
+    system = dm.systems[sorted(dm.systems)[0]]
+    clients = inbox.load_clients(C.engine(ctx["crm"]), system)
+    return inbox.ingest(
+        C.s3(), ctx["ws"], clients, C.engine(ctx["state"]), C.HASH_KEY, C.now()
+    ).to_dict()
+
+
+def stage_plan(ctx: dict[str, str]) -> dict[str, Any]:
+    from compliance import access
+
+    dm = C.datamap()
+    engines = {name: C.engine(ctx["crm"]) for name in dm.systems}
+    return access.plan(C.s3(), ctx["ws"], dm, engines, C.engine(ctx["state"]), C.now())
+
+
+def stage_gather_system(ctx: dict[str, str], batch_id: str, system: str) -> dict[str, Any]:
+    from compliance import access
+
+    return access.gather_system(
+        C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["crm"]), batch_id, system
+    )
+
+
+def stage_gather_logs(ctx: dict[str, str], batch_id: str, shard: str) -> dict[str, Any]:
+    from compliance import access
+
+    return access.gather_log_shard(C.s3(), ctx["ws"], C.datamap(), C.s3(), batch_id, shard)
+
+
+def stage_build(ctx: dict[str, str], batch_id: str) -> dict[str, Any]:
+    from compliance import access
+
+    dm = C.datamap()
+    return access.build_bundles(
+        C.s3(),
+        ctx["ws"],
+        dm,
+        dict.fromkeys(dm.stores, C.s3()),
+        C.engine(ctx["state"]),
+        C.HASH_KEY,
+        batch_id,
+        C.now(),
+        retention_path=C.env().retention_path,
+        link_days=access.MAX_LINK_DAYS,
+    )
+
+
+def run_batch(bench: C.Bench, n: int, workers: int) -> dict[str, Any]:
+    tag = f"acc{n}"
+    ctx = {
+        "crm": bench.env.world_db,
+        "state": bench.state_db(f"{tag}_state"),
+        "ws": bench.workspace(tag),
+    }
+    bench.put_requests(ctx["ws"], bench.consumers(n, fresh=False), "access", tag)
+    stages = [bench.stage(f"{tag}.intake", stage_intake, [(ctx,)])]
+    stages.append(bench.stage(f"{tag}.plan", stage_plan, [(ctx,)]))
+    batch = stages[-1].results[0]
+    bid = batch["batch_id"]
+    stages.append(
+        bench.stage(
+            f"{tag}.gather_system", stage_gather_system, [(ctx, bid, s) for s in batch["systems"]]
+        )
+    )
+    stages.append(
+        bench.stage(
+            f"{tag}.gather_logs",
+            stage_gather_logs,
+            [(ctx, bid, s) for s in batch["shards"]],
+            workers,
+        )
+    )
+    stages.append(bench.stage(f"{tag}.build_bundles", stage_build, [(ctx, bid)]))
+    built = stages[-1].results[0]
+    bench.disconnect(bench.env.world_db)
+    return {
+        "n": n,
+        "requests": batch["requests"],
+        "delivered": built.get("delivered", 0),
+        "records": built.get("records", 0),
+        "shards": len(batch["shards"]),
+        "stages": stages,
+        "total": sum(s.seconds for s in stages),
+        "rows": sum(int(r.get("rows", 0)) for r in stages[2].results),
+        "lines": sum(int(r.get("lines", 0)) for r in stages[3].results),
+    }
+
+
+def run(bench: C.Bench, sizes: list[int], workers: int) -> list[C.Row]:
+    missing = available()
+    if missing:
+        return [
+            C.unavailable(SECTION, "access bundle for one consumer", missing),
+            C.unavailable(SECTION, "access scaling", missing),
+        ]
+    rows: list[C.Row] = []
+    runs: dict[int, dict[str, Any]] = {}
+    for n in sizes:
+        r = runs[n] = run_batch(bench, n, workers)
+        for st in r["stages"]:
+            rows.append(
+                C.info(
+                    SECTION,
+                    f"{n} request(s): {st.name.split('.', 1)[1]}",
+                    st.seconds,
+                    "s",
+                    peak_mb=st.peak_mb,
+                    note=f"{len(st.results)} call(s) on {st.workers} process(es)"
+                    if len(st.results) > 1
+                    else "",
+                )
+            )
+        note = (
+            f"{r['delivered']} bundle(s) delivered of {r['requests']} request(s); "
+            f"{r['rows']:,} CRM rows, {r['lines']:,} log lines from {r['shards']} log days"
+        )
+        peak = max(s.peak_mb for s in r["stages"])
+        if n == 1:
+            rows.append(
+                C.at_most(
+                    SECTION,
+                    "access bundle for one consumer",
+                    r["total"],
+                    "s",
+                    5.0,
+                    peak_mb=peak,
+                    note=f"sum of stage times (no Airflow scheduling); {note}",
+                )
+            )
+        else:
+            rows.append(
+                C.info(SECTION, f"{n} requests: total", r["total"], "s", peak_mb=peak, note=note)
+            )
+    first, last = min(sizes), max(sizes)
+    if first != last:
+        rows.append(
+            C.ratio_at_most(
+                SECTION,
+                f"access scaling t({last})/t({first})",
+                runs[last]["total"],
+                runs[first]["total"],
+                "s",
+                2.0,
+                peak_mb=max(s.peak_mb for r in runs.values() for s in r["stages"]),
+                note=f"value = t({last}), baseline = t({first}), one run each",
+            )
+        )
+    return rows

@@ -1,0 +1,166 @@
+"""Figure 3: the retention purge of >= 1M expired rows against one bulk DELETE.
+
+The rule is the configured `email-events` rule (25 months; expired rows are deleted and added
+to monthly counts per event type and device). In the seeded world only the oldest events are
+older than 25 months (under 1M at 1M contacts), so the sweep's as-of date is moved forward to
+the first day on which `--retention-rows` (default 1.2 per contact: 1.2M at the large scale)
+rows are past the period; the run says which day. Both sides get a fresh TEMPLATE copy of the
+seeded CRM:
+
+- baseline: `DELETE FROM email_events WHERE occurred_at < cutoff`, one statement, one
+  transaction (the in-database floor; it holds its locks for the whole run);
+- ours: `compliance.retention.execute_step(sweep, "email-events")`: keyset batches of the
+  policy's `batch_rows`, each re-checked, aggregated and deleted in its own short transaction,
+  legal holds excluded. Its longest write transaction is timed by the module itself.
+
+Throughput is rows deleted per second on each side (their row counts differ by the held rows).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from benchmarks.sections import _common as C
+
+IMPORTS = ["compliance.retention", "compliance.retention.plan"]
+SECTION = "retention"
+RULE = "email-events"
+
+
+def available() -> str | None:
+    try:
+        from compliance.retention import execute_step, load_policy  # noqa: F401
+        from compliance.retention.plan import Sweep  # noqa: F401
+    except ImportError as exc:
+        return f"compliance.retention is missing ({exc})"
+    return None
+
+
+def bulk_delete(db: str, cutoff: str) -> int:
+    with C.engine(db).begin() as conn:
+        result = conn.execute(
+            sa.text("DELETE FROM email_events WHERE occurred_at < :c"),
+            {"c": datetime.fromisoformat(cutoff)},
+        )
+        return int(result.rowcount or 0)
+
+
+def batched(crm: str, state: str, as_of: str) -> dict[str, Any]:
+    from compliance.retention import execute_step, load_policy
+    from compliance.retention.plan import Sweep
+
+    dm = C.datamap()
+    loaded = load_policy(C.env().retention_path, dm)
+    engines = {
+        **{s.connection: C.engine(crm) for s in dm.systems.values()},
+        "compliance_db": C.engine(state),
+    }
+    sweep = Sweep(
+        datamap=dm,
+        policy=loaded.policy,
+        as_of=date.fromisoformat(as_of),
+        now=C.now(),
+        engine=lambda conn_id: engines[conn_id],
+        s3=lambda _conn_id: C.s3(),
+        hash_key=C.HASH_KEY,
+        only=(RULE,),
+    )
+    return execute_step(sweep, RULE)
+
+
+def _sweep_day(bench: C.Bench, rows: int) -> tuple[date, datetime, int, int, int]:
+    """(as-of, cutoff, rows before the cutoff, all events, batch_rows) for >= `rows` expired."""
+    from compliance.datamap.validate import load_datamap
+    from compliance.retention import load_policy
+
+    loaded = load_policy(bench.env.retention_path, load_datamap(bench.env.datamap_path))
+    rule = next(r for r in loaded.policy.rules if r.id == RULE)
+    with bench.connect(bench.env.world_db) as conn:
+        total = conn.exec_driver_sql("SELECT count(*) FROM email_events").scalar_one()
+        nth = conn.execute(
+            sa.text("SELECT occurred_at FROM email_events ORDER BY occurred_at OFFSET :n LIMIT 1"),
+            {"n": min(rows, max(total - 1, 0))},
+        ).scalar()
+        day = nth.date()
+        while rule.period.cutoff(day) <= nth:
+            day += timedelta(days=1)
+        cutoff = rule.period.cutoff(day)
+        expired = conn.execute(
+            sa.text("SELECT count(*) FROM email_events WHERE occurred_at < :c"), {"c": cutoff}
+        ).scalar_one()
+    return day, cutoff, int(expired), int(total), int(loaded.policy.batch_rows)
+
+
+def run(bench: C.Bench, target_rows: int) -> list[C.Row]:
+    missing = available()
+    if missing:
+        return [
+            C.unavailable(SECTION, "retention purge throughput", missing),
+            C.unavailable(SECTION, "retention longest transaction", missing),
+        ]
+    day, cutoff, expired, total, batch_rows = _sweep_day(bench, target_rows)
+    state = bench.state_db("ret_state")
+    bulk_db, bulk_clone = bench.clone_world("ret_bulk")  # one copy at a time: disk space
+    try:
+        bulk = bench.stage("retention.bulk_delete", bulk_delete, [(bulk_db, cutoff.isoformat())])
+    finally:
+        bench.drop_db(bulk_db)
+    ours_db, _ = bench.clone_world("ret_batched")
+    try:
+        ours = bench.stage("retention.execute_step", batched, [(ours_db, state, day.isoformat())])
+    finally:
+        bench.drop_db(ours_db)
+    result = ours.results[0]
+    counts = result["counts"].get("email_events", {})
+    ours_rows = int(sum(v for k, v in counts.items() if k != "held"))
+    bulk_rows = bulk.results[0]
+    longest = float(result.get("longest_transaction_s", 0.0))
+    return [
+        C.info(
+            SECTION,
+            "expired e-mail events",
+            float(expired),
+            "rows",
+            note=f"of {total:,}; sweep as of {day} (cutoff {cutoff:%Y-%m-%d}), rule {RULE!r}; "
+            f"one TEMPLATE copy of the CRM per side ({bulk_clone:.0f} s each)",
+        ),
+        C.info(
+            SECTION,
+            "bulk DELETE (one statement)",
+            bulk.seconds,
+            "s",
+            peak_mb=bulk.peak_mb,
+            note=f"{bulk_rows:,} rows, {bulk_rows / bulk.seconds:,.0f} rows/s",
+        ),
+        C.info(
+            SECTION,
+            "retention execute_step (batched)",
+            ours.seconds,
+            "s",
+            peak_mb=ours.peak_mb,
+            note=f"{ours_rows:,} rows in {result.get('batches', 0)} batches of {batch_rows}, "
+            f"{ours_rows / ours.seconds:,.0f} rows/s; counts {counts}",
+        ),
+        C.at_least(
+            SECTION,
+            "retention purge throughput",
+            ours_rows / ours.seconds,
+            bulk_rows / bulk.seconds,
+            "rows/s",
+            0.5,
+            peak_mb=ours.peak_mb,
+            note="baseline = one bulk DELETE of the same age cut on its own copy",
+        ),
+        C.at_most(
+            SECTION,
+            "retention longest transaction",
+            longest,
+            "s",
+            1.0,
+            peak_mb=ours.peak_mb,
+            note=f"the bulk DELETE's single transaction lasted {bulk.seconds:.1f} s",
+        ),
+    ]
