@@ -25,7 +25,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from compliance import access, inbox, runtime
+from compliance import access, runtime
 from compliance_alerts import DEFAULT_ARGS
 
 ONE = "Enter one request (optional)"
@@ -121,18 +121,7 @@ def _form(params: dict) -> dict:
 def access_reports():
     @task
     def intake(params: dict | None = None) -> dict:
-        cfg = runtime.settings()
-        s3 = runtime.s3(cfg.workspace_connection)
-        dm = runtime.datamap()
-        form = inbox.form_document(_form(params or {}), "access")
-        if form is not None:
-            inbox.submit(s3, cfg.workspace_bucket, form, f"access-{form['request_id']}")
-        system = dm.systems[sorted(dm.systems)[0]]
-        clients = inbox.load_clients(runtime.sql_engine(system.connection), system)
-        summary = inbox.ingest(
-            s3, cfg.workspace_bucket, clients, runtime.state_engine(), cfg.hash_key, runtime.now()
-        )
-        return summary.to_dict()
+        return runtime.intake(_form(params or {}), "access")
 
     @task
     def plan(_intake: dict, params: dict | None = None) -> dict:

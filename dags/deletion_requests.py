@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from compliance import erasure, inbox, runtime, subprocessors
+from compliance import erasure, runtime, subprocessors
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 FORM = {
@@ -97,18 +97,7 @@ FORM = {
 def deletion_requests():
     @task
     def intake(params: dict | None = None) -> dict:
-        cfg = runtime.settings()
-        s3 = runtime.s3(cfg.workspace_connection)
-        dm = runtime.datamap()
-        form = inbox.form_document(params or {}, "delete")
-        if form is not None:
-            inbox.submit(s3, cfg.workspace_bucket, form, f"delete-{form['request_id']}")
-        system = dm.systems[sorted(dm.systems)[0]]
-        clients = inbox.load_clients(runtime.sql_engine(system.connection), system)
-        summary = inbox.ingest(
-            s3, cfg.workspace_bucket, clients, runtime.state_engine(), cfg.hash_key, runtime.now()
-        )
-        return summary.to_dict()
+        return runtime.intake(params or {}, "delete")
 
     @task
     def plan(_intake: dict) -> dict:

@@ -104,3 +104,22 @@ def sns(conn_id: str = "aws_default") -> Any:
         aws_access_key_id=conn.login or None,
         aws_secret_access_key=conn.password or None,
     )
+
+
+def intake(form_params: dict, type_: str) -> dict:
+    """The request DAGs' shared first task: the trigger form's document (if any) joins the S3
+    inbox, then the whole inbox is validated in one pass (`compliance.inbox.ingest`)."""
+    from compliance import inbox
+
+    cfg = settings()
+    client = s3(cfg.workspace_connection)
+    form = inbox.form_document(form_params, type_)
+    if form is not None:
+        inbox.submit(client, cfg.workspace_bucket, form, f"{type_}-{form['request_id']}")
+    dm = datamap()
+    system = dm.systems[sorted(dm.systems)[0]]
+    clients = inbox.load_clients(sql_engine(system.connection), system)
+    summary = inbox.ingest(
+        client, cfg.workspace_bucket, clients, state_engine(), cfg.hash_key, now()
+    )
+    return summary.to_dict()
