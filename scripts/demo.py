@@ -12,12 +12,12 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from compliance.localenv import (
     airflow_env,
     prepare_workspace,
+    seed_command,
     start_s3,
     start_webhook_receiver,
     stop_group,
@@ -65,28 +65,10 @@ def main() -> int:
     failed: list[str] = []
     try:
         env = airflow_env(HOME, s3_url, crm)
-        today = datetime.now(UTC).date().isoformat()
         print(f"local S3 at {s3_url}; Airflow home {HOME / 'airflow'}")
         steps = [
             ("airflow db migrate", ["airflow", "db", "migrate"]),
-            (
-                "seed world",
-                [
-                    sys.executable,
-                    "-m",
-                    "compliance",
-                    "world",
-                    "seed",
-                    "--db",
-                    f"sqlite:///{crm}",
-                    "--s3",
-                    s3_url,
-                    "--scale",
-                    "small",
-                    "--as-of",
-                    today,
-                ],
-            ),
+            ("seed world", seed_command(crm, s3_url)),
         ]
         for label, cmd in steps:
             t0 = time.monotonic()

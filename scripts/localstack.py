@@ -11,13 +11,13 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from compliance.localenv import (
     UI_PASSWORDS,
     UI_USERS,
     prepare_workspace,
+    seed_command,
     start_group,
     start_s3,
     stop_group,
@@ -40,24 +40,7 @@ def up() -> int:
     env = ui_env(HOME, s3_url, HOME / "crm.db", PORT)  # users and passwords pinned there
     crm = HOME / "crm.db"
     crm.unlink(missing_ok=True)  # the S3 server is new, so the world is seeded anew
-    subprocess.check_call(
-        [
-            sys.executable,
-            "-m",
-            "compliance",
-            "world",
-            "seed",
-            "--db",
-            f"sqlite:///{crm}",
-            "--s3",
-            s3_url,
-            "--scale",
-            "small",
-            "--as-of",
-            datetime.now(UTC).date().isoformat(),
-        ],
-        env=env,
-    )
+    subprocess.check_call(seed_command(crm, s3_url), env=env)
     # The workspace bucket and SNS topics, as the demo and the browser test have them.
     prepare_workspace(s3_url, env["COMPLIANCE_WORKSPACE_BUCKET"], Path(env["COMPLIANCE_DATAMAP"]))
     af = start_group(["airflow", "standalone"], HOME / "logs" / "standalone.log", env)

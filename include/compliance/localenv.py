@@ -268,3 +268,12 @@ def worker_hostname() -> str:
     machine both would report the same FQDN, so each worker process gets COMPLIANCE_WORKER_NAME.
     """
     return os.environ.get("COMPLIANCE_WORKER_NAME") or socket.getfqdn()
+
+
+def seed_command(crm_path: Path, s3_url: str, scale: str = "small") -> list[str]:
+    """The command that seeds the local world (demo and `make up` seed it the same way)."""
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    return [sys.executable, "-m", "compliance", "world", "seed", "--db", f"sqlite:///{crm_path}",
+            "--s3", s3_url, "--scale", scale, "--as-of", today]  # fmt: skip
