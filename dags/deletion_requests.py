@@ -142,6 +142,7 @@ def deletion_requests():
             cfg.workspace_bucket,
             dm,
             store_s3,
+            runtime.state_engine(),
             batch["batch_id"],
             shard,
         )

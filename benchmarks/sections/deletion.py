@@ -81,7 +81,9 @@ def stage_erase_system(ctx: dict[str, str], batch_id: str, system: str) -> dict[
 def stage_scrub(ctx: dict[str, str], batch_id: str, shard: str) -> dict[str, Any]:
     from compliance import erasure
 
-    return erasure.scrub_log_shard(C.s3(), ctx["ws"], C.datamap(), C.s3(), batch_id, shard)
+    return erasure.scrub_log_shard(
+        C.s3(), ctx["ws"], C.datamap(), C.s3(), C.engine(ctx["state"]), batch_id, shard
+    )
 
 
 def stage_recordings(ctx: dict[str, str], batch_id: str, store: str) -> dict[str, Any]:

@@ -5,9 +5,14 @@ batch per run, so 1,000 requests cost one pass over each store. The batch's *tar
 ids, identities, recording keys) are written once, encrypted, to `batches/<id>/targets.json` in
 the workspace bucket, never to XCom; tasks receive only the batch id and a system or shard name.
 
-Convergence: a batch stays `planned` until `finalize` succeeds. A rerun after a crash finds it,
-reuses its stored targets and plan, and re-executes the idempotent steps; receipts are built from
-the plan stored before anything changed, so they are the same as a clean run's.
+Convergence: a batch and the requests pointing at it are stored in one transaction, and stay
+`planned`/`open` until `finalize` commits the ledger entries, the completed requests and the
+finished batch in another. A rerun after a crash finds the planned batch, reuses its stored
+targets and plan, and re-executes the idempotent steps. Receipts are built from state that
+outlives crashes: the plan stored before anything changed, and the log lines counted per object
+just before each object is replaced (`state.record_lines`). Whatever a crash leaves in `batches/`
+(targets of a batch that never got stored, or of one finished but not cleaned up) is removed
+by the next `plan` (`sweep`), so identities do not outlive their requests (R20).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sqlalchemy import Engine
 from compliance import erase_sql, faults, holds, ledger, logs, recordings, state
 from compliance.datamap.model import BackupStore, DataMap, IdentityType, LogStore, RecordingStore
 from compliance.hashing import keyed_hash
+from compliance.inbox import ACCEPTED
 from compliance.outputs import put_json, put_summary
 from compliance.resolve import Subject, resolve
 
@@ -84,6 +90,7 @@ def plan(
     now: datetime,
 ) -> dict[str, Any]:
     """Form (or resume) the batch; return small JSON naming what to fan out over."""
+    sweep(s3, bucket, state_engine)
     pending = state.actionable_requests(state_engine, "delete")
     resumable = sorted(
         {r.batch_id for r in pending if r.batch_id and _is_planned(state_engine, r.batch_id)}
@@ -95,12 +102,31 @@ def plan(
         batch_id, targets = _new_batch(
             s3, bucket, dm, engines, state_engine, hash_key, now, pending
         )
-    return _fanout(s3, dm, targets)
+    return fanout(s3, dm, targets)
 
 
 def _is_planned(state_engine: Engine, batch_id: str) -> bool:
     batch = state.get_batch(state_engine, batch_id)
     return batch is not None and batch.status == "planned"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request to plan: from the state DB, or (dry run) straight from intake's examination."""
+
+    ref: str
+    client_id: int
+    request_id: str
+    received_at: str
+    identities: dict[str, str]
+
+    @classmethod
+    def stored(cls, s3: Any, bucket: str, row: state.RequestRow) -> Pending:
+        doc = json.loads(s3.get_object(Bucket=bucket, Key=row.source)["Body"].read())
+        return cls(
+            str(row.id), row.client_id, row.request_id, row.received_at.isoformat(),
+            dict(doc["identities"]),
+        )  # fmt: skip
 
 
 def _new_batch(
@@ -110,19 +136,51 @@ def _new_batch(
         return "", Targets("")
     digest = hashlib.sha256(",".join(str(r.id) for r in pending).encode()).hexdigest()[:8]
     batch_id = f"del-{now:%Y%m%dT%H%M%S}-{digest}"
+    requests = [Pending.stored(s3, bucket, row) for row in pending]
+    targets, counts = assemble(dm, engines, batch_id, requests, now)
+    plan_rows = [
+        state.PlanRow(int(ref), system, target, n)
+        for ref, per_system in counts.items()
+        for system, per_target in per_system.items()
+        for target, n in per_target.items()
+    ]
+    put_json(s3, bucket, targets_key(batch_id), targets.__dict__)
+    faults.checkpoint("plan.targets_written")
+    deferred_by_code: dict[str, list[int]] = defaultdict(list)
+    for ref, code in targets.deferred.items():
+        deferred_by_code[code].append(int(ref))
+    with state_engine.begin() as conn:  # the batch exists only with its requests pointing at it
+        state.plan_batch(conn, batch_id, "delete", plan_rows, created_at=now)
+        faults.checkpoint("plan.batch_stored")
+        active = [int(r) for r in targets.active_refs()]
+        state.set_status(conn, active, "open", batch_id=batch_id)
+        for code, pks in deferred_by_code.items():
+            state.set_status(conn, pks, "deferred", reason_code=code, batch_id=batch_id)
+    return batch_id, targets
+
+
+Counts = dict[str, dict[str, dict[str, int]]]  # ref -> system or store -> table or "objects" -> n
+
+
+def assemble(
+    dm: DataMap, engines: dict[str, Engine], batch_id: str, pending: list[Pending], now: datetime
+) -> tuple[Targets, Counts]:
+    """What a batch erases and how much, read only: the same for a real run and a dry run.
+
+    One resolution per system for all requests, holds checked per consumer (R19), recordings
+    listed and CRM rows counted per table with one set-based query each.
+    """
     targets = Targets(batch_id)
     subjects: list[Subject] = []
-    for row in pending:
-        ref = str(row.id)
-        doc = json.loads(s3.get_object(Bucket=bucket, Key=row.source)["Body"].read())
-        idents = tuple((IdentityType(k), v) for k, v in sorted(doc["identities"].items()))
-        subjects.append(Subject(ref, row.client_id, idents))
-        targets.given[ref] = {k.value: [v] for k, v in idents}
-        targets.requests[ref] = {
-            "pk": row.id,
-            "client_id": row.client_id,
-            "request_id": row.request_id,
-            "received_at": row.received_at.isoformat(),
+    for p in pending:
+        idents = tuple((IdentityType(k), v) for k, v in sorted(p.identities.items()))
+        subjects.append(Subject(p.ref, p.client_id, idents))
+        targets.given[p.ref] = {k.value: [v] for k, v in idents}
+        targets.requests[p.ref] = {
+            "pk": int(p.ref) if p.ref.isdigit() else None,
+            "client_id": p.client_id,
+            "request_id": p.request_id,
+            "received_at": p.received_at,
         }
     for sname, system in dm.systems.items():
         resolved = resolve(engines[sname], system, subjects)
@@ -138,16 +196,22 @@ def _new_batch(
             found = holds.holding(active, s.client_id, targets.consumers[sname][s.ref])
             if found:
                 targets.deferred[s.ref] = found[0].exception_code
+    counts: Counts = defaultdict(lambda: defaultdict(dict))
     for store_name, store in dm.stores.items():
         if isinstance(store, RecordingStore):
-            system = dm.systems[store.system]
-            per_ref = {}
-            for ref in targets.active_refs():
-                ids = targets.consumers[store.system].get(ref, [])
-                keys = recordings.recording_keys(engines[store.system], system, store, ids)
-                per_ref[ref] = sorted(k for ks in keys.values() for k in ks)
+            per_consumer = targets.consumers[store.system]
+            owners = {c for ref in targets.active_refs() for c in per_consumer.get(ref, [])}
+            keys = recordings.recording_keys(
+                engines[store.system], dm.systems[store.system], store, owners
+            )
+            per_ref = {
+                ref: sorted(k for c in per_consumer.get(ref, []) for k in keys.get(c, []))
+                for ref in targets.active_refs()
+            }
             targets.recordings[store_name] = per_ref
-    plan_rows = []
+            for ref, ks in per_ref.items():
+                if ks:
+                    counts[ref][store_name]["objects"] = len(ks)
     for sname, system in dm.systems.items():
         consumer_refs: dict[str, list[str]] = defaultdict(list)
         for ref in targets.active_refs():
@@ -158,30 +222,50 @@ def _new_batch(
             for cid, n in tplan.per_consumer.items():
                 for ref in consumer_refs[cid]:
                     per_ref[ref] += n
-            plan_rows += [
-                state.PlanRow(int(ref), sname, tplan.table, n) for ref, n in per_ref.items()
-            ]
-    for store_name, per_ref in targets.recordings.items():
-        plan_rows += [
-            state.PlanRow(int(ref), store_name, "objects", len(keys))
-            for ref, keys in per_ref.items()
-            if keys
-        ]
-    put_json(s3, bucket, targets_key(batch_id), targets.__dict__)
-    faults.checkpoint("plan.targets_written")
-    state.plan_batch(state_engine, batch_id, "delete", plan_rows, created_at=now)
-    faults.checkpoint("plan.batch_stored")
-    active = [int(r) for r in targets.active_refs()]
-    deferred_by_code: dict[str, list[int]] = defaultdict(list)
-    for ref, code in targets.deferred.items():
-        deferred_by_code[code].append(int(ref))
-    state.set_status(state_engine, active, "open", batch_id=batch_id)
-    for code, pks in deferred_by_code.items():
-        state.set_status(state_engine, pks, "deferred", reason_code=code, batch_id=batch_id)
-    return batch_id, targets
+            for ref, n in per_ref.items():
+                counts[ref][sname][tplan.table] = n
+    return targets, {r: dict(c) for r, c in counts.items()}
 
 
-def _fanout(s3: Any, dm: DataMap, targets: Targets) -> dict[str, Any]:
+def sweep(s3: Any, bucket: str, state_engine: Engine) -> int:
+    """Remove what a crash left in `batches/`; return how many batches it cleaned up.
+
+    A targets file whose batch was never stored (a crash inside `plan`, or a dry run's that
+    crashed before its report) is deleted; a finished batch whose clean-up did not complete (a
+    crash at the end of `finalize`) is cleaned up now. Planned batches are left alone: the run
+    resumes them. Access batches (`acc-`) are the access DAG's.
+    """
+    found = 0
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=BATCHES, Delimiter="/"
+    )
+    for page in pages:
+        for prefix in page.get("CommonPrefixes", []):
+            batch_id = prefix["Prefix"][len(BATCHES) :].rstrip("/")
+            if not batch_id.startswith(("del-", "dry-")):
+                continue
+            batch = state.get_batch(state_engine, batch_id)
+            if batch is not None and batch.status == "planned":
+                continue
+            if batch is not None:
+                _clean_up(s3, bucket, state_engine, load_targets(s3, bucket, batch_id))
+            else:
+                s3.delete_object(Bucket=bucket, Key=targets_key(batch_id))
+            found += 1
+    return found
+
+
+def _clean_up(s3: Any, bucket: str, state_engine: Engine, targets: Targets) -> None:
+    """R20: once a batch is finished only keyed hashes remain. Deferred requests keep their
+    documents: they are planned again when their hold lifts."""
+    rows = state.get_requests(state_engine, [int(r) for r in targets.active_refs()])
+    for row in rows.values():
+        if row.status == "completed" and row.source.startswith(ACCEPTED):
+            s3.delete_object(Bucket=bucket, Key=row.source)
+    s3.delete_object(Bucket=bucket, Key=targets_key(targets.batch_id))
+
+
+def fanout(s3: Any, dm: DataMap, targets: Targets) -> dict[str, Any]:
     if not targets.batch_id or not targets.active_refs():
         return {
             "batch_id": targets.batch_id,
@@ -233,11 +317,22 @@ def erase_recordings(
     return {"store": store, "objects": recordings.delete_all_versions(store_s3, spec.bucket, keys)}
 
 
-def scrub_log_shard(s3, bucket, dm: DataMap, store_s3, batch_id: str, shard: str) -> dict[str, Any]:
+def scrub_log_shard(
+    s3, bucket, dm: DataMap, store_s3, state_engine: Engine, batch_id: str, shard: str
+) -> dict[str, Any]:
     store_name, prefix = shard.split("|", 1)
     targets = load_targets(s3, bucket, batch_id)
+
+    def count(key: str, per_ref: dict[str, int]) -> None:
+        state.record_lines(state_engine, batch_id, store_name, key, per_ref)
+
     result = logs.scrub_shard(
-        store_s3, dm.stores[store_name], prefix, targets.log_targets(), batch_id=batch_id
+        store_s3,
+        dm.stores[store_name],
+        prefix,
+        targets.log_targets(),
+        batch_id=batch_id,
+        before_replace=count,
     )
     return {"store": store_name, "shard": prefix, **result.to_dict()}
 
@@ -282,6 +377,10 @@ def finalize(
     """Re-check every system for every target, then receipt, ledger and close (R16, R20)."""
     if not batch_id:
         return {"batch_id": "", "completed": 0, "deferred": 0, "residue": 0}
+    batch = state.get_batch(state_engine, batch_id)
+    if batch is not None and batch.status == "done":  # a retry after success: clean up only
+        sweep(s3, bucket, state_engine)
+        return _summary(s3, bucket, state_engine, batch_id)
     targets = load_targets(s3, bucket, batch_id)
     residue: dict[str, int] = {}
     for sname, system in dm.systems.items():
@@ -326,7 +425,7 @@ def finalize(
         raise ErasureIncomplete(
             f"batch {batch_id}: residue in {', '.join(bad)}; requests stay open"
         )
-    receipts = _receipts(dm, state_engine, targets, shard_results, now)
+    receipts = _receipts(dm, state_engine, targets, now)
     entries = []
     for ref, receipt in receipts.items():
         req = targets.requests[ref]
@@ -349,22 +448,25 @@ def finalize(
         )
         faults.checkpoint("finalize.after_receipt", n=len(entries))
     faults.checkpoint("finalize.receipts_written")
-    ledger.append(state_engine, hash_key, entries)
-    faults.checkpoint("finalize.ledger_appended")
-    state.set_status(
-        state_engine, [int(r) for r in targets.active_refs()], "completed", completed_at=now
-    )
-    faults.checkpoint("finalize.requests_completed")
-    state.finish_batch(state_engine, batch_id, finished_at=now)
+    with state_engine.begin() as conn:  # all or nothing: a crash before commit resumes the batch
+        ledger.append(conn, hash_key, entries)
+        faults.checkpoint("finalize.ledger_appended")
+        state.set_status(
+            conn, [int(r) for r in targets.active_refs()], "completed", completed_at=now
+        )
+        faults.checkpoint("finalize.requests_completed")
+        state.finish_batch(conn, batch_id, finished_at=now)
     faults.checkpoint("finalize.batch_finished")
-    for ref in targets.active_refs():  # R20: from now on only keyed hashes remain
-        row = state.get_requests(state_engine, [int(ref)])[int(ref)]
-        s3.delete_object(Bucket=bucket, Key=row.source)
-    s3.delete_object(Bucket=bucket, Key=targets_key(batch_id))  # deferred ones re-plan next run
+    _clean_up(s3, bucket, state_engine, targets)
+    return _summary(s3, bucket, state_engine, batch_id)
+
+
+def _summary(s3: Any, bucket: str, state_engine: Engine, batch_id: str) -> dict[str, Any]:
+    statuses = [r.status for r in state.batch_requests(state_engine, batch_id)]
     summary = {
         "batch_id": batch_id,
-        "completed": len(receipts),
-        "deferred": len(targets.deferred),
+        "completed": statuses.count("completed"),
+        "deferred": statuses.count("deferred"),
         "residue": 0,
         "receipts": f"s3://{bucket}/{RECEIPTS}",
     }
@@ -372,15 +474,14 @@ def finalize(
     return summary
 
 
-def _receipts(dm, state_engine, targets: Targets, shard_results, now) -> dict[str, dict[str, Any]]:
+def _receipts(dm, state_engine, targets: Targets, now) -> dict[str, dict[str, Any]]:
     plan = state.batch_plan(state_engine, targets.batch_id)
     counts: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for row in plan:
         counts[str(row.request_pk)][row.system][row.target] = row.planned
-    for res in shard_results:
-        for ref, n in res.get("per_ref", {}).items():
-            store = counts[ref][res["store"]]
-            store["lines"] = store.get("lines", 0) + int(n)
+    for pk, per_store in state.batch_lines(state_engine, targets.batch_id).items():
+        for store, n in per_store.items():
+            counts[str(pk)][store]["lines"] = n
     exceptions = [
         {"system": s, "table": t, "column": c, "exception": col.exception.value, "rule": "R19"}
         for s, system in dm.systems.items()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,9 +56,13 @@ class IntakeSummary:
 
 def submit(s3: Any, bucket: str, document: dict[str, Any], name: str) -> str:
     """Staff's UI form: put one request document into the inbox (validated like any other)."""
-    key = f"{INBOX}{UI}/{_SAFE.sub('_', name)}.json"
+    key = submission_key(name)
     put_bytes(s3, bucket, key, json.dumps(document).encode(), "application/json")
     return key
+
+
+def submission_key(name: str) -> str:
+    return f"{INBOX}{UI}/{_SAFE.sub('_', name)}.json"
 
 
 def form_document(params: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -101,22 +106,54 @@ def accepted_key(item: intake.Accepted) -> str:
     return f"{ACCEPTED}{item.client_id}/{item.request_id}.{item.type.value}.json"
 
 
-def ingest(
+@dataclass
+class Examination:
+    """The inbox read and validated, nothing written: what `ingest` commits, or a dry run shows."""
+
+    documents: list[tuple[str, bytes, list[intake.Result]]]
+    results: list[tuple[intake.Result, bool]]  # after the duplicate check; True = a replay
+    checked: dict[int, intake.Result]  # id(parsed result) -> result after the duplicate check
+
+    def summary(self) -> IntakeSummary:
+        out = IntakeSummary(documents=len(self.documents))
+        reasons: Counter[str] = Counter()
+        for result, replay in self.results:
+            if isinstance(result, intake.Accepted):
+                out.replayed += int(replay)
+                out.accepted += int(not replay)
+            else:
+                out.rejected += 1
+                reasons[result.reason.value] += 1
+        out.by_reason = dict(sorted(reasons.items()))
+        return out
+
+    def accepted(self, type_: intake.RequestType) -> list[intake.Accepted]:
+        """New requests of one type (replays are registered already)."""
+        return [
+            r
+            for r, replay in self.results
+            if isinstance(r, intake.Accepted) and r.type is type_ and not replay
+        ]
+
+
+def examine(
     s3: Any,
     bucket: str,
     clients: dict[int, bool],
     state_engine: Engine,
     hash_key: bytes,
     now: datetime,
-) -> IntakeSummary:
-    summary = IntakeSummary()
-    ensure_workspace(s3, bucket)
+    extra: Sequence[tuple[str, bytes]] = (),
+) -> Examination:
+    """Read and validate every inbox document (and `extra` (key, body) pairs not stored, e.g. a
+    dry run's form), duplicates checked against the state DB; writes nothing."""
     documents: list[tuple[str, bytes, list[intake.Result]]] = []
-    for obj in sorted(list_keys(s3, bucket, INBOX), key=lambda o: o["Key"]):
-        key = obj["Key"]
-        if key.endswith("/"):
-            continue
-        raw = _read_bounded(s3, bucket, key, int(obj["Size"]))
+    inbox = [
+        (obj["Key"], _read_bounded(s3, bucket, obj["Key"], int(obj["Size"])))
+        for obj in sorted(list_keys(s3, bucket, INBOX), key=lambda o: o["Key"])
+        if not obj["Key"].endswith("/")
+    ]
+    for key, raw in [*inbox, *extra]:
         parts = key[len(INBOX) :].split("/")
         source_client = int(parts[0]) if len(parts) > 1 and parts[0].isdigit() else None
         if raw is None:
@@ -134,7 +171,6 @@ def ingest(
                 raw, key, now=now, clients=clients, source_client=source_client
             )
         documents.append((key, raw or b"", results))
-    summary.documents = len(documents)
     flat = [r for _, _, rs in documents for r in rs]
     replays = _replays(state_engine, flat, hash_key)
     fresh = [r for r in flat if id(r) not in replays]
@@ -156,16 +192,27 @@ def ingest(
         id(orig): res
         for orig, res in zip(fresh, intake.find_duplicates(fresh, existing, hash_key), strict=True)
     }
-    final = [(checked.get(id(r), r), id(r) in replays) for r in flat]
+    return Examination(
+        documents, [(checked.get(id(r), r), id(r) in replays) for r in flat], checked
+    )
 
+
+def ingest(
+    s3: Any,
+    bucket: str,
+    clients: dict[int, bool],
+    state_engine: Engine,
+    hash_key: bytes,
+    now: datetime,
+) -> IntakeSummary:
+    ensure_workspace(s3, bucket)
+    exam = examine(s3, bucket, clients, state_engine, hash_key, now)
+    summary = exam.summary()
     new_rows: list[state.NewRequest] = []
     entries: list[ledger.Entry] = []
-    reasons: Counter[str] = Counter()
-    for result, replay in final:
+    for result, _replay in exam.results:
         idem = f"intake:{result.source}:{result.line or 0}"
         if isinstance(result, intake.Accepted):
-            summary.replayed += int(replay)
-            summary.accepted += int(not replay)
             put_json(s3, bucket, accepted_key(result), _accepted_doc(result))
             new_rows.append(_new_request(result, hash_key))
             entries.append(
@@ -181,8 +228,6 @@ def ingest(
                 )
             )
         else:
-            summary.rejected += 1
-            reasons[result.reason.value] += 1
             row = _rejected_request(result, clients, now)
             if row is not None:
                 new_rows.append(row)
@@ -198,11 +243,12 @@ def ingest(
                     idem,
                 )
             )
-    summary.by_reason = dict(sorted(reasons.items()))
     day = now.date().isoformat()
-    for key, raw, results in documents:
+    for key, raw, results in exam.documents:
         rejections = [
-            r for r in (checked.get(id(x), x) for x in results) if isinstance(r, intake.Rejected)
+            r
+            for r in (exam.checked.get(id(x), x) for x in results)
+            if isinstance(r, intake.Rejected)
         ]
         if rejections:
             base = f"{REJECTED}{day}/{_SAFE.sub('_', key[len(INBOX) :])}"
@@ -210,7 +256,7 @@ def ingest(
             put_json(s3, bucket, base + ".reasons.json", [r.as_dict() for r in rejections])
     state.insert_requests(state_engine, new_rows)
     ledger.append(state_engine, hash_key, entries)
-    for key, _, _ in documents:
+    for key, _, _ in exam.documents:
         s3.delete_object(Bucket=bucket, Key=key)
     if summary.documents:  # both request DAGs run intake; keep the run that saw documents
         put_summary(s3, bucket, "intake", summary.to_dict())

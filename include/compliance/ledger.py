@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Column, Engine, Integer, String, Table, Text, select, update
 from sqlalchemy.engine import Connection
 
-from compliance.state import UTCDateTime, insert_if_absent, metadata, utcnow
+from compliance.state import UTCDateTime, insert_if_absent, metadata, transaction, utcnow
 
 GENESIS_MAC = "0" * 64
 _PAGE = 1000
@@ -223,18 +223,20 @@ def _lock(conn: Connection) -> None:
         conn.execute(bump.values(appends=cj_ledger_lock.c.appends + 1))
 
 
-def append(engine: Engine, hash_key: bytes, entries: Sequence[Entry]) -> list[int]:
+def append(bind: Engine | Connection, hash_key: bytes, entries: Sequence[Entry]) -> list[int]:
     """Append entries in one transaction; return the seq of each (the existing one for a key
     appended before, so reruns neither duplicate entries nor fail).
 
-    Serialised across processes by the lock row; the seq primary key is the last guard.
+    Serialised across processes by the lock row; the seq primary key is the last guard. Given
+    a connection, the entries commit with the caller's transaction (and the lock is held
+    until then).
     """
     if not hash_key:
         raise ValueError("the ledger needs the deployment hash key")
     texts = [_check(e) for e in entries]  # before any I/O: a PII slip writes nothing
     if not entries:
         return []
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         _lock(conn)
         keys = sorted({e.idempotency_key for e in entries if e.idempotency_key})
         known: dict[str, int] = {}

@@ -36,7 +36,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from json.decoder import JSONDecoder, scanstring
@@ -563,7 +563,14 @@ def _count_lines(block: bytes) -> int:
 
 
 def rewrite_object(
-    s3: Any, store: LogStore, bucket: str, key: str, targets: Targets, *, batch_id: str
+    s3: Any,
+    store: LogStore,
+    bucket: str,
+    key: str,
+    targets: Targets,
+    *,
+    batch_id: str,
+    before_replace: Callable[[str, dict[str, int]], None] | None = None,
 ) -> ObjectResult:
     """Drop or redact the matching lines of one object; an object without a match is untouched.
 
@@ -571,6 +578,8 @@ def rewrite_object(
     (the ETag that was scanned) with Metadata {"cj-rewritten": batch_id} and SSE AES256, keeping
     the object's content type, encoding, user metadata and tags; then every non-current version
     of the key is deleted. Raises ObjectChanged if the object changed meanwhile.
+    `before_replace(key, per_ref)` is called just before the replacement, so whatever it records
+    outlives a crash after it (a rerun finds the object clean and counts nothing).
     """
     matcher = _Matcher.get(store, targets)
     resp = _get(s3, bucket, key)
@@ -579,6 +588,8 @@ def rewrite_object(
     if out is None:
         return result
     try:
+        if before_replace is not None:
+            before_replace(key, result.per_ref)
         size = out.finish()
         new_version = _upload(s3, bucket, key, out.file, size, resp, batch_id)
     finally:
@@ -844,6 +855,7 @@ def scrub_shard(
     *,
     batch_id: str,
     verify: Literal["all", "changed"] = "all",
+    before_replace: Callable[[str, dict[str, int]], None] | None = None,
 ) -> ShardResult:
     """Rewrite every object under one day folder, clean old versions, then verify.
 
@@ -857,7 +869,15 @@ def scrub_shard(
     counts: Counter[str] = Counter()
     clean: set[tuple[str, str, int, Any]] = set()
     for obj in list_keys(s3, store.bucket, day_prefix):
-        r = rewrite_object(s3, store, store.bucket, obj["Key"], targets, batch_id=batch_id)
+        r = rewrite_object(
+            s3,
+            store,
+            store.bucket,
+            obj["Key"],
+            targets,
+            batch_id=batch_id,
+            before_replace=before_replace,
+        )
         result.objects += 1
         result.lines_in += r.lines_in
         result.lines_removed += r.lines_matched

@@ -7,6 +7,7 @@ testable without a scheduler.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -106,6 +107,13 @@ def sns(conn_id: str = "aws_default") -> Any:
     )
 
 
+def dry_run(context: Any) -> bool:
+    """A run's form asked for a dry run, and it is not a scheduled run (those always act)."""
+    run_type = context["dag_run"].run_type
+    scheduled = getattr(run_type, "value", run_type) == "scheduled"
+    return bool(context["params"].get("dry_run")) and not scheduled
+
+
 def intake(form_params: dict, type_: str) -> dict:
     """The request DAGs' shared first task: the trigger form's document (if any) joins the S3
     inbox, then the whole inbox is validated in one pass (`compliance.inbox.ingest`)."""
@@ -116,10 +124,36 @@ def intake(form_params: dict, type_: str) -> dict:
     form = inbox.form_document(form_params, type_)
     if form is not None:
         inbox.submit(client, cfg.workspace_bucket, form, f"{type_}-{form['request_id']}")
-    dm = datamap()
-    system = dm.systems[sorted(dm.systems)[0]]
-    clients = inbox.load_clients(sql_engine(system.connection), system)
     summary = inbox.ingest(
-        client, cfg.workspace_bucket, clients, state_engine(), cfg.hash_key, now()
+        client, cfg.workspace_bucket, _clients(), state_engine(), cfg.hash_key, now()
     )
     return summary.to_dict()
+
+
+def examine(form_params: dict, type_: str) -> Any:
+    """What `intake` would do, read only (a dry run): the form's document is examined in place."""
+    from compliance import inbox
+
+    cfg = settings()
+    form = inbox.form_document(form_params, type_)
+    extra = []
+    if form is not None:
+        key = inbox.submission_key(f"{type_}-{form['request_id']}")
+        extra.append((key, json.dumps(form).encode()))
+    return inbox.examine(
+        s3(cfg.workspace_connection),
+        cfg.workspace_bucket,
+        _clients(),
+        state_engine(),
+        cfg.hash_key,
+        now(),
+        extra,
+    )
+
+
+def _clients() -> dict[int, bool]:
+    from compliance import inbox
+
+    dm = datamap()
+    system = dm.systems[sorted(dm.systems)[0]]
+    return inbox.load_clients(sql_engine(system.connection), system)

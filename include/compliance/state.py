@@ -7,7 +7,10 @@ same database (`compliance.ledger`) and `create_state_schema` creates it too.
 No personal data is stored here, ever: identities appear only as keyed hashes
 (`compliance.hashing.keyed_hash`), which is the "minimal record" R20 allows. Each function is one
 short transaction and safe to rerun: inserts are insert-if-absent, status changes converge, a
-batch's plan is written once. Reruns therefore converge instead of duplicating.
+batch's plan is written once. Reruns therefore converge instead of duplicating. Functions that
+take `bind` accept a Connection too: then they run inside the caller's transaction, so steps
+that must happen together (a batch and the requests pointing at it; ledger entries, completed
+requests and the finished batch) commit together or not at all.
 
 Request statuses (deliberately few; see style.md on Fides' sixteen):
 - `open`: accepted from the business (verified, R5) and due for action; `response_due` (R3) and,
@@ -29,6 +32,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -203,6 +207,18 @@ cj_batch_plan = Table(
 )
 Index("ix_cj_batch_plan_batch", cj_batch_plan.c.batch_id)
 
+# Lines erased per log object, request and batch, written just before the object is replaced:
+# a crash after the replacement cannot lose the count (the rerun finds the object clean).
+cj_batch_lines = Table(
+    "cj_batch_lines",
+    metadata,
+    Column("batch_id", String(64), ForeignKey("cj_batches.batch_id"), primary_key=True),
+    Column("store", String(64), primary_key=True),
+    Column("object_key", String(1024), primary_key=True),
+    Column("request_pk", ID, ForeignKey("cj_requests.id"), primary_key=True),
+    Column("lines", BigInteger, nullable=False),
+)
+
 cj_tombstones = Table(
     "cj_tombstones",
     metadata,
@@ -238,6 +254,16 @@ def create_state_schema(engine: Engine) -> None:
 
     metadata.create_all(engine, checkfirst=True)
     ledger.seed_lock_row(engine)
+
+
+@contextmanager
+def transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """A new transaction for an engine; a connection is already in the caller's, used as is."""
+    if isinstance(bind, Connection):
+        yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
 
 
 def insert_if_absent(conn: Connection, table: Table) -> Any:
@@ -458,6 +484,13 @@ def actionable_requests(engine: Engine, type: str) -> list[RequestRow]:
         return [_row(RequestRow, m) for m in conn.execute(q).mappings()]
 
 
+def batch_requests(engine: Engine, batch_id: str) -> list[RequestRow]:
+    """The requests a batch was planned for (their current status)."""
+    q = select(cj_requests).where(cj_requests.c.batch_id == batch_id).order_by(cj_requests.c.id)
+    with engine.connect() as conn:
+        return [_row(RequestRow, m) for m in conn.execute(q).mappings()]
+
+
 def get_requests(engine: Engine, pks: Iterable[int]) -> dict[int, RequestRow]:
     wanted = sorted(set(pks))
     out: dict[int, RequestRow] = {}
@@ -498,7 +531,7 @@ def subject_request_count(
 
 
 def set_status(
-    engine: Engine,
+    bind: Engine | Connection,
     pks: Iterable[int],
     status: str,
     reason_code: str | None = None,
@@ -522,7 +555,7 @@ def set_status(
         return 0
     when = to_utc(completed_at) if completed_at else utcnow()
     changed = 0
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         current: dict[int, tuple[str, datetime | None]] = {}
         for chunk in _chunks(wanted):
             q = (
@@ -634,7 +667,7 @@ def record_extension(engine: Engine, pk: int, notice_at: datetime | None, reason
 
 
 def plan_batch(
-    engine: Engine,
+    bind: Engine | Connection,
     batch_id: str,
     kind: str,
     plan_rows: Iterable[PlanRow | Mapping[str, Any]],
@@ -648,7 +681,7 @@ def plan_batch(
     """
     _check_choice("kind", kind, BATCH_KINDS)
     rows = [r if isinstance(r, PlanRow) else PlanRow(**r) for r in plan_rows]
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         created = conn.execute(
             insert_if_absent(conn, cj_batches).values(
                 batch_id=batch_id,
@@ -694,9 +727,11 @@ def get_batch(engine: Engine, batch_id: str) -> BatchRow | None:
     return _row(BatchRow, row) if row else None
 
 
-def finish_batch(engine: Engine, batch_id: str, finished_at: datetime | None = None) -> bool:
+def finish_batch(
+    bind: Engine | Connection, batch_id: str, finished_at: datetime | None = None
+) -> bool:
     """Mark a batch done; True if this call did it (False on a rerun)."""
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         if _batch_status(conn, batch_id) is None:
             raise LookupError(f"unknown batch {batch_id}")
         return bool(
@@ -712,6 +747,47 @@ def _batch_status(conn: Connection, batch_id: str) -> str | None:
     return conn.execute(
         select(cj_batches.c.status).where(cj_batches.c.batch_id == batch_id)
     ).scalar_one_or_none()
+
+
+def record_lines(
+    engine: Engine, batch_id: str, store: str, object_key: str, per_ref: Mapping[str, int]
+) -> None:
+    """Replace what one log object's rewrite erased for each request of a batch."""
+    t = cj_batch_lines
+    with engine.begin() as conn:
+        conn.execute(
+            t.delete().where(
+                t.c.batch_id == batch_id, t.c.store == store, t.c.object_key == object_key
+            )
+        )
+        rows = [
+            {
+                "batch_id": batch_id,
+                "store": store,
+                "object_key": object_key,
+                "request_pk": int(ref),
+                "lines": n,
+            }
+            for ref, n in per_ref.items()
+            if n
+        ]
+        if rows:
+            conn.execute(t.insert(), rows)
+
+
+def batch_lines(engine: Engine, batch_id: str) -> dict[int, dict[str, int]]:
+    """Log lines erased per request and store in a batch, over every run that worked on it."""
+    t = cj_batch_lines
+    q = (
+        select(t.c.request_pk, t.c.store, func.sum(t.c.lines))
+        .where(t.c.batch_id == batch_id)
+        .group_by(t.c.request_pk, t.c.store)
+    )
+    out: dict[int, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for pk, store, n in conn.execute(q):
+            out.setdefault(int(pk), {})[store] = int(n)
+    return out
 
 
 # --------------------------------------------------------------------------- tombstones
@@ -770,14 +846,19 @@ def record_notice(
     status: str,
     error_kind: str | None = None,
     at: datetime | None = None,
+    acknowledged: bool = False,
 ) -> NoticeRow:
     """Record the outcome of telling a sub-processor to delete (R16.3) or that none is set up.
 
     `sent` and `failed` count as attempts; `sent_at` keeps the first successful send; an
-    `acknowledged` notice is never downgraded by a later rerun. `error_kind` is a short code
+    `acknowledged` notice is never downgraded by a later rerun. `acknowledged=True` records a
+    send answered with an acknowledgement in the same write (two writes could be split by a
+    crash, and a notice marked sent is never sent again). `error_kind` is a short code
     (an exception class or HTTP status), never a message that could carry personal data.
     """
     _check_choice("status", status, ("sent", "failed", "not_configured"))
+    if acknowledged and status != "sent":
+        raise ValueError("only a sent notice can be acknowledged")
     if error_kind is not None and not _TOKEN.match(error_kind.lower()):
         raise ValueError("error_kind must be a short code such as 'timeout' or 'http_503'")
     when = to_utc(at) if at else utcnow()
@@ -801,6 +882,8 @@ def record_notice(
             if status == "sent":
                 values["sent_at"] = cur["sent_at"] or when
                 values["last_error_kind"] = None
+                if acknowledged:
+                    values.update(status="acknowledged", acked_at=when)
             elif status == "failed":
                 values["last_error_kind"] = error_kind or "unknown"
             conn.execute(update(t).where(*where).values(**values))

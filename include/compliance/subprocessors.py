@@ -53,13 +53,10 @@ def notify_all(
                 "rules": ["R16"],
             }
             status, error, acked = _send(sp, payload, sns_client)
-            state.record_notice(
-                state_engine, int(ref), sp.name, sp.channel, status, error_kind=error
+            row = state.record_notice(
+                state_engine, int(ref), sp.name, sp.channel, status, error, acknowledged=acked
             )
-            if acked:
-                state.acknowledge(state_engine, int(ref), sp.name)
-                status = "acknowledged"
-            tally[status] += 1
+            tally[row.status] += 1
     if tally.get("failed"):
         log.warning(
             "%d sub-processor notice(s) failed; they are retried on the next run", tally["failed"]

@@ -342,7 +342,7 @@ class DeletionJob(Job):
         for shard in batch["shards"]:
             yield (
                 f"scrub_logs[{shard}]",
-                lambda sh=shard: erasure.scrub_log_shard(s3, BUCKET, dm, s3, bid, sh),
+                lambda sh=shard: erasure.scrub_log_shard(s3, BUCKET, dm, s3, state, bid, sh),
             )
         for store in batch["recordings"]:
             yield (

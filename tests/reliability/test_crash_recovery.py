@@ -88,44 +88,15 @@ RETENTION = [  # faults.checkpoint(...) in compliance/retention/execute.py and o
     (after("report"), "retry"),  # report and ledger entry written, then retried
 ]
 
-DEFECTS = {
-    "D1": "receipt log-line counts come from the scrub_logs XComs of the run that finalizes; "
-    "lines scrubbed before a crash are no longer found, so the receipt undercounts or omits "
-    "them (and disagrees with the ledger entry written before the crash)",
-    "D2": "plan() writes targets.json and the batch before pointing the requests at it; a crash "
-    "in between leaves an orphan batch (status planned, its plan rows duplicated) and its "
-    "targets.json, with identities, forever",
-    "D3": "a crash in finalize after the requests are completed leaves accepted/ documents and "
-    "batches/<id>/targets.json (identities) forever: the next run no longer sees the batch",
-    "D4": "a notice recorded 'sent' before its acknowledgement is stored is never acknowledged: "
-    "the rerun skips it (record_notice and acknowledge are two writes)",
-    "D5": "finalize is not retry-safe once it has finished: targets.json is gone, so the "
-    "Airflow retry fails with NoSuchKey and the run ends failed",
-}
-KNOWN: dict[tuple[str, str], dict[str, str]] = {
-    ("new_run", "after:scrub_logs["): {"records": "D1"},
-    ("new_run", "after:erase_recordings["): {"records": "D1"},
-    ("new_run", "after:tombstone_backups["): {"records": "D1"},
-    ("new_run", "after:notify_subprocessors"): {"records": "D1"},
-    ("new_run", "plan.targets_written"): {"leftovers": "D2"},
-    ("new_run", "plan.batch_stored"): {"leftovers": "D2", "records": "D2"},
-    ("new_run", "logs.after_put"): {"records": "D1"},
-    ("new_run", "logs.after_object:rewritten=True"): {"records": "D1"},
-    ("new_run", "finalize.after_receipt:n=1"): {"records": "D1"},
-    ("new_run", "finalize.receipts_written"): {"records": "D1"},
-    ("new_run", "finalize.ledger_appended"): {"records": "D1"},
-    ("new_run", "finalize.requests_completed"): {"records": "D1"},
-    ("new_run", "finalize.batch_finished"): {"leftovers": "D3"},
-    ("new_run", "s3:DeleteObject#1:cj-compliance/batches/"): {"leftovers": "D3"},
-    ("new_run", "call:add_tombstones#1"): {"records": "D1"},
-    ("new_run", "call:record_notice#1"): {"records": "D1"},
-    ("retry", "after:finalize"): {"records": "D5"},
-    ("retry", "plan.targets_written"): {"leftovers": "D2"},
-    ("retry", "plan.batch_stored"): {"leftovers": "D2", "records": "D2"},
-    ("retry", "logs.after_put"): {"records": "D1"},
-    ("retry", "call:record_notice#1"): {"records": "D4"},
-}
-# D4 also hides under D1 in new_run mode (call:record_notice#1): one defect per check is listed.
+# Defects this matrix found and that are fixed (kept so a regression names its history):
+# D1 receipts counted log lines from the finalizing run's XComs only (now state.record_lines,
+# written before each object is replaced); D2 a crash inside plan left an orphan batch and its
+# targets (now one transaction + erasure.sweep); D3 a crash at the end of finalize left
+# identities in accepted/ and batches/ (now one closing transaction + sweep); D4 a notice
+# recorded sent before its acknowledgement (now one write); D5 a retried finalize after success
+# failed (now it cleans up and returns). A new defect goes in KNOWN with its description.
+DEFECTS: dict[str, str] = {}
+KNOWN: dict[tuple[str, str], dict[str, str]] = {}
 
 SCENARIOS = (
     [pytest.param("deletion", p, "new_run", id=f"deletion-new_run-{p}") for p in DELETION_POINTS]
@@ -187,7 +158,7 @@ def test_dag_crash_mid_batch_then_rerun(stack, world, job_for, monkeypatch):
     """COMPLIANCE_FAULTS through real DAG runs: erase_system dies after its first committed chunk
     of `messages`; the run fails and finalize never runs; the next run succeeds and the world,
     leftovers and records equal the clean run's (the harness's, same world and clock), except
-    for the receipts' log-line counts (D1: scrub_logs had finished in the crashed run)."""
+    scrub_logs had finished in the crashed run: the receipts still count its lines (D1)."""
     from compliance import runtime
 
     job = job_for("deletion")
@@ -222,9 +193,7 @@ def test_dag_crash_mid_batch_then_rerun(stack, world, job_for, monkeypatch):
     assert sorted(k for k in after_rerun["workspace"] if k.startswith("receipts/")) == sorted(
         k for k in _BASELINES["deletion"].snapshot["workspace"] if k.startswith("receipts/")
     )  # one receipt per completed request, none duplicated
-    assert problems["records"], "D1 no longer reproduces: expect records to match, drop the xfail"
-    assert all("lines" in line or "/ledger" in line for line in problems["records"]), problems
-    pytest.xfail(f"D1: {DEFECTS['D1']}")
+    assert problems["records"] == [], problems["records"]
 
 
 # -- the matrix ---------------------------------------------------------------------------------

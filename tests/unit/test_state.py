@@ -415,6 +415,49 @@ def test_notice_lifecycle(engine):
         state.acknowledge(engine, pk, "payments")
 
 
+def test_acknowledged_send_is_one_write(engine):
+    """A send answered with an acknowledgement is stored as such at once (a crash between two
+    writes used to leave it 'sent' forever: D4 in tests/reliability)."""
+    pk = state.insert_requests(engine, [_req("n3")])[(7, "n3", "delete")]
+    t0 = datetime(2024, 1, 21, tzinfo=UTC)
+    row = state.record_notice(engine, pk, "esp", "webhook", "sent", at=t0, acknowledged=True)
+    assert (row.status, row.sent_at, row.acked_at, row.attempts) == ("acknowledged", t0, t0, 1)
+    with pytest.raises(ValueError, match="only a sent notice"):
+        state.record_notice(engine, pk, "esp", "webhook", "failed", acknowledged=True)
+
+
+def test_batch_lines_replace_per_object_and_sum_per_request(engine):
+    pks = state.insert_requests(engine, [_req("l1"), _req("l2")])
+    a, b = pks[(7, "l1", "delete")], pks[(7, "l2", "delete")]
+    state.plan_batch(engine, "del-x", "delete", [])
+    state.record_lines(engine, "del-x", "app_logs", "d1/a.gz", {str(a): 3, str(b): 1})
+    state.record_lines(engine, "del-x", "app_logs", "d1/b.gz", {str(a): 2})
+    state.record_lines(engine, "del-x", "web_logs", "d1/a.gz", {str(b): 5, str(a): 0})
+    # the same object rewritten again (a rerun before the replacement landed): replaced
+    state.record_lines(engine, "del-x", "app_logs", "d1/a.gz", {str(a): 3, str(b): 1})
+    assert state.batch_lines(engine, "del-x") == {
+        a: {"app_logs": 5},
+        b: {"app_logs": 1, "web_logs": 5},
+    }
+    assert state.batch_lines(engine, "del-other") == {}
+
+
+def test_connection_bound_calls_share_the_callers_transaction(engine):
+    """plan_batch and set_status given one connection commit together or not at all."""
+    pk = state.insert_requests(engine, [_req("t1")])[(7, "t1", "delete")]
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        state.plan_batch(conn, "del-t", "delete", [state.PlanRow(pk, "crm", "contacts", 1)])
+        state.set_status(conn, [pk], "open", batch_id="del-t")
+        raise RuntimeError("crash before commit")
+    assert state.get_batch(engine, "del-t") is None
+    assert _one(engine, pk).batch_id is None
+    with engine.begin() as conn:
+        state.plan_batch(conn, "del-t", "delete", [state.PlanRow(pk, "crm", "contacts", 1)])
+        state.set_status(conn, [pk], "open", batch_id="del-t")
+    assert [r.id for r in state.batch_requests(engine, "del-t")] == [pk]
+    assert len(state.batch_plan(engine, "del-t")) == 1
+
+
 def test_notice_error_kind_is_a_code_not_a_message(engine):
     pk = state.insert_requests(engine, [_req("n2")])[(7, "n2", "delete")]
     with pytest.raises(ValueError):

@@ -174,8 +174,9 @@ def _new_batch(
         for sname, per_ref in batch.consumers.items()
         for ref, ids in per_ref.items()
     ]
-    state.plan_batch(state_engine, batch.batch_id, KIND, plan_rows, created_at=now)
-    state.set_status(state_engine, [int(r) for r in batch.refs], "open", batch_id=batch.batch_id)
+    with state_engine.begin() as conn:  # the batch exists only with its requests pointing at it
+        state.plan_batch(conn, batch.batch_id, KIND, plan_rows, created_at=now)
+        state.set_status(conn, [int(r) for r in batch.refs], "open", batch_id=batch.batch_id)
     return batch
 
 

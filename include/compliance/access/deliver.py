@@ -132,9 +132,10 @@ def build_bundles(
         delivered.append(
             _deliver_one(s3, bucket, dm, store_clients, batch, ref, hash_key, now, lifetime, policy)
         )
-    ledger.append(state_engine, hash_key, [d.entry for d in delivered])
-    state.set_status(state_engine, [int(d.ref) for d in delivered], "completed", completed_at=now)
-    state.finish_batch(state_engine, batch_id, finished_at=now)
+    with state_engine.begin() as conn:  # entries, completed requests and batch: all or nothing
+        ledger.append(conn, hash_key, [d.entry for d in delivered])
+        state.set_status(conn, [int(d.ref) for d in delivered], "completed", completed_at=now)
+        state.finish_batch(conn, batch_id, finished_at=now)
     _forget(s3, bucket, batch, rows)
     summary = {
         "batch_id": batch_id,
