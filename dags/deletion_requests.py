@@ -13,19 +13,33 @@ Erases consumers' personal information on their business's verified request (R16
 4. **finalize**: re-checks every system for every target (zero residue or the run fails and the
    requests stay open), writes receipts to `receipts/`, ledger entries (R20), closes the requests.
 
-Rerun = converge: a crashed batch is resumed from its stored plan. Logic: `compliance.erasure`.
+**Dry run** (the form's default for manual runs; scheduled runs always execute): intake only
+examines the inbox and the form, plan runs the same resolution and counting without storing a
+thing, the log shards are scanned instead of scrubbed, and finalize writes a report to
+`deletion/dry-runs/<id>/` (index.html, report.json): what each request would erase or why it
+would be deferred, and which documents would be refused. Nothing is erased, moved or sent.
+
+Rerun = converge: a crashed batch is resumed from its stored plan. Logic: `compliance.erasure`
+(`compliance.erasure_preview` for dry runs).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-from compliance import erasure, runtime, subprocessors
+from compliance import erasure, erasure_preview, runtime, subprocessors
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 FORM = {
+    "dry_run": Param(
+        True,
+        type="boolean",
+        title="Dry run",
+        description="Report what would be erased (and refused); change nothing. "
+        "Scheduled runs always execute.",
+    ),
     "request_id": Param(
         None,
         type=["null", "string"],
@@ -97,12 +111,24 @@ FORM = {
 def deletion_requests():
     @task
     def intake(params: dict | None = None) -> dict:
-        return runtime.intake(params or {}, "delete")
+        if runtime.dry_run(get_current_context()):
+            return {"dry_run": True}  # plan examines the inbox read-only
+        return {"dry_run": False, **runtime.intake(params or {}, "delete")}
 
     @task
-    def plan(_intake: dict) -> dict:
+    def plan(intake: dict, params: dict | None = None) -> dict:
         cfg = runtime.settings()
         dm = runtime.datamap()
+        if intake["dry_run"]:
+            return erasure_preview.preview(
+                runtime.s3(cfg.workspace_connection),
+                cfg.workspace_bucket,
+                dm,
+                runtime.engines(dm),
+                runtime.state_engine(),
+                runtime.examine(params or {}, "delete"),
+                runtime.now(),
+            )
         return erasure.plan(
             runtime.s3(cfg.workspace_connection),
             cfg.workspace_bucket,
@@ -137,6 +163,15 @@ def deletion_requests():
         cfg = runtime.settings()
         dm = runtime.datamap()
         store_s3 = runtime.s3(dm.stores[shard.split("|")[0]].connection)
+        if batch.get("dry_run"):
+            return erasure_preview.scan_log_shard(
+                runtime.s3(cfg.workspace_connection),
+                cfg.workspace_bucket,
+                dm,
+                store_s3,
+                batch["batch_id"],
+                shard,
+            )
         return erasure.scrub_log_shard(
             runtime.s3(cfg.workspace_connection),
             cfg.workspace_bucket,
@@ -175,7 +210,7 @@ def deletion_requests():
 
     @task
     def notify_subprocessors(batch: dict) -> dict:
-        if not batch["batch_id"] or not batch["requests"]:
+        if not batch["batch_id"] or not batch["requests"] or batch.get("dry_run"):
             return {}
         cfg = runtime.settings()
         s3 = runtime.s3(cfg.workspace_connection)
@@ -193,6 +228,13 @@ def deletion_requests():
     @task(trigger_rule="none_failed")
     def finalize(batch: dict, shard_results: list[dict]) -> dict:
         cfg = runtime.settings()
+        if batch.get("dry_run"):
+            return erasure_preview.report(
+                runtime.s3(cfg.workspace_connection),
+                cfg.workspace_bucket,
+                batch["batch_id"],
+                list(shard_results or []),
+            )
         dm = runtime.datamap()
         stores = {name: runtime.s3(store.connection) for name, store in dm.stores.items()}
         return erasure.finalize(

@@ -82,10 +82,10 @@ def retention_sweep():
     def plan() -> dict:
         """Options from the form, then the dry-run diff and each wave's rule ids."""
         ctx = get_current_context()
-        run_type = ctx["dag_run"].run_type
-        scheduled = getattr(run_type, "value", run_type) == "scheduled"
         try:
-            opts = run.options(dict(ctx["params"]), scheduled=scheduled, run_day=runtime.run_day())
+            opts = run.options(
+                dict(ctx["params"]), scheduled=runtime.scheduled(ctx), run_day=runtime.run_day()
+            )
             return run.plan(opts)
         except (RetentionError, PolicyInvalid) as exc:  # a retry would not fix the form or file
             raise AirflowFailException(str(exc)) from exc

@@ -36,7 +36,8 @@ LOGS = DEMO / "logs"
 DAGS: list[tuple[str, dict]] = [
     ("data_inventory", {}),
     ("access_reports", {}),  # before deletion: its subjects must still exist
-    ("deletion_requests", {}),
+    ("deletion_requests", {"dry_run": True}),  # the report staff check first
+    ("deletion_requests", {"dry_run": False}),
     ("retention_sweep", {"dry_run": False}),
     ("statistics_reports", {"period": "last-month"}),
     ("deadline_watchdog", {}),
@@ -91,14 +92,15 @@ def main() -> int:
         for key, body in dropped.items():
             s3.put_object(Bucket=env["COMPLIANCE_WORKSPACE_BUCKET"], Key=key, Body=body)
         print(f"  dropped {len(dropped)} request document(s) into the inbox (some invalid)")
-        for dag_id, conf in DAGS:
+        for step, (dag_id, conf) in enumerate(DAGS, 1):
             t0 = time.monotonic()
-            log = LOGS / f"{dag_id}.log"
+            label = f"{dag_id} (dry run)" if conf.get("dry_run") is True else dag_id
+            log = LOGS / f"{step:02d}-{dag_id}{'-dry-run' if label != dag_id else ''}.log"
             rc = run(["airflow", "dags", "test", dag_id, "-c", json.dumps(conf)], env, log)
             ok = dag_succeeded(log, rc)
-            failed += [] if ok else [dag_id]
+            failed += [] if ok else [label]
             print(
-                f"  dag {dag_id:<24} {'success' if ok else 'FAILED'} ({time.monotonic() - t0:.0f}s)"
+                f"  dag {label:<34} {'success' if ok else 'FAILED'} ({time.monotonic() - t0:.0f}s)"
             )
         bucket = env["COMPLIANCE_WORKSPACE_BUCKET"]
         copied = collect(s3, bucket)

@@ -107,11 +107,15 @@ def sns(conn_id: str = "aws_default") -> Any:
     )
 
 
-def dry_run(context: Any) -> bool:
-    """A run's form asked for a dry run, and it is not a scheduled run (those always act)."""
+def scheduled(context: Any) -> bool:
+    """A run the scheduler started: destructive DAGs always act then (dry runs are for people)."""
     run_type = context["dag_run"].run_type
-    scheduled = getattr(run_type, "value", run_type) == "scheduled"
-    return bool(context["params"].get("dry_run")) and not scheduled
+    return getattr(run_type, "value", run_type) == "scheduled"
+
+
+def dry_run(context: Any) -> bool:
+    """The form asks for a dry run (the default) and the run is not a scheduled one."""
+    return bool(context["params"].get("dry_run", True)) and not scheduled(context)
 
 
 def intake(form_params: dict, type_: str) -> dict:

@@ -228,6 +228,7 @@ def test_failing_task_alerts_every_channel_without_consumer_data(stack, channels
 
     monkeypatch.setattr(inbox, "ingest", crash)
     conf = {
+        "dry_run": False,
         "request_id": "DEL-ALERT-1",
         "client_id": client_id,
         "email": address,

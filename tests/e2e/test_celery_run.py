@@ -274,6 +274,7 @@ def test_deletion_dag_runs_on_two_celery_workers(tmp_path):
         request_id = f"CEL-{uuid.uuid4().hex[:8]}"
         received = (datetime.now(UTC) - timedelta(days=2)).isoformat()
         conf = {
+            "dry_run": False,
             "request_id": request_id,
             "client_id": client_id,
             "email": address,

@@ -232,7 +232,7 @@ def requests_dropped(stack):
 def test_deletion_batch_erases_exactly_the_targets(stack, requests_dropped, esp_webhook):
     expected, held = requests_dropped
     before = worldview.take(stack.db_url, stack.s3, LOG_BUCKETS, {AUDIO_BUCKET, BACKUP_BUCKET})
-    run = stack.run_dag("deletion_requests")
+    run = stack.run_dag("deletion_requests", {"dry_run": False})
     assert run.state == "success"
     after = worldview.take(stack.db_url, stack.s3, LOG_BUCKETS, {AUDIO_BUCKET, BACKUP_BUCKET})
 
@@ -348,7 +348,7 @@ def test_deletion_batch_erases_exactly_the_targets(stack, requests_dropped, esp_
     assert notices.get("payment_gateway:not_configured") == 2
 
     # A second run changes nothing
-    again = stack.run_dag("deletion_requests")
+    again = stack.run_dag("deletion_requests", {"dry_run": False})
     assert again.state == "success"
     final = worldview.take(stack.db_url, stack.s3, LOG_BUCKETS, {AUDIO_BUCKET, BACKUP_BUCKET})
     assert (
@@ -362,7 +362,7 @@ def test_backup_restore_reapplies_deletions(stack, requests_dropped, tmp_path):
     from compliance.stores.sql import engine_from_url
 
     expected, _ = requests_dropped
-    run = stack.run_dag("deletion_requests")
+    run = stack.run_dag("deletion_requests", {"dry_run": False})
     assert run.state == "success"
     day = sorted(
         {
@@ -389,3 +389,74 @@ def test_backup_restore_reapplies_deletions(stack, requests_dropped, tmp_path):
         ).scalar()
         total = c.execute(sa.text("select count(*) from contacts")).scalar()
     assert left == 0 and total > 0
+
+
+def _workspace(stack) -> dict[str, str]:
+    """Every workspace object but the dry run's own outputs, by ETag."""
+    pages = stack.s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket)
+    return {
+        o["Key"]: o["ETag"]
+        for page in pages
+        for o in page.get("Contents", [])
+        if not o["Key"].startswith(("summaries/", "deletion/dry-runs/"))
+    }
+
+
+def test_dry_run_changes_nothing_and_predicts_the_receipts(stack, requests_dropped, esp_webhook):
+    """Issue 7: a manual run defaults to a dry run. It moves no inbox document, writes no state
+    row, erases nothing and sends nothing; its report names every request the real run then
+    completes (or defers, R19) with exactly the counts the receipts then give, and every
+    document the real run refuses."""
+    expected, held = requests_dropped
+    buckets = (LOG_BUCKETS, {AUDIO_BUCKET, BACKUP_BUCKET})
+    world = worldview.take(stack.db_url, stack.s3, *buckets)
+    workspace, state_rows = _workspace(stack), worldview.db_rows(stack.state_url)
+    notices = len(esp_webhook)
+    form = {  # a form entry for a client that does not exist: refused in the report only
+        "request_id": "FORM-1",
+        "client_id": 987654,
+        "email": "someone@example.com",
+        "received_at": (NOW - timedelta(days=1)).isoformat(),
+        "verification_method": "email_link",
+        "verified_by": "staff-7",
+    }
+    assert stack.run_dag("deletion_requests", form).state == "success"  # dry_run: default
+
+    assert worldview.take(stack.db_url, stack.s3, *buckets) == world
+    assert _workspace(stack) == workspace  # inbox untouched, no accepted/, no batches/ left
+    assert worldview.db_rows(stack.state_url) == state_rows  # no request, batch or ledger row
+    assert len(esp_webhook) == notices  # no sub-processor told anything
+    (key,) = [
+        o["Key"]
+        for o in stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="deletion/dry-runs/")[
+            "Contents"
+        ]
+        if o["Key"].endswith("report.json")
+    ]
+    report = json.loads(stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read())
+    html = stack.s3.get_object(Bucket=stack.bucket, Key=key.replace("report.json", "index.html"))
+    assert b"DEL-1" in html["Body"].read()
+    by_id = {r["request_id"]: r for r in report["requests"]}
+    assert {r["source"] for r in by_id.values()} == {"new"}
+    assert {r["request_id"] for r in report["rejections"]} >= {"BAD-1", "FORM-1"}
+    assert {r["reason"] for r in report["rejections"] if r["request_id"] == "FORM-1"} == {
+        "unknown_client"
+    }
+
+    assert stack.run_dag("deletion_requests", {"dry_run": False}).state == "success"
+    for request_id, planned in by_id.items():
+        if planned["action"] == "defer":
+            assert held is not None and request_id == "DEL-HELD"
+            continue
+        client = planned["client_id"]
+        receipt = json.loads(
+            stack.s3.get_object(
+                Bucket=stack.bucket, Key=f"receipts/{client}/{request_id}.delete.json"
+            )["Body"].read()
+        )
+        assert planned["counts"] == receipt["counts"], request_id
+    assert {r for r, p in by_id.items() if p["action"] == "erase"} == {"DEL-1", "DEL-2"}
+    for request_id, exp in zip(("DEL-1", "DEL-2"), expected, strict=True):  # independent SQL
+        contacts = sum(1 for table, _ in exp["owned"] if table == "contacts")
+        assert by_id[request_id]["counts"]["crm"]["contacts"] == contacts
+    assert sum(n.get("lines", 0) for r in by_id.values() for n in r["counts"].values()) > 0

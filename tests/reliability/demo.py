@@ -165,7 +165,7 @@ def _corpus_phase(demo: Demo, stack: Any, monkeypatch: Any) -> None:
         keys[name] = f"inbox/{folder}/{name}"
         stack.s3.put_object(Bucket=stack.bucket, Key=keys[name], Body=(CORPUS / name).read_bytes())
     monkeypatch.setattr(runtime, "now", lambda: CORPUS_NOW)
-    run = run_dag("deletion_requests")
+    run = run_dag("deletion_requests", {"dry_run": False})
     after = worldview.take(stack.db_url, stack.s3, log_buckets, other)
     day = CORPUS_NOW.date().isoformat()
     reasons = {}
@@ -272,7 +272,7 @@ def _conf(dag_id: str, crm_url: str) -> dict[str, Any] | None:
             "reason": "the volume of records across several systems",
         }
     return {
-        "deletion_requests": {},
+        "deletion_requests": {"dry_run": False},
         "access_reports": {"link_expiry_days": 3},
         "data_inventory": {},
         "deadline_watchdog": {"last_check": "2020-01-01T00:00:00+00:00"},

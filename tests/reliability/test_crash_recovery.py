@@ -151,7 +151,7 @@ def _run(dag_id: str):
     dag = DagBag(dag_folder=str(h.REPO / "dags")).dags[dag_id]
     for task in dag.tasks:
         task.retries = 0
-    return dag.test(run_conf={})
+    return dag.test(run_conf={"dry_run": False})
 
 
 def test_dag_crash_mid_batch_then_rerun(stack, world, job_for, monkeypatch):
