@@ -1,11 +1,12 @@
 """Carrying out one retention rule, in short batches that a crash and a rerun complete.
 
-Row rules walk the table by primary key (keyset: `pk > last ORDER BY pk LIMIT batch_rows`): each
-batch's ids are read without a write lock, then one short transaction re-checks the predicate for
-exactly those ids, deletes their children (the foreign keys need it), aggregates them if asked,
-and deletes them. No transaction ever spans more than one batch, so locks are held for
-milliseconds, and a crash leaves whole batches done or not done: a rerun evaluates the same
-predicate (`rows.py`) and finishes the rest. Progress (counts only) is logged per batch.
+Row rules walk the table by primary key in ranges holding `batch_rows` matching rows each (the
+range's upper bound is read without a write lock); one short transaction then re-evaluates the
+predicate inside the range, deletes the matching rows' children (the foreign keys need it),
+aggregates them in the database if asked, and deletes them. No id list travels through Python.
+No transaction ever spans more than one batch, so locks are held for milliseconds, and a crash
+leaves whole batches done or not done: a rerun evaluates the same predicate (`rows.py`) and
+finishes the rest. Progress (counts only) is logged per batch.
 
 Consumer expiry reuses erasure (`erase_sql.execute_erasure`: children before parents, one short
 transaction per table and chunk), after deleting every version of the consumers' recordings: the
@@ -163,20 +164,27 @@ def _expire_consumers(sweep: Sweep, step: Step, progress: Progress) -> dict[str,
 
 
 def _batches(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int):
-    """Successive lists of at most `size` matching pks, in pk order (keyset pagination)."""
+    """Successive pk ranges, each holding at most `size` matching rows, in pk order (keyset).
+
+    Yields the range as a predicate: the statements of a batch re-evaluate `pred` inside it in
+    the database, so no id list travels through Python or is rendered into SQL.
+    """
     owned = rows.owned(table)
     pk = rows.pk(table)
     last = None
     while True:
-        stmt = sa.select(pk).select_from(owned.from_clause).where(pred)
-        if last is not None:
-            stmt = stmt.where(pk > last)
+        after = pred if last is None else sa.and_(pk > last, pred)
+        nth = sa.select(pk).select_from(owned.from_clause).where(after).order_by(pk)
         with rows.engine.connect() as conn:
-            ids = list(conn.execute(stmt.order_by(pk).limit(size)).scalars())
-        if not ids:
+            hi = conn.execute(nth.offset(size - 1).limit(1)).scalar()
+            if hi is None:  # fewer than `size` left: the last batch ends at the last match
+                hi = conn.execute(
+                    sa.select(sa.func.max(pk)).select_from(owned.from_clause).where(after)
+                ).scalar()
+        if hi is None:
             return
-        last = ids[-1]
-        yield ids
+        yield pk <= hi if last is None else sa.and_(pk > last, pk <= hi)
+        last = hi
 
 
 def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
@@ -204,19 +212,20 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
     counts: dict[str, dict[str, int]] = {name: {key: 0}}
     table = rows.table(name)
     simple = agg_table is None and not children and owned.from_clause is table
-    for ids in _batches(rows, name, pred, sweep.policy.batch_rows):
+    for span in _batches(rows, name, pred, sweep.policy.batch_rows):
+        batch = sa.select(pk).select_from(owned.from_clause).where(span, pred).correlate(None)
         for sname, store in audio.items():  # objects first: see the module docstring
-            where = pk.in_(ids) if store.table == name else None
-            keys = _keys(rows, store.table, store.key_column, name, ids, where)
+            where = sa.and_(span, pred) if store.table == name else None
+            keys = _keys(rows, store.table, store.key_column, name, batch, where)
             if keys:
                 objects.delete_keys(sweep.s3(store.connection), store.bucket, keys)
                 _add(counts, f"audio:{sname}", "delete", len(keys))
                 faults.checkpoint("retention.after_audio", rule=step.id)
         with progress.transaction(rows.engine) as conn:
             if simple:  # one statement: the DELETE re-checks the predicate itself
-                gone = conn.execute(sa.delete(table).where(pk.in_(ids), pred)).rowcount
+                gone = conn.execute(sa.delete(table).where(span, pred)).rowcount
             else:
-                gone = _delete_batch(conn, rows, step, ids, pred, children, agg_table, counts)
+                gone = _delete_batch(conn, rows, step, span, pred, children, agg_table, counts)
             counts[name][key] += gone or 0
         progress.committed(counts)
     return counts
@@ -226,27 +235,26 @@ def _delete_batch(
     conn: sa.Connection,
     rows: SystemRows,
     step: Step,
-    ids: list,
+    span: sa.ColumnElement,
     pred: sa.ColumnElement,
     children: list[str],
     agg_table: sa.Table | None,
     counts: dict[str, dict[str, int]],
 ) -> int:
-    """Children first (the foreign keys), the aggregate, then the rows; returns rows deleted."""
+    """Children first (the foreign keys), the aggregate, then the rows; returns rows deleted.
+
+    Every statement selects the batch as `span AND pred`, evaluated inside this transaction."""
     name = step.table or ""
     pk = rows.pk(name)
     owned = rows.owned(name)
-    stmt = sa.select(pk).select_from(owned.from_clause).where(pk.in_(ids), pred)
-    confirmed = list(conn.execute(stmt).scalars())  # still matching, inside the transaction
-    if not confirmed:
-        return 0
+    batch = sa.select(pk).select_from(owned.from_clause).where(span, pred).correlate(None)
     if agg_table is not None:
-        _aggregate(conn, rows, step, agg_table, confirmed)
+        _aggregate(conn, rows, step, agg_table, sa.and_(span, pred))
     for child in children:
-        under = rows.under(child, name, confirmed)
+        under = rows.under(child, name, batch)
         gone = conn.execute(sa.delete(rows.table(child)).where(rows.pk(child).in_(under)))
         _add(counts, child, "delete", gone.rowcount or 0)
-    return conn.execute(sa.delete(rows.table(name)).where(pk.in_(confirmed))).rowcount or 0
+    return conn.execute(sa.delete(rows.table(name)).where(pk.in_(batch))).rowcount or 0
 
 
 def _keys(
@@ -254,7 +262,7 @@ def _keys(
     table: str,
     key_column: str,
     name: str,
-    ids: list,
+    ids: sa.Select,
     where: sa.ColumnElement | None,
 ) -> list[str]:
     if where is None:
@@ -282,20 +290,30 @@ def aggregates_table(name: str | None) -> sa.Table:
     )
 
 
-def _aggregate(conn: sa.Connection, rows: SystemRows, step: Step, agg: sa.Table, ids: list) -> None:
+def _aggregate(
+    conn: sa.Connection, rows: SystemRows, step: Step, agg: sa.Table, where: sa.ColumnElement
+) -> None:
+    """Count the batch's rows per client, month and `by` values: grouped in the database."""
     name = step.table or ""
     owned = rows.owned(name)
     by = step.rule.aggregate.by if step.rule.aggregate else []
     table = rows.table(name)
+    when = rows.time(name)
+    if conn.dialect.name == "postgresql":
+        month = sa.func.to_char(when, "YYYY-MM")
+    else:
+        month = sa.func.strftime("%Y-%m", when)
+    dims_cols = [table.c[c] for c in by]
     stmt = (
-        sa.select(owned.tenant, rows.time(name), *[table.c[c] for c in by])
+        sa.select(owned.tenant, month, *dims_cols, sa.func.count())
         .select_from(owned.from_clause)
-        .where(rows.pk(name).in_(ids))
+        .where(where)
+        .group_by(owned.tenant, month, *dims_cols)
     )
     groups: Counter[tuple[int, str, str]] = Counter()
-    for tenant, when, *values in conn.execute(stmt):
+    for tenant, m, *values, n in conn.execute(stmt):
         dims = json.dumps(dict(zip(by, values, strict=True)), sort_keys=True, default=str)
-        groups[(int(tenant), when.strftime("%Y-%m"), dims)] += 1
+        groups[(int(tenant), m, dims)] += n
     if not groups:
         return
     source = f"{step.system}.{name}"
@@ -328,9 +346,9 @@ def _deidentify(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[
         pred = sa.and_(base, ~held)
         spec = rows.column_spec(table, columns)
         counts[table]["deidentify"] = 0
-        for ids in _batches(rows, table, pred, sweep.policy.batch_rows):
+        for span in _batches(rows, table, pred, sweep.policy.batch_rows):
             with progress.transaction(rows.engine) as conn:
-                chosen = sa.select(pk).select_from(owned.from_clause).where(pk.in_(ids), pred)
+                chosen = sa.select(pk).select_from(owned.from_clause).where(span, pred)
                 counts[table]["deidentify"] += _mask(
                     conn, rows.table(table), pk, spec, chosen, sweep.hash_key
                 )
@@ -351,7 +369,13 @@ def _purge_request_log(sweep: Sweep, step: Step, progress: Progress) -> dict[str
     counts: dict[str, dict[str, int]] = {"cj_requests": {"delete": 0}}
     if requests is None:
         return counts
-    from compliance.state import cj_batch_plan, cj_notices, cj_request_keys, cj_tombstones
+    from compliance.state import (
+        cj_batch_lines,
+        cj_batch_plan,
+        cj_notices,
+        cj_request_keys,
+        cj_tombstones,
+    )
 
     pred = request_log_pred(requests, step.rule, sweep.as_of)
     last = None
@@ -370,7 +394,7 @@ def _purge_request_log(sweep: Sweep, step: Step, progress: Progress) -> dict[str
             ids = list(
                 conn.execute(sa.select(requests.c.id).where(requests.c.id.in_(ids), pred)).scalars()
             )
-            for child in (cj_request_keys, cj_notices, cj_batch_plan):
+            for child in (cj_request_keys, cj_notices, cj_batch_plan, cj_batch_lines):
                 conn.execute(sa.delete(child).where(child.c.request_pk.in_(ids)))
             conn.execute(
                 sa.update(cj_tombstones)
