@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -164,27 +164,29 @@ def _expire_consumers(sweep: Sweep, step: Step, progress: Progress) -> dict[str,
 
 
 def _batches(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int):
-    """Successive pk ranges, each holding at most `size` matching rows, in pk order (keyset).
+    """Successive pk ranges, each holding `size` matching rows (the last one the rest), in pk
+    order, as predicates: the statements of a batch re-evaluate `pred` inside the range in the
+    database, so no id list travels through Python or is rendered into SQL.
 
-    Yields the range as a predicate: the statements of a batch re-evaluate `pred` inside it in
-    the database, so no id list travels through Python or is rendered into SQL.
+    The bounds come from one query (every `size`-th matching pk), not one index walk per batch.
+    The last range is open-ended: rows that start matching during the sweep are not missed.
     """
     owned = rows.owned(table)
     pk = rows.pk(table)
+    ranked = (
+        sa.select(pk.label("pk"), sa.func.row_number().over(order_by=pk).label("n"))
+        .select_from(owned.from_clause)
+        .where(pred)
+        .subquery()
+    )
+    bounds = sa.select(ranked.c.pk).where(ranked.c.n % size == 0).order_by(ranked.c.pk)
+    with rows.engine.connect() as conn:
+        highs = list(conn.execute(bounds).scalars())
     last = None
-    while True:
-        after = pred if last is None else sa.and_(pk > last, pred)
-        nth = sa.select(pk).select_from(owned.from_clause).where(after).order_by(pk)
-        with rows.engine.connect() as conn:
-            hi = conn.execute(nth.offset(size - 1).limit(1)).scalar()
-            if hi is None:  # fewer than `size` left: the last batch ends at the last match
-                hi = conn.execute(
-                    sa.select(sa.func.max(pk)).select_from(owned.from_clause).where(after)
-                ).scalar()
-        if hi is None:
-            return
+    for hi in highs:
         yield pk <= hi if last is None else sa.and_(pk > last, pk <= hi)
         last = hi
+    yield sa.true() if last is None else pk > last
 
 
 def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
@@ -293,44 +295,55 @@ def aggregates_table(name: str | None) -> sa.Table:
 def _aggregate(
     conn: sa.Connection, rows: SystemRows, step: Step, agg: sa.Table, where: sa.ColumnElement
 ) -> None:
-    """Count the batch's rows per client, month and `by` values: grouped in the database."""
+    """Add the batch's rows to the counts per client, month and `by` values: one statement,
+    `INSERT ... SELECT ... GROUP BY ... ON CONFLICT` (nothing per row leaves the database)."""
     name = step.table or ""
     owned = rows.owned(name)
     by = step.rule.aggregate.by if step.rule.aggregate else []
     table = rows.table(name)
     when = rows.time(name)
-    if conn.dialect.name == "postgresql":
-        month = sa.func.to_char(when, "YYYY-MM")
-    else:
-        month = sa.func.strftime("%Y-%m", when)
-    dims_cols = [table.c[c] for c in by]
-    stmt = (
-        sa.select(owned.tenant, month, *dims_cols, sa.func.count())
+    pg = conn.dialect.name == "postgresql"
+    month = sa.func.to_char(when, "YYYY-MM") if pg else sa.func.strftime("%Y-%m", when)
+    dims = _dims_json([(c, table.c[c]) for c in sorted(by)], pg)
+    counted = (
+        sa.select(
+            sa.literal(step.id, sa.String),
+            sa.literal(f"{step.system}.{name}", sa.String),
+            owned.tenant,
+            month,
+            dims,
+            sa.func.count(),
+        )
         .select_from(owned.from_clause)
         .where(where)
-        .group_by(owned.tenant, month, *dims_cols)
+        .group_by(owned.tenant, month, dims)
     )
-    groups: Counter[tuple[int, str, str]] = Counter()
-    for tenant, m, *values, n in conn.execute(stmt):
-        dims = json.dumps(dict(zip(by, values, strict=True)), sort_keys=True, default=str)
-        groups[(int(tenant), m, dims)] += n
-    if not groups:
-        return
-    source = f"{step.system}.{name}"
-    params = [
-        dict(rule_id=step.id, source=source, client_id=c, month=m, dims=d, row_count=n)
-        for (c, m, d), n in sorted(groups.items())
-    ]
-    if conn.dialect.name == "postgresql":
+    if pg:
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(agg)
+    stmt = insert(agg).from_select(
+        ["rule_id", "source", "client_id", "month", "dims", "row_count"], counted
+    )
     stmt = stmt.on_conflict_do_update(
         index_elements=[c.name for c in agg.primary_key.columns],
         set_={"row_count": agg.c.row_count + stmt.excluded.row_count},
     )
-    conn.execute(stmt, params)  # one round trip per batch, whatever the number of groups
+    conn.execute(stmt)
+
+
+def _dims_json(columns: list[tuple[str, sa.ColumnElement]], pg: bool) -> sa.ColumnElement:
+    """`{"a": <value>, "b": <value>}` with sorted keys, rendered by the database's own JSON
+    quoting (`to_json` / `json_quote`), so equal values always give the same key."""
+    expr: sa.ColumnElement = sa.literal("{", sa.Text)
+    for i, (name, col) in enumerate(columns):
+        value = (
+            sa.func.coalesce(sa.cast(sa.func.to_json(col), sa.Text), "null")
+            if pg
+            else sa.func.json_quote(col)
+        )
+        expr = expr + sa.literal(f'{", " if i else ""}"{name}": ', sa.Text) + value
+    return expr + sa.literal("}", sa.Text)
 
 
 # -- de-identification ---------------------------------------------------------------------
