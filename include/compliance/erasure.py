@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,7 +31,7 @@ from compliance import erase_sql, faults, holds, ledger, logs, recordings, state
 from compliance.datamap.model import BackupStore, DataMap, IdentityType, LogStore, RecordingStore
 from compliance.hashing import keyed_hash
 from compliance.inbox import ACCEPTED
-from compliance.outputs import put_json, put_summary
+from compliance.outputs import THREADS, delete_many, put_json, put_json_many, put_summary
 from compliance.resolve import Subject, resolve
 
 BATCHES = "batches/"
@@ -136,7 +137,8 @@ def _new_batch(
         return "", Targets("")
     digest = hashlib.sha256(",".join(str(r.id) for r in pending).encode()).hexdigest()[:8]
     batch_id = f"del-{now:%Y%m%dT%H%M%S}-{digest}"
-    requests = [Pending.stored(s3, bucket, row) for row in pending]
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        requests = list(pool.map(lambda row: Pending.stored(s3, bucket, row), pending))
     targets, counts = assemble(dm, engines, batch_id, requests, now)
     plan_rows = [
         state.PlanRow(int(ref), system, target, n)
@@ -259,9 +261,8 @@ def _clean_up(s3: Any, bucket: str, state_engine: Engine, targets: Targets) -> N
     """R20: once a batch is finished only keyed hashes remain. Deferred requests keep their
     documents: they are planned again when their hold lifts."""
     rows = state.get_requests(state_engine, [int(r) for r in targets.active_refs()])
-    for row in rows.values():
-        if row.status == "completed" and row.source.startswith(ACCEPTED):
-            s3.delete_object(Bucket=bucket, Key=row.source)
+    done = [r.source for r in rows.values() if r.status == "completed"]
+    delete_many(s3, bucket, [key for key in done if key.startswith(ACCEPTED)])
     s3.delete_object(Bucket=bucket, Key=targets_key(targets.batch_id))
 
 
@@ -344,14 +345,15 @@ def tombstone(
     targets = load_targets(s3, bucket, batch_id)
     spec = dm.stores[store]
     added = 0
-    for ref in targets.active_refs():
-        client_id = int(targets.requests[ref]["client_id"])
-        stones = [
-            (client_id, kind, tombstone_hash(hash_key, kind, value))
-            for kind, values in targets.identities.get(ref, {}).items()
-            for value in values
-        ]
-        added += state.add_tombstones(state_engine, spec.system, stones, request_pk=int(ref))
+    with state_engine.begin() as conn:  # the batch's tombstones: all or none
+        for ref in targets.active_refs():
+            client_id = int(targets.requests[ref]["client_id"])
+            stones = [
+                (client_id, kind, tombstone_hash(hash_key, kind, value))
+                for kind, values in targets.identities.get(ref, {}).items()
+                for value in values
+            ]
+            added += state.add_tombstones(conn, spec.system, stones, request_pk=int(ref))
     return {"store": store, "tombstones": added}
 
 
@@ -427,10 +429,11 @@ def finalize(
         )
     receipts = _receipts(dm, state_engine, targets, now)
     entries = []
+    documents = {}
     for ref, receipt in receipts.items():
         req = targets.requests[ref]
         key = f"{RECEIPTS}{req['client_id']}/{req['request_id']}.delete.json"
-        put_json(s3, bucket, key, receipt)
+        documents[key] = receipt
         entries.append(
             ledger.Entry(
                 "erasure_completed",
@@ -446,7 +449,7 @@ def finalize(
                 f"erasure:{batch_id}:{ref}",
             )
         )
-        faults.checkpoint("finalize.after_receipt", n=len(entries))
+    put_json_many(s3, bucket, documents)
     faults.checkpoint("finalize.receipts_written")
     with state_engine.begin() as conn:  # all or nothing: a crash before commit resumes the batch
         ledger.append(conn, hash_key, entries)
@@ -510,11 +513,14 @@ def _receipts(dm, state_engine, targets: Targets, now) -> dict[str, dict[str, An
         if isinstance(s, BackupStore)
     ]
     out = {}
+    pks = [int(ref) for ref in targets.active_refs()]
+    rows = state.get_requests(state_engine, pks)
+    notices = state.notices_of(state_engine, pks)
     for ref in targets.active_refs():
         req = targets.requests[ref]
         touched = {(s, t) for s, tables in counts[ref].items() for t, n in tables.items() if n}
         held_back = [e for e in exceptions if (e["system"], e["table"]) in touched]
-        row = state.get_requests(state_engine, [int(ref)])[int(ref)]
+        row = rows[int(ref)]
         out[ref] = {
             "request_id": req["request_id"],
             "client_id": req["client_id"],
@@ -527,7 +533,7 @@ def _receipts(dm, state_engine, targets: Targets, now) -> dict[str, dict[str, An
             "verification": "every system re-checked: zero residue",
             "exceptions": held_back,
             "subprocessors": {
-                name: n.status for name, n in sorted(state.notices(state_engine, int(ref)).items())
+                name: n.status for name, n in sorted(notices.get(int(ref), {}).items())
             },
             "backups": backups,
             "rules": ["R16", "R18", "R19", "R20"],

@@ -31,7 +31,14 @@ from sqlalchemy import Engine
 from compliance import intake, ledger, state
 from compliance.datamap.model import SqlSystem
 from compliance.hashing import keyed_hash
-from compliance.outputs import ensure_workspace, put_bytes, put_json, put_summary
+from compliance.outputs import (
+    delete_many,
+    ensure_workspace,
+    put_bytes,
+    put_json,
+    put_json_many,
+    put_summary,
+)
 from compliance.stores.s3 import list_keys
 
 INBOX = "inbox/"
@@ -210,10 +217,11 @@ def ingest(
     summary = exam.summary()
     new_rows: list[state.NewRequest] = []
     entries: list[ledger.Entry] = []
+    accepted_docs: dict[str, dict[str, Any]] = {}
     for result, _replay in exam.results:
         idem = f"intake:{result.source}:{result.line or 0}"
         if isinstance(result, intake.Accepted):
-            put_json(s3, bucket, accepted_key(result), _accepted_doc(result))
+            accepted_docs[accepted_key(result)] = _accepted_doc(result)
             new_rows.append(_new_request(result, hash_key))
             entries.append(
                 ledger.Entry(
@@ -243,6 +251,7 @@ def ingest(
                     idem,
                 )
             )
+    put_json_many(s3, bucket, accepted_docs)
     day = now.date().isoformat()
     for key, raw, results in exam.documents:
         rejections = [
@@ -256,8 +265,7 @@ def ingest(
             put_json(s3, bucket, base + ".reasons.json", [r.as_dict() for r in rejections])
     state.insert_requests(state_engine, new_rows)
     ledger.append(state_engine, hash_key, entries)
-    for key, _, _ in exam.documents:
-        s3.delete_object(Bucket=bucket, Key=key)
+    delete_many(s3, bucket, [key for key, _, _ in exam.documents if key.startswith(INBOX)])
     if summary.documents:  # both request DAGs run intake; keep the run that saw documents
         put_summary(s3, bucket, "intake", summary.to_dict())
     return summary

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+THREADS = 8  # S3 calls overlap: per-object latency, not bandwidth, bounds many small writes
 
 
 def encryption_args() -> dict[str, str]:
@@ -27,6 +31,25 @@ def put_bytes(s3: Any, bucket: str, key: str, body: bytes, content_type: str) ->
 def put_json(s3: Any, bucket: str, key: str, obj: Any) -> str:
     body = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
     return put_bytes(s3, bucket, key, body, "application/json")
+
+
+def put_json_many(s3: Any, bucket: str, docs: Mapping[str, Any]) -> None:
+    """Many small documents (receipts, accepted requests) written side by side."""
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        list(pool.map(lambda item: put_json(s3, bucket, *item), docs.items()))
+
+
+def delete_many(s3: Any, bucket: str, keys: Iterable[str]) -> None:
+    """Delete workspace objects, a thousand per request (a missing key is not an error)."""
+    unique = sorted(set(keys))
+    for i in range(0, len(unique), 1000):
+        resp = s3.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": k} for k in unique[i : i + 1000]], "Quiet": True},
+        )
+        if resp.get("Errors"):
+            codes = sorted({e.get("Code", "?") for e in resp["Errors"]})
+            raise RuntimeError(f"S3 refused to delete {len(resp['Errors'])} object(s): {codes}")
 
 
 def put_summary(s3: Any, bucket: str, dag_id: str, summary: dict[str, Any]) -> str:

@@ -796,7 +796,7 @@ Tombstone = tuple[int, str, str]  # (client_id, kind, keyed hash)
 
 
 def add_tombstones(
-    engine: Engine,
+    bind: Engine | Connection,
     system: str,
     tombstones: Iterable[Tombstone],
     request_pk: int | None = None,
@@ -809,7 +809,7 @@ def add_tombstones(
     """
     when = to_utc(created_at) if created_at else utcnow()
     added = 0
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         for client_id, kind, digest in dict.fromkeys(tombstones):
             added += conn.execute(
                 insert_if_absent(conn, cj_tombstones).values(
@@ -839,7 +839,7 @@ def tombstone_hashes(engine: Engine, system: str, client_id: int | None = None) 
 
 
 def record_notice(
-    engine: Engine,
+    bind: Engine | Connection,
     request_pk: int,
     subprocessor: str,
     channel: str,
@@ -863,7 +863,7 @@ def record_notice(
         raise ValueError("error_kind must be a short code such as 'timeout' or 'http_503'")
     when = to_utc(at) if at else utcnow()
     t = cj_notices
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         conn.execute(
             insert_if_absent(conn, t).values(
                 request_pk=request_pk,
@@ -890,6 +890,20 @@ def record_notice(
         return _row(NoticeRow, conn.execute(select(t).where(*where)).mappings().one())
 
 
+def record_notices(
+    engine: Engine,
+    request_pk: int,
+    outcomes: Iterable[tuple[str, str, str, str | None, bool]],
+) -> list[NoticeRow]:
+    """One request's notices, (sub-processor, channel, status, error kind, acknowledged) each,
+    recorded together right after they were sent: one transaction per request, not per notice."""
+    with engine.begin() as conn:
+        return [
+            record_notice(conn, request_pk, sp, channel, status, error, acknowledged=acked)
+            for sp, channel, status, error, acked in outcomes
+        ]
+
+
 def acknowledge(
     engine: Engine, request_pk: int, subprocessor: str, at: datetime | None = None
 ) -> bool:
@@ -911,6 +925,15 @@ def acknowledge(
 
 def notices(engine: Engine, request_pk: int) -> dict[str, NoticeRow]:
     """The notices of one request, by sub-processor."""
+    return notices_of(engine, [request_pk]).get(request_pk, {})
+
+
+def notices_of(engine: Engine, pks: Iterable[int]) -> dict[int, dict[str, NoticeRow]]:
+    """The notices of many requests: request pk -> sub-processor -> notice."""
+    out: dict[int, dict[str, NoticeRow]] = {}
     with engine.connect() as conn:
-        q = select(cj_notices).where(cj_notices.c.request_pk == request_pk)
-        return {m["subprocessor"]: _row(NoticeRow, m) for m in conn.execute(q).mappings()}
+        for chunk in _chunks(sorted(set(pks))):
+            q = select(cj_notices).where(cj_notices.c.request_pk.in_(chunk))
+            for m in conn.execute(q).mappings():
+                out.setdefault(m["request_pk"], {})[m["subprocessor"]] = _row(NoticeRow, m)
+    return out

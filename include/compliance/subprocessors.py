@@ -35,12 +35,16 @@ def notify_all(
     identities: dict[str, dict[str, list[str]]],
     sns_client: Any = None,
 ) -> dict[str, int]:
-    """Send every missing notice; returns counts by status (no identities, no refs)."""
+    """Send every missing notice; returns counts by status (no identities, no refs).
+
+    Request by request: its notices are sent, then recorded in one transaction, so a crash
+    re-sends at most the notices of the request in hand (at-least-once, never lost)."""
     tally: Counter[str] = Counter()
+    done = state.notices_of(state_engine, [int(ref) for ref in requests])
     for ref, req in requests.items():
-        done = state.notices(state_engine, int(ref))
+        outcomes = []
         for sp in dm.subprocessors:
-            prev = done.get(sp.name)
+            prev = done.get(int(ref), {}).get(sp.name)
             if prev is not None and prev.status in ("sent", "acknowledged"):
                 tally["already_" + prev.status] += 1
                 continue
@@ -52,11 +56,10 @@ def notify_all(
                 "categories": [c.value for c in sp.categories],
                 "rules": ["R16"],
             }
-            status, error, acked = _send(sp, payload, sns_client)
-            row = state.record_notice(
-                state_engine, int(ref), sp.name, sp.channel, status, error, acknowledged=acked
-            )
-            tally[row.status] += 1
+            outcomes.append((sp.name, sp.channel, *_send(sp, payload, sns_client)))
+        if outcomes:
+            for row in state.record_notices(state_engine, int(ref), outcomes):
+                tally[row.status] += 1
     if tally.get("failed"):
         log.warning(
             "%d sub-processor notice(s) failed; they are retried on the next run", tally["failed"]

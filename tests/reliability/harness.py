@@ -490,7 +490,9 @@ def armed(world: World, point: CrashPoint | None) -> Iterator[None]:
             def before_call(params: dict[str, Any], **_: Any) -> None:
                 if point.bucket and params.get("Bucket") != point.bucket:
                     return
-                if str(params.get("Key", "")).startswith(point.prefix):
+                keys = [params.get("Key", "")]  # DeleteObjects names its keys in the body
+                keys += [o["Key"] for o in params.get("Delete", {}).get("Objects", [])]
+                if any(str(k).startswith(point.prefix) for k in keys):
                     seen["n"] += 1
                     if seen["n"] == point.n:
                         raise faults.InjectedCrash(point.id, "s3 hook")

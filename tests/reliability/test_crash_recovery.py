@@ -57,17 +57,17 @@ DELETION_POINTS = [
     fault("erase_sql.after_chunk:table=contacts"),  # one parent row gone, the others not
     fault("logs.after_put"),  # rewritten, old versions (with the lines) still there
     fault("logs.after_object:rewritten=True"),
-    fault("finalize.after_receipt:n=1"),
     fault("finalize.receipts_written"),
     fault("finalize.ledger_appended"),
     fault("finalize.requests_completed"),
     fault("finalize.batch_finished"),
     # inside modules without checkpoints: just before an S3 call, just after a state write
     s3_call("PutObject", 2, BUCKET, "accepted/"),  # intake: one accepted document written
-    s3_call("DeleteObject", 1, BUCKET, "inbox/"),  # intake: registered, inbox not emptied
+    s3_call("DeleteObjects", 1, BUCKET, "inbox/"),  # intake: registered, inbox not emptied
+    s3_call("PutObject", 2, BUCKET, "receipts/"),  # finalize: some receipts written, not all
     s3_call("DeleteObject", 1, BUCKET, "batches/"),  # finalize: all but the targets deleted
     call("compliance.state.add_tombstones"),  # one request's tombstones written
-    call("compliance.state.record_notice"),  # a notice sent and recorded, not acknowledged
+    call("compliance.state.record_notices"),  # one request's notices sent and recorded
 ]
 RETRY_POINTS = {
     "after:finalize",
@@ -78,7 +78,7 @@ RETRY_POINTS = {
     "finalize.requests_completed",
     "finalize.batch_finished",
     "s3:PutObject#2:cj-compliance/accepted/",
-    "call:record_notice#1",
+    "call:record_notices#1",
 }
 RETENTION = [  # faults.checkpoint(...) in compliance/retention/execute.py and objects.py
     (after("execute[minors"), "new_run"),  # children expired; the next run re-plans
