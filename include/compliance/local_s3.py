@@ -6,17 +6,14 @@ coexist. `python -m compliance local-s3 --port-file F` runs one in the foregroun
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
-from moto.core.model_instances import reset_model_data
 from moto.server import ThreadedMotoServer
-
-GC_SECONDS = 5.0
 
 
 def free_port() -> int:
@@ -34,23 +31,28 @@ def start(port: int | None = None) -> tuple[ThreadedMotoServer, str]:
 
 
 def serve_forever(port_file: Path, port: int | None = None) -> None:
+    untrack_instances()
     server, url = start(port)
     port_file.write_text(url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(GC_SECONDS):
-        release_deleted_objects()
+    stop.wait()
     server.stop()
 
 
-def release_deleted_objects() -> None:
-    """Let moto free the bytes of deleted and overwritten object versions.
+def untrack_instances() -> None:
+    """Stop moto from keeping every model instance it ever created (for its dashboard).
 
-    moto keeps every model instance it ever created in a class-level list (for its dashboard),
-    so a deleted version's bytes (a temporary file above 5 MB) are never freed: a benchmark that
-    rewrites gigabytes of logs filled 45 GB of disk with deleted files held open. Dropping those
-    lists leaves live objects referenced by their buckets only.
+    Those lists keep deleted and overwritten object versions alive, so their bytes (a temporary
+    file above 5 MB) are never freed: the large benchmark, which rewrites gigabytes of logs,
+    filled 45 GB of disk with deleted files held open. Untracked, a version is freed when its
+    bucket drops it (or when the last request still reading it ends). Only for the dedicated
+    server process: in-process mocks reset through those lists.
     """
-    reset_model_data()
-    gc.collect()
+    from moto.core.common_models import BaseModel
+
+    def new(cls: type, *_args: Any, **_kwargs: Any) -> Any:
+        return object.__new__(cls)
+
+    BaseModel.__new__ = new  # type: ignore[method-assign,assignment]

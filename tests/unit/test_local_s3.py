@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-import gc
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import boto3
-from moto.s3.models import FakeKey
+import pytest
 
-from compliance import local_s3
-
-
-def _live_keys() -> int:
-    gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, FakeKey) and not o.disposed)
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 
 
-def test_deleted_versions_are_released():
-    server, url = local_s3.start()
+def _deleted_files(pid: int) -> int:
+    """Open file descriptors of `pid` on deleted files: moto's object bytes above 5 MB."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).endswith("(deleted)"))
+
+
+def test_deleted_versions_are_freed(tmp_path):
+    port_file = tmp_path / "s3.url"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compliance", "local-s3", "--port-file", str(port_file)]
+    )
     try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "local S3 did not start"
+            time.sleep(0.1)
         s3 = boto3.client(
             "s3",
-            endpoint_url=url,
+            endpoint_url=port_file.read_text(),
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
             region_name="us-east-1",
@@ -30,17 +41,15 @@ def test_deleted_versions_are_released():
         s3.put_bucket_versioning(
             Bucket="release-test", VersioningConfiguration={"Status": "Enabled"}
         )
-        body = os.urandom(6 * 1024 * 1024)  # above moto's 5 MB: a temporary file each
-        local_s3.release_deleted_objects()
-        before = _live_keys()
-        for _ in range(4):
-            s3.put_object(Bucket="release-test", Key="k", Body=body)
-        for v in s3.list_object_versions(Bucket="release-test")["Versions"]:
-            if not v["IsLatest"]:
-                s3.delete_object(Bucket="release-test", Key="k", VersionId=v["VersionId"])
-        assert _live_keys() - before > 1  # moto's instance lists hold the deleted versions
-        local_s3.release_deleted_objects()
-        assert _live_keys() - before == 1  # only the current version
-        assert s3.get_object(Bucket="release-test", Key="k")["Body"].read() == body
+        body = os.urandom(6 * 1024 * 1024)  # above moto's 5 MB buffer: a temporary file each
+        for _ in range(5):
+            for i in range(4):
+                s3.put_object(Bucket="release-test", Key=f"k{i}", Body=body)
+            for v in s3.list_object_versions(Bucket="release-test")["Versions"]:
+                if not v["IsLatest"]:
+                    s3.delete_object(Bucket="release-test", Key=v["Key"], VersionId=v["VersionId"])
+        assert _deleted_files(proc.pid) < 10  # about the 4 current versions, not all 20
+        assert s3.get_object(Bucket="release-test", Key="k0")["Body"].read() == body
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait(timeout=30)
