@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from compliance.access import bundle, disclosure, gather, report
 from compliance.access.batch import AccessBatch, load, targets_key
 from compliance.datamap.model import DataMap, RecordingStore
 from compliance.hashing import keyed_hash
-from compliance.outputs import encryption_args, put_json, put_summary
+from compliance.outputs import THREADS, encryption_args, put_json, put_summary
 from compliance.stores.s3 import list_keys
 
 log = logging.getLogger(__name__)
@@ -123,15 +124,16 @@ def build_bundles(
     batch = load(s3, bucket, batch_id)
     policy = disclosure.load_policy(retention_path, dm)
     rows = state.get_requests(state_engine, [int(r) for r in batch.refs])
-    delivered: list[Delivered] = []
-    skipped = 0
-    for ref in batch.refs:
-        if rows[int(ref)].status == "completed":
-            skipped += 1  # delivered by an earlier attempt of this batch
-            continue
-        delivered.append(
-            _deliver_one(s3, bucket, dm, store_clients, batch, ref, hash_key, now, lifetime, policy)
+    pending = [ref for ref in batch.refs if rows[int(ref)].status != "completed"]
+    skipped = len(batch.refs) - len(pending)  # delivered by an earlier attempt of this batch
+
+    def deliver(ref: str) -> Delivered:
+        return _deliver_one(
+            s3, bucket, dm, store_clients, batch, ref, hash_key, now, lifetime, policy
         )
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:  # a dozen S3 round trips per bundle
+        delivered = list(pool.map(deliver, pending))
     with state_engine.begin() as conn:  # entries, completed requests and batch: all or nothing
         ledger.append(conn, hash_key, [d.entry for d in delivered])
         state.set_status(conn, [int(d.ref) for d in delivered], "completed", completed_at=now)

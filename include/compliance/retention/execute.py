@@ -256,7 +256,10 @@ def _delete_batch(
         under = rows.under(child, name, batch)
         gone = conn.execute(sa.delete(rows.table(child)).where(rows.pk(child).in_(under)))
         _add(counts, child, "delete", gone.rowcount or 0)
-    return conn.execute(sa.delete(rows.table(name)).where(pk.in_(batch))).rowcount or 0
+    # `span` on the outer DELETE too: it lets the database walk the key range instead of
+    # scanning the whole table for the semi-join (5 s per batch at 22M rows otherwise).
+    doomed = sa.delete(rows.table(name)).where(span, pk.in_(batch))
+    return conn.execute(doomed).rowcount or 0
 
 
 def _keys(

@@ -27,7 +27,6 @@ import gzip
 import json
 import logging
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import pairwise
@@ -35,7 +34,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from compliance import faults
+from compliance import faults, recordings
 from compliance.datamap.model import BackupStore, LogStore
 from compliance.logs import day_prefixes
 from compliance.outputs import encryption_args
@@ -44,7 +43,6 @@ from compliance.stores.s3 import list_prefixes
 
 log = logging.getLogger(__name__)
 
-LIST_THREADS = 8  # boto3 clients are thread-safe; listing is latency-bound
 FILTERED_META = "cj-retention-filtered"  # user metadata on a version the sweep rewrote
 _NO_LOCK = {
     "ObjectLockConfigurationNotFoundError",
@@ -328,12 +326,5 @@ def delete_keys(s3: Any, bucket: str, keys: list[str]) -> int:
     Unlike a plain DELETE, nothing survives as a non-current version; a version S3 refuses to
     delete (Object Lock) fails the step, so a row never loses its pointer to surviving audio.
     """
-    unique = sorted(set(keys))
-
-    def of(key: str) -> list[Version]:
-        return [(i["Key"], i["VersionId"]) for i in _versions(s3, bucket, key) if i["Key"] == key]
-
-    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:  # one listing per key: overlap them
-        versions = [v for found in pool.map(of, unique) for v in found]
-    _delete(s3, bucket, versions)
-    return len(unique)
+    recordings.delete_all_versions(s3, bucket, keys)
+    return len(set(keys))
