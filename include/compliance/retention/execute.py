@@ -168,25 +168,34 @@ def _batches(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int):
     order, as predicates: the statements of a batch re-evaluate `pred` inside the range in the
     database, so no id list travels through Python or is rendered into SQL.
 
-    The bounds come from one query (every `size`-th matching pk), not one index walk per batch.
-    The last range is open-ended: rows that start matching during the sweep are not missed.
+    The bounds come from one query (every `size`-th matching pk, and the last), not one index
+    walk per batch. The last range ends at the last match: expired rows are the oldest, usually
+    the lowest keys, and an open-ended range would scan the live rest of the table in one
+    transaction (5 s at 22M rows). Rows that start matching later are the next sweep's.
     """
     owned = rows.owned(table)
     pk = rows.pk(table)
     ranked = (
-        sa.select(pk.label("pk"), sa.func.row_number().over(order_by=pk).label("n"))
+        sa.select(
+            pk.label("pk"),
+            sa.func.row_number().over(order_by=pk).label("n"),
+            sa.func.count().over().label("total"),
+        )
         .select_from(owned.from_clause)
         .where(pred)
         .subquery()
     )
-    bounds = sa.select(ranked.c.pk).where(ranked.c.n % size == 0).order_by(ranked.c.pk)
+    bounds = (
+        sa.select(ranked.c.pk)
+        .where(sa.or_(ranked.c.n % size == 0, ranked.c.n == ranked.c.total))
+        .order_by(ranked.c.pk)
+    )
     with rows.engine.connect() as conn:
         highs = list(conn.execute(bounds).scalars())
     last = None
     for hi in highs:
         yield pk <= hi if last is None else sa.and_(pk > last, pk <= hi)
         last = hi
-    yield sa.true() if last is None else pk > last
 
 
 def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
