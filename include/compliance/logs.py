@@ -47,7 +47,7 @@ from botocore.exceptions import ClientError
 
 from compliance import faults
 from compliance.datamap.model import IdentityType, LogStore
-from compliance.stores.s3 import list_keys, list_prefixes
+from compliance.stores.s3 import delete_versions, list_keys, list_prefixes
 
 try:  # isal's igzip is a drop-in for gzip, several times faster both ways
     from isal import igzip as _gzip
@@ -738,30 +738,13 @@ def _versions(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
         yield from page.get("Versions", [])
 
 
-def _delete_versions(s3: Any, bucket: str, items: list[tuple[str, str]]) -> int:
-    for i in range(0, len(items), 1000):
-        chunk = items[i : i + 1000]
-        resp = s3.delete_objects(
-            Bucket=bucket,
-            Delete={"Objects": [{"Key": k, "VersionId": v} for k, v in chunk], "Quiet": True},
-        )
-        errors = resp.get("Errors", [])
-        if errors:
-            first = errors[0]
-            raise RuntimeError(
-                f"could not delete {len(errors)} old version(s) in s3://{bucket}, "
-                f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
-            )
-    return len(items)
-
-
 def _delete_noncurrent(s3: Any, bucket: str, key: str, *, keep: str | None) -> int:
     old = [
         (v["Key"], v["VersionId"])
         for v in _versions(s3, bucket, key)
         if v["Key"] == key and not v["IsLatest"] and v["VersionId"] != keep
     ]
-    return _delete_versions(s3, bucket, old) if old else 0
+    return delete_versions(s3, bucket, old) if old else 0
 
 
 def clean_versions(s3: Any, bucket: str, prefix: str) -> int:
@@ -784,7 +767,7 @@ def clean_versions(s3: Any, bucket: str, prefix: str) -> int:
         head = s3.head_object(Bucket=bucket, Key=key, VersionId=current[key])
         if REWRITTEN_META in head.get("Metadata", {}):
             doomed.extend((key, version) for version in versions)
-    return _delete_versions(s3, bucket, doomed) if doomed else 0
+    return delete_versions(s3, bucket, doomed) if doomed else 0
 
 
 # --- shards ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from compliance.datamap.model import RecordingStore, SqlSystem
 from compliance.sqlmap import MappedSql
+from compliance.stores.s3 import delete_versions
 
 CHUNK = 1000
 THREADS = 8  # boto3 clients are thread-safe
@@ -48,18 +49,7 @@ def delete_all_versions(s3: Any, bucket: str, keys: Iterable[str]) -> int:
     points at surviving audio. Listings overlap (one per key); deletes go a thousand at a time.
     """
     found = _versions_of(s3, bucket, keys)
-    versions = [v for vs in found.values() for v in vs]
-    for i in range(0, len(versions), 1000):
-        resp = s3.delete_objects(
-            Bucket=bucket, Delete={"Objects": versions[i : i + 1000], "Quiet": True}
-        )
-        errors = resp.get("Errors", [])
-        if errors:
-            first = errors[0]
-            raise RuntimeError(
-                f"could not delete {len(errors)} version(s) in s3://{bucket}, e.g. "
-                f"{first.get('Key')}: {first.get('Code')} (a rerun converges once fixed)"
-            )
+    delete_versions(s3, bucket, [(v["Key"], v["VersionId"]) for vs in found.values() for v in vs])
     return sum(1 for vs in found.values() if vs)
 
 

@@ -39,7 +39,7 @@ from compliance.datamap.model import BackupStore, LogStore
 from compliance.logs import day_prefixes
 from compliance.outputs import encryption_args
 from compliance.retention.policy import Rule
-from compliance.stores.s3 import list_prefixes
+from compliance.stores.s3 import delete_versions, list_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _plan_noncurrent(
 def expire_store(s3: Any, store: LogStore | BackupStore, plan: StorePlan) -> dict[str, int]:
     """Carry out `plan`; returns what was done (same keys as the plan's counts)."""
     done = {"partitions": len(plan.partitions), "delete_versions": 0, "filter": 0, "noncurrent": 0}
-    done["delete_versions"] = _delete(s3, plan.bucket, plan.delete)
+    done["delete_versions"] = delete_versions(s3, plan.bucket, plan.delete)
     faults.checkpoint("retention.after_expired_versions", store=plan.store)
     log.info("store %s: %d expired version(s) deleted", plan.store, done["delete_versions"])
     dropped = emptied = 0
@@ -200,7 +200,7 @@ def expire_store(s3: Any, store: LogStore | BackupStore, plan: StorePlan) -> dic
         done["filter"] += 1
         if i % 100 == 0 or i == len(plan.filter):
             log.info("store %s: %d/%d held object(s) filtered", plan.store, i, len(plan.filter))
-    done["noncurrent"] = _delete(s3, plan.bucket, plan.noncurrent)
+    done["noncurrent"] = delete_versions(s3, plan.bucket, plan.noncurrent)
     log.info("store %s: %d non-current version(s) deleted", plan.store, done["noncurrent"])
     done["lines_dropped"] = dropped
     done["objects_emptied"] = emptied
@@ -265,23 +265,6 @@ def _locked(s3: Any, bucket: str, key: str, version: str, now: datetime) -> bool
     return head.get("ObjectLockLegalHoldStatus") == "ON"
 
 
-def _delete(s3: Any, bucket: str, versions: list[Version]) -> int:
-    for i in range(0, len(versions), 1000):
-        chunk = versions[i : i + 1000]
-        resp = s3.delete_objects(
-            Bucket=bucket,
-            Delete={"Objects": [{"Key": k, "VersionId": v} for k, v in chunk], "Quiet": True},
-        )
-        errors = resp.get("Errors", [])
-        if errors:
-            first = errors[0]
-            raise RuntimeError(
-                f"could not delete {len(errors)} version(s) in s3://{bucket}, e.g. "
-                f"{first.get('Key')}: {first.get('Code')} (rerun converges once fixed)"
-            )
-    return len(versions)
-
-
 def _filter_object(
     s3: Any, bucket: str, key: str, version: str, store: LogStore, clients: set[str]
 ) -> tuple[int, bool]:
@@ -304,7 +287,7 @@ def _filter_object(
     if not dropped:
         return 0, False
     if not kept:
-        _delete(s3, bucket, [(key, version)])
+        delete_versions(s3, bucket, [(key, version)])
         return dropped, True
     data = gzip.compress(b"".join(kept), compresslevel=6)
     s3.put_object(
@@ -316,7 +299,7 @@ def _filter_object(
         **encryption_args(),  # the project's one SSE policy (outputs.py)
     )
     faults.checkpoint("retention.after_filter_put", key=key)
-    _delete(s3, bucket, [(key, version)])  # the pre-filter copy holds the others' lines
+    delete_versions(s3, bucket, [(key, version)])  # the pre-filter copy holds the others' lines
     return dropped, False
 
 

@@ -46,6 +46,28 @@ def list_keys(s3: Any, bucket: str, prefix: str = "") -> Iterator[dict[str, Any]
         yield from page.get("Contents", [])
 
 
+def delete_versions(s3: Any, bucket: str, versions: list[tuple[str, str]]) -> int:
+    """Delete (key, version id) pairs a thousand per request; returns how many were asked for.
+
+    Any version S3 refuses to delete (Object Lock, permissions) raises, naming the code: the
+    caller's step fails and a rerun converges once the cause is fixed.
+    """
+    for i in range(0, len(versions), 1000):
+        chunk = versions[i : i + 1000]
+        resp = s3.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": k, "VersionId": v} for k, v in chunk], "Quiet": True},
+        )
+        errors = resp.get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise RuntimeError(
+                f"could not delete {len(errors)} version(s) in s3://{bucket}, e.g. "
+                f"{first.get('Key')}: {first.get('Code')} (a rerun converges once fixed)"
+            )
+    return len(versions)
+
+
 def list_prefixes(s3: Any, bucket: str, prefix: str = "") -> list[str]:
     """Immediate "folders" under `prefix`."""
     out: list[str] = []
