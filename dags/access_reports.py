@@ -27,49 +27,12 @@ from airflow.sdk import Param, dag, task
 
 from compliance import access, runtime
 from compliance_alerts import DEFAULT_ARGS
+from compliance_forms import ONE, request_form
 
-ONE = "Enter one request (optional)"
 RUN = "This run"
 
 FORM = {
-    "request_id": Param(
-        None,
-        type=["null", "string"],
-        title="Request id",
-        description="The client's id for this request (letters, digits, . _ : -).",
-        section=ONE,
-    ),
-    "client_id": Param(None, type=["null", "integer"], title="Client id", minimum=1, section=ONE),
-    "email": Param(
-        None, type=["null", "string"], title="Consumer e-mail", format="email", section=ONE
-    ),
-    "phone": Param(None, type=["null", "string"], title="Consumer phone", section=ONE),
-    "contact_id": Param(None, type=["null", "string"], title="Client-side contact id", section=ONE),
-    "received_at": Param(
-        None,
-        type=["null", "string"],
-        format="date-time",
-        title="Received by the business at",
-        description="Starts the clock (R1) and ends the look-back window (R9).",
-        section=ONE,
-    ),
-    "verification_method": Param(
-        None,
-        type=["null", "string"],
-        title="Verification method",
-        description="How the business verified the consumer, e.g. email_link (R5).",
-        section=ONE,
-    ),
-    "verified_at": Param(
-        None,
-        type=["null", "string"],
-        format="date-time",
-        title="Verified at",
-        description="Defaults to the time of receipt.",
-        section=ONE,
-    ),
-    "verified_by": Param(None, type=["null", "string"], title="Verified by", section=ONE),
-    "jurisdiction": Param("ccpa", enum=["ccpa", "gdpr"], title="Jurisdiction", section=ONE),
+    **request_form(),
     "look_back": Param(
         "default",
         enum=["default", "since_2022", "all"],

@@ -31,6 +31,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from compliance import erasure, erasure_preview, runtime, subprocessors
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
+from compliance_forms import request_form
 
 FORM = {
     "dry_run": Param(
@@ -40,59 +41,7 @@ FORM = {
         description="Report what would be erased (and refused); change nothing. "
         "Scheduled runs always execute.",
     ),
-    "request_id": Param(
-        None,
-        type=["null", "string"],
-        title="Request id",
-        description="The client's id for this request (letters, digits, . _ : -).",
-        section="Enter one request (optional)",
-    ),
-    "client_id": Param(
-        None,
-        type=["null", "integer"],
-        title="Client id",
-        minimum=1,
-        section="Enter one request (optional)",
-    ),
-    "email": Param(
-        None,
-        type=["null", "string"],
-        title="Consumer e-mail",
-        format="email",
-        section="Enter one request (optional)",
-    ),
-    "phone": Param(
-        None,
-        type=["null", "string"],
-        title="Consumer phone",
-        section="Enter one request (optional)",
-    ),
-    "contact_id": Param(
-        None,
-        type=["null", "string"],
-        title="Client-side contact id",
-        section="Enter one request (optional)",
-    ),
-    "received_at": Param(
-        None,
-        type=["null", "string"],
-        format="date-time",
-        title="Received by the business at",
-        description="Starts the clock (R1).",
-        section="Enter one request (optional)",
-    ),
-    "verification_method": Param(
-        None,
-        type=["null", "string"],
-        title="Verification method",
-        section="Enter one request (optional)",
-    ),
-    "verified_by": Param(
-        None, type=["null", "string"], title="Verified by", section="Enter one request (optional)"
-    ),
-    "jurisdiction": Param(
-        "ccpa", enum=["ccpa", "gdpr"], title="Jurisdiction", section="Enter one request (optional)"
-    ),
+    **request_form(),
 }
 
 
