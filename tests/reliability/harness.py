@@ -389,6 +389,7 @@ class RetentionJob(Job):
         """The environment its tasks read: connections, the map, a policy with small batches."""
         policy = (REPO / "config" / "retention.yaml").read_text()
         policy = re.sub(r"(?m)^batch_rows: \d+", f"batch_rows: {self.batch_rows}", policy)
+        policy = re.sub(r"(?m)^batch_seconds: .*\n", "", policy)  # fixed-size batches
         path = self.w.workdir / "retention.yaml"
         path.write_text(policy)
         return {"COMPLIANCE_RETENTION": str(path)}

@@ -53,3 +53,36 @@ def test_deleted_versions_are_freed(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_version_listings_do_not_copy_object_bytes(s3, monkeypatch):
+    """ListObjectVersions renders the same metadata without reading any object's bytes."""
+    import gc
+    import hashlib
+
+    from moto.s3.models import FakeKey
+
+    s3.create_bucket(Bucket="listing-test")
+    s3.put_bucket_versioning(Bucket="listing-test", VersioningConfiguration={"Status": "Enabled"})
+    big = os.urandom(6 * 1024 * 1024)  # a temporary file in moto
+    bodies = {"a/1": [b"old", b"new"], "a/2": [big], "b/1": [b"x"]}
+    for key, versions in bodies.items():
+        for body in versions:
+            s3.put_object(Bucket="listing-test", Key=key, Body=body)
+    reads: list[int] = []
+    getstate = FakeKey.__getstate__
+    monkeypatch.setattr(FakeKey, "__getstate__", lambda self: reads.append(1) or getstate(self))
+
+    for _ in range(20):
+        listed = s3.list_object_versions(Bucket="listing-test", Prefix="a/")["Versions"]
+    gc.collect()  # the listing's copies are finalised
+
+    assert reads == []
+    assert sorted((v["Key"], v["Size"], v["ETag"], v["IsLatest"]) for v in listed) == sorted(
+        (k, len(b), f'"{hashlib.md5(b).hexdigest()}"', i == len(bodies[k]) - 1)
+        for k in ("a/1", "a/2")
+        for i, b in enumerate(bodies[k])
+    )
+    for v in listed:  # every version still readable after its copies were finalised
+        got = s3.get_object(Bucket="listing-test", Key=v["Key"], VersionId=v["VersionId"])
+        assert got["Body"].read() in bodies[v["Key"]]

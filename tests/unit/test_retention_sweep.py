@@ -411,7 +411,7 @@ def test_a_crash_mid_rule_then_a_rerun_converges_in_short_batches(crm, s3):
                 for i in range(450)
             ],
         )
-    policy = POLICY.model_copy(update={"batch_rows": 100})
+    policy = POLICY.model_copy(update={"batch_rows": 100, "batch_seconds": None})
     planned = plan_sweep(sweep(crm, s3, policy, only=("web-visits",)))["rules"][0]["counts"]
     assert planned["web_visits"]["delete"] == 453
 
@@ -491,3 +491,60 @@ def test_an_injected_crash_anywhere_converges_on_the_clean_result(crm, s3, monke
             c.execute(sa.text("select sum(row_count) from cj_retention_aggregates")).scalar() == 3
         )
     assert checksums(crm) == crashed
+
+
+def _spans_taken(highs, size, seconds, pace):
+    """Steps per batch _spans chooses when each transaction takes `pace(steps)` seconds."""
+    from compliance.retention.execute import Progress, _spans
+
+    progress = Progress("r", None)
+    pk = sa.column("id", sa.Integer)
+    taken, covered = [], 0
+    for span in _spans(pk, highs, size, seconds, progress):
+        upto = span.compile(compile_kwargs={"literal_binds": True}).string.rsplit("<= ", 1)[1]
+        steps = highs.index(int(upto)) + 1 - covered
+        covered += steps
+        taken.append(steps)
+        progress.last = pace(steps)
+    assert covered == len(highs)  # every range walked once, in order
+    return taken
+
+
+def test_batches_grow_while_fast_and_stay_short_when_slow():
+    highs = list(range(100, 4001, 100))  # 40 ranges of 100 rows
+    assert _spans_taken(highs, 100, None, lambda n: 0.001 * n) == [1] * 40  # fixed size
+    # fast: at most doubling, never above 100,000 rows (here: 1000 steps, so the rest)
+    assert _spans_taken(highs, 100, 0.25, lambda n: 0.001 * n) == [1, 2, 4, 8, 16, 9]
+    assert _spans_taken(highs, 10_000, 0.25, lambda n: 0.001 * n)[:6] == [1, 2, 4, 8, 10, 10]
+    # slow: each step costs 0.1 s, so two steps fit in 0.25 s
+    assert set(_spans_taken(highs, 100, 0.25, lambda n: 0.1 * n)[1:-1]) == {2}
+    assert set(_spans_taken(highs, 100, 0.25, lambda n: 1.0 * n)) == {1}
+
+
+def test_growing_batches_delete_the_same_rows_in_fewer_transactions(crm, s3):
+    with crm.begin() as c:
+        c.execute(
+            sa.insert(w.web_visits),
+            [
+                dict(
+                    visit_id=1000 + i,
+                    contact_id=10,
+                    client_id=1,
+                    url="/y",
+                    visited_at=ago(days=500),
+                )
+                for i in range(450)
+            ],
+        )
+    policy = POLICY.model_copy(update={"batch_rows": 100, "batch_seconds": 5.0})
+    seen: list[int] = []
+    done = execute_step(
+        sweep(crm, s3, policy, only=("web-visits",)),
+        "web-visits",
+        on_batch=lambda *a: seen.append(a[1]),
+    )
+    assert done["counts"]["web_visits"]["delete"] == 453
+    assert 1 < len(seen) < math.ceil(453 / 100)  # grew after the first batch
+    left = ids(crm, "web_visits", "visit_id")
+    assert not any(1000 <= v < 1450 for v in left)
+    assert {3, 4, 5, 6, 7, 8} <= left  # young and held rows untouched

@@ -63,6 +63,7 @@ class Progress:
         self.on_batch = on_batch
         self.batches = 0
         self.longest = 0.0  # seconds of the longest write transaction (issue 9 measures it)
+        self.last = 0.0  # seconds of the latest one (batch sizing follows it)
 
     @contextmanager
     def transaction(self, engine: Engine) -> Iterator[sa.Connection]:
@@ -70,7 +71,8 @@ class Progress:
         with engine.begin() as conn:
             yield conn
             faults.checkpoint("retention.in_batch", rule=self.rule_id, conn=conn)
-        self.longest = max(self.longest, time.perf_counter() - started)
+        self.last = time.perf_counter() - started
+        self.longest = max(self.longest, self.last)
 
     def committed(self, counts: dict[str, dict[str, int]]) -> None:
         """Call after a batch's commit: a crash in between loses no count."""
@@ -163,15 +165,25 @@ def _expire_consumers(sweep: Sweep, step: Step, progress: Progress) -> dict[str,
 # -- rows ----------------------------------------------------------------------------------
 
 
-def _batches(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int):
-    """Successive pk ranges, each holding `size` matching rows (the last one the rest), in pk
-    order, as predicates: the statements of a batch re-evaluate `pred` inside the range in the
-    database, so no id list travels through Python or is rendered into SQL.
+MAX_BATCH_ROWS = 100_000  # the most rows one transaction deletes, however fast batches are
 
-    The bounds come from one query (every `size`-th matching pk, and the last), not one index
-    walk per batch. The last range ends at the last match: expired rows are the oldest, usually
-    the lowest keys, and an open-ended range would scan the live rest of the table in one
-    transaction (5 s at 22M rows). Rows that start matching later are the next sweep's.
+
+def _batches(
+    sweep: Sweep, rows: SystemRows, table: str, pred: sa.ColumnElement, progress: Progress
+) -> Iterator[sa.ColumnElement]:
+    """The key ranges one rule's statements walk, one transaction each (sized by the policy)."""
+    size = sweep.policy.batch_rows
+    highs = _bounds(rows, table, pred, size)
+    return _spans(rows.pk(table), highs, size, sweep.policy.batch_seconds, progress)
+
+
+def _bounds(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int) -> list[Any]:
+    """The upper keys of successive pk ranges holding `size` matching rows each (the last one
+    the rest), from one query: every `size`-th matching pk, and the last.
+
+    The last range ends at the last match: expired rows are the oldest, usually the lowest
+    keys, and an open-ended range would scan the live rest of the table in one transaction
+    (5 s at 22M rows). Rows that start matching later are the next sweep's.
     """
     owned = rows.owned(table)
     pk = rows.pk(table)
@@ -191,11 +203,29 @@ def _batches(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int):
         .order_by(ranked.c.pk)
     )
     with rows.engine.connect() as conn:
-        highs = list(conn.execute(bounds).scalars())
-    last = None
-    for hi in highs:
+        return list(conn.execute(bounds).scalars())
+
+
+def _spans(
+    pk: sa.Column, highs: list[Any], size: int, seconds: float | None, progress: Progress
+) -> Iterator[sa.ColumnElement]:
+    """Key ranges as predicates, in pk order: the statements of a batch re-evaluate the rule's
+    predicate inside the range in the database, so no id list travels through Python.
+
+    Without `seconds` each range is one bound step (`size` matching rows). With it, a range
+    spans as many steps as the last transaction's pace says fit in `seconds` (at most doubling
+    from one batch to the next, at most MAX_BATCH_ROWS rows): per-batch overhead stops
+    dominating on a fast database while a slow one keeps short transactions.
+    """
+    steps, i, last = 1, 0, None
+    while i < len(highs):
+        j = min(i + steps, len(highs))
+        hi = highs[j - 1]
         yield pk <= hi if last is None else sa.and_(pk > last, pk <= hi)
-        last = hi
+        if seconds is not None and progress.last > 0:
+            fit = int(seconds / (progress.last / (j - i)))
+            steps = max(1, min(2 * (j - i), fit, MAX_BATCH_ROWS // size))
+        i, last = j, hi
 
 
 def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[str, int]]:
@@ -223,7 +253,7 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
     counts: dict[str, dict[str, int]] = {name: {key: 0}}
     table = rows.table(name)
     simple = agg_table is None and not children and owned.from_clause is table
-    for span in _batches(rows, name, pred, sweep.policy.batch_rows):
+    for span in _batches(sweep, rows, name, pred, progress):
         batch = sa.select(pk).select_from(owned.from_clause).where(span, pred).correlate(None)
         for sname, store in audio.items():  # objects first: see the module docstring
             where = sa.and_(span, pred) if store.table == name else None
@@ -371,7 +401,7 @@ def _deidentify(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[
         pred = sa.and_(base, ~held)
         spec = rows.column_spec(table, columns)
         counts[table]["deidentify"] = 0
-        for span in _batches(rows, table, pred, sweep.policy.batch_rows):
+        for span in _batches(sweep, rows, table, pred, progress):
             with progress.transaction(rows.engine) as conn:
                 chosen = sa.select(pk).select_from(owned.from_clause).where(span, pred)
                 counts[table]["deidentify"] += _mask(

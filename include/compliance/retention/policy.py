@@ -260,6 +260,9 @@ class Policy(Strict):
     version: Literal[1]
     minors: Minors
     batch_rows: int = Field(default=5_000, ge=100, le=100_000)
+    # Optional: let batches grow (whole batch_rows steps, at most MAX_BATCH_ROWS rows) while one
+    # batch's transaction stays under this many seconds; unset, every batch is batch_rows.
+    batch_seconds: float | None = Field(default=None, gt=0, le=5)
     rules: list[Rule] = Field(min_length=1)
     exempt: list[Exempt] = Field(default_factory=list)
 
