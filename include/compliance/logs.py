@@ -71,6 +71,7 @@ REWRITTEN_META = "cj-rewritten"  # user metadata on a version this module wrote
 REDACTED = "[redacted]"
 READ_SIZE = 4 << 20  # decompressed bytes read at a time (then cut at the last newline)
 SCAN_SIZE = 128 << 10  # bytes pre-filtered at a time: locating one hit costs a search over this
+FEW_VALUES = 16  # target values up to which the pre-filter searches them one by one
 SPOOL_MEMORY = 32 << 20  # spooled files (input copy, output) move to disk beyond this
 PUT_LIMIT = 5 << 30  # S3's single-PUT limit; larger outputs go up as a multipart upload
 PART_SIZE = 64 << 20
@@ -247,9 +248,13 @@ class _Matcher:
             for v in targets.values(itype)
         }
         self.rx_value: re.Pattern[bytes] | None = None
+        self.few: list[bytes] | None = None
         if not (self.id_fields and values and targets):
             return
         self.values = frozenset(values | {b"["})  # "[": an identity field holding an array
+        # Few values (one consumer's request): searching each directly beats extracting every
+        # identity field's value, which costs a regex step at every quote of every line.
+        self.few = sorted(values) if len(values) <= FEW_VALUES else None
 
         def alternation(names: Iterable[str]) -> bytes:
             keys = {json.dumps(n, ensure_ascii=False)[1:-1].encode() for n in names}
@@ -277,7 +282,8 @@ class _Matcher:
     def candidates(self, block: bytes) -> list[int]:
         """Start offsets of the lines of `block` (whole lines) that may match, ascending.
 
-        Per slice of about SCAN_SIZE bytes: every identity field's raw value (string up to its
+        Per slice of about SCAN_SIZE bytes: with few target values, a plain slice is searched
+        for each of them (`_few_in`); otherwise every identity field's raw value (string up to its
         first quote, bare integer, or "[") is extracted in C, the values are lower-cased together
         and intersected with the target values; only hits are located (in the lower-cased slice)
         as whole JSON strings. Slices whose identity values hold a backslash or a non-ASCII byte,
@@ -296,6 +302,9 @@ class _Matcher:
             else:
                 nl = block.find(b"\n", b)
                 b = size if nl < 0 else nl + 1
+            if self.few is not None and self._few_in(block, a, b, starts):
+                a = b
+                continue
             vals = rx.findall(block, a, b)
             if vals:
                 joined = b"\n".join(vals)  # values never hold a newline
@@ -316,6 +325,20 @@ class _Matcher:
                 self._lines_of(self.rx_escaped_key, block, a, b, starts)
             a = b
         return sorted(starts)
+
+    def _few_in(self, block: bytes, a: int, b: int, starts: set[int]) -> bool:
+        """Pre-filter a plain slice (ASCII, no backslash) by searching each target value in it,
+        lower-cased, as a whole JSON string or bare integer, wherever it stands: a superset of
+        the lines whose identity fields hold it, since on such a slice a value's bytes are its
+        text. Returns False, doing nothing, for any other slice (escapes, non-ASCII case)."""
+        part = block[a:b]
+        if not part.isascii() or b"\\" in part:
+            return False
+        low = part.lower()
+        for value in self.few or ():
+            if value in low:
+                self._locate(low, value, a, starts)
+        return True
 
     @staticmethod
     def _lines_of(rx: re.Pattern[bytes], block: bytes, a: int, b: int, starts: set[int]) -> None:

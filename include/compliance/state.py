@@ -50,6 +50,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     func,
     select,
     tuple_,
@@ -407,20 +408,29 @@ def insert_requests(
     out: dict[RequestKey, int] = {}
     if not reqs:
         return out
-    with engine.begin() as conn:
-        for r in reqs:
-            values = {f.name: getattr(r, f.name) for f in fields(NewRequest) if f.name != "keys"}
-            conn.execute(insert_if_absent(conn, cj_requests).values(**values))
-            pk = conn.execute(
-                select(cj_requests.c.id).where(
-                    cj_requests.c.client_id == r.client_id,
-                    cj_requests.c.request_id == r.request_id,
-                    cj_requests.c.type == r.type,
+    t = cj_requests
+    with engine.begin() as conn:  # a few statements per chunk, not a few per request
+        for chunk in _chunks(reqs):
+            conn.execute(
+                insert_if_absent(conn, t),
+                [
+                    {f.name: getattr(r, f.name) for f in fields(NewRequest) if f.name != "keys"}
+                    for r in chunk
+                ],
+            )
+            wanted = list(dict.fromkeys((r.client_id, r.request_id, r.type) for r in chunk))
+            q = select(t.c.client_id, t.c.request_id, t.c.type, t.c.id).where(
+                tuple_(t.c.client_id, t.c.request_id, t.c.type).in_(wanted)
+            )
+            out.update({(c, rid, typ): pk for c, rid, typ, pk in conn.execute(q)})
+            keys = {
+                (out[(r.client_id, r.request_id, r.type)], key) for r in chunk for key in r.keys
+            }
+            if keys:
+                conn.execute(
+                    insert_if_absent(conn, cj_request_keys),
+                    [{"request_pk": pk, "key": key} for pk, key in sorted(keys)],
                 )
-            ).scalar_one()
-            out[(r.client_id, r.request_id, r.type)] = pk
-            for key in dict.fromkeys(r.keys):
-                conn.execute(insert_if_absent(conn, cj_request_keys).values(request_pk=pk, key=key))
     return out
 
 
@@ -838,6 +848,9 @@ def tombstone_hashes(engine: Engine, system: str, client_id: int | None = None) 
 # --------------------------------------------------------------------------- notices
 
 
+Outcome = tuple[str, str, str, str | None, bool]  # sub-processor, channel, status, error, acked
+
+
 def record_notice(
     bind: Engine | Connection,
     request_pk: int,
@@ -856,52 +869,77 @@ def record_notice(
     crash, and a notice marked sent is never sent again). `error_kind` is a short code
     (an exception class or HTTP status), never a message that could carry personal data.
     """
-    _check_choice("status", status, ("sent", "failed", "not_configured"))
-    if acknowledged and status != "sent":
-        raise ValueError("only a sent notice can be acknowledged")
-    if error_kind is not None and not _TOKEN.match(error_kind.lower()):
-        raise ValueError("error_kind must be a short code such as 'timeout' or 'http_503'")
-    when = to_utc(at) if at else utcnow()
-    t = cj_notices
-    with transaction(bind) as conn:
-        conn.execute(
-            insert_if_absent(conn, t).values(
-                request_pk=request_pk,
-                subprocessor=subprocessor,
-                channel=channel,
-                status=status,
-                attempts=0,
-            )
-        )
-        where = (t.c.request_pk == request_pk, t.c.subprocessor == subprocessor)
-        cur = conn.execute(select(t).where(*where).with_for_update()).mappings().one()
-        if cur["status"] != "acknowledged":
-            values: dict[str, Any] = {"status": status, "channel": channel}
-            if status in {"sent", "failed"}:
-                values["attempts"] = t.c.attempts + 1
-            if status == "sent":
-                values["sent_at"] = cur["sent_at"] or when
-                values["last_error_kind"] = None
-                if acknowledged:
-                    values.update(status="acknowledged", acked_at=when)
-            elif status == "failed":
-                values["last_error_kind"] = error_kind or "unknown"
-            conn.execute(update(t).where(*where).values(**values))
-        return _row(NoticeRow, conn.execute(select(t).where(*where)).mappings().one())
+    outcome = (subprocessor, channel, status, error_kind, acknowledged)
+    return record_notices(bind, {request_pk: [outcome]}, at=at)[0]
 
 
 def record_notices(
-    engine: Engine,
-    request_pk: int,
-    outcomes: Iterable[tuple[str, str, str, str | None, bool]],
+    bind: Engine | Connection,
+    outcomes: Mapping[int, Iterable[Outcome]],
+    at: datetime | None = None,
 ) -> list[NoticeRow]:
-    """One request's notices, (sub-processor, channel, status, error kind, acknowledged) each,
-    recorded together right after they were sent: one transaction per request, not per notice."""
-    with engine.begin() as conn:
-        return [
-            record_notice(conn, request_pk, sp, channel, status, error, acknowledged=acked)
-            for sp, channel, status, error, acked in outcomes
-        ]
+    """Many requests' notice outcomes (rules of `record_notice`), recorded in one transaction
+    with a handful of statements whatever their number: the notices of a chunk of requests are
+    recorded together right after they were sent."""
+    todo = [(pk, *o) for pk, outs in outcomes.items() for o in outs]
+    for _pk, _sp, _channel, status, error_kind, acked in todo:
+        _check_choice("status", status, ("sent", "failed", "not_configured"))
+        if acked and status != "sent":
+            raise ValueError("only a sent notice can be acknowledged")
+        if error_kind is not None and not _TOKEN.match(error_kind.lower()):
+            raise ValueError("error_kind must be a short code such as 'timeout' or 'http_503'")
+    if not todo:
+        return []
+    when = to_utc(at) if at else utcnow()
+    t = cj_notices
+    keys = list(dict.fromkeys((pk, sp) for pk, sp, *_ in todo))
+    with transaction(bind) as conn:
+        conn.execute(
+            insert_if_absent(conn, t),
+            [
+                {"request_pk": pk, "subprocessor": sp, "channel": ch, "status": st, "attempts": 0}
+                for pk, sp, ch, st, *_ in {(o[0], o[1]): o for o in reversed(todo)}.values()
+            ],
+        )
+        current = _notices_for_update(conn, keys)
+        for pk, sp, channel, status, error_kind, acked in todo:  # in order, as separate calls
+            cur = current[(pk, sp)]
+            if cur["status"] == "acknowledged":
+                continue
+            cur.update(status=status, channel=channel)
+            if status in {"sent", "failed"}:
+                cur["attempts"] += 1
+            if status == "sent":
+                cur["sent_at"] = cur["sent_at"] or when
+                cur["last_error_kind"] = None
+                if acked:
+                    cur.update(status="acknowledged", acked_at=when)
+            elif status == "failed":
+                cur["last_error_kind"] = error_kind or "unknown"
+        changed = ("status", "channel", "attempts", "sent_at", "last_error_kind", "acked_at")
+        conn.execute(
+            update(t)
+            .where(t.c.request_pk == bindparam("k_pk"), t.c.subprocessor == bindparam("k_sp"))
+            .values({c: bindparam(f"v_{c}") for c in changed}),
+            [
+                {"k_pk": pk, "k_sp": sp, **{f"v_{c}": current[(pk, sp)][c] for c in changed}}
+                for pk, sp in keys
+            ],
+        )
+        stored = _notices_for_update(conn, keys)
+    return [_row(NoticeRow, stored[(pk, sp)]) for pk, sp, *_ in todo]
+
+
+def _notices_for_update(
+    conn: Connection, keys: list[tuple[int, str]]
+) -> dict[tuple[int, str], dict[str, Any]]:
+    t = cj_notices
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    for chunk in _chunks(keys):
+        q = select(t).where(tuple_(t.c.request_pk, t.c.subprocessor).in_(chunk)).with_for_update()
+        for m in conn.execute(q).mappings():
+            out[(m["request_pk"], m["subprocessor"])] = dict(m)
+    return out
 
 
 def acknowledge(
