@@ -37,7 +37,7 @@ from compliance.access import bundle, disclosure, gather, report
 from compliance.access.batch import AccessBatch, load, targets_key
 from compliance.datamap.model import DataMap, RecordingStore
 from compliance.hashing import keyed_hash
-from compliance.outputs import THREADS, encryption_args, put_json, put_summary
+from compliance.outputs import THREADS, delete_many, encryption_args, put_json, put_summary
 from compliance.stores.s3 import list_keys
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,13 @@ def build_bundles(
     pending = [ref for ref in batch.refs if rows[int(ref)].status != "completed"]
     skipped = len(batch.refs) - len(pending)  # delivered by an earlier attempt of this batch
 
+    gathered = gather.read_parts(s3, bucket, batch_id)
+
     def deliver(ref: str) -> Delivered:
         return _deliver_one(
-            s3, bucket, dm, store_clients, batch, ref, hash_key, now, lifetime, policy
-        )
+            s3, bucket, dm, store_clients, batch, ref, gathered.get(ref, []), hash_key, now,
+            lifetime, policy,
+        )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=THREADS) as pool:  # a dozen S3 round trips per bundle
         delivered = list(pool.map(deliver, pending))
@@ -162,6 +165,7 @@ def _deliver_one(
     store_clients: dict[str, Any],
     batch: AccessBatch,
     ref: str,
+    records: list[dict[str, Any]],
     hash_key: bytes,
     now: datetime,
     lifetime: timedelta,
@@ -169,7 +173,6 @@ def _deliver_one(
 ) -> Delivered:
     req = batch.requests[ref]
     client_id, request_id = int(req["client_id"]), str(req["request_id"])
-    records = gather.read_parts(s3, bucket, batch.batch_id, ref)
     recordings, audio = _recordings(dm, store_clients, records, batch.include_audio)
     body = report.assemble(
         dm,
@@ -307,16 +310,10 @@ def _recordings(
 def _forget(s3: Any, bucket: str, batch: AccessBatch, rows: dict[int, state.RequestRow]) -> None:
     """After delivery only keyed hashes remain: the accepted documents, the batch's targets and
     its parts (which hold identities and data) are deleted (R20's minimal record)."""
-    for ref in batch.refs:
-        source = rows[int(ref)].source
-        if source.startswith("accepted/"):
-            s3.delete_object(Bucket=bucket, Key=source)
+    accepted = [rows[int(ref)].source for ref in batch.refs]
+    delete_many(s3, bucket, [k for k in accepted if k.startswith("accepted/")])
     parts = [o["Key"] for o in list_keys(s3, bucket, gather.parts_prefix(batch.batch_id))]
-    for i in range(0, len(parts), 1000):
-        s3.delete_objects(
-            Bucket=bucket,
-            Delete={"Objects": [{"Key": k} for k in parts[i : i + 1000]], "Quiet": True},
-        )
+    delete_many(s3, bucket, parts)
     s3.delete_object(Bucket=bucket, Key=targets_key(batch.batch_id))
 
 

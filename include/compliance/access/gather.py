@@ -1,11 +1,12 @@
-"""Gathering a batch's data: one pass per SQL system and per log day, parts per request in S3.
+"""Gathering a batch's data: one pass per SQL system and per log day, one part each in S3.
 
 `gather_system` runs one SELECT per mapped table (and chunk of consumer ids) for *every* consumer
 of the batch, joined toward the consumer along the data map's relations (`compliance.sqlmap`), and
 keeps only rows of the request's own tenant inside the request's window. `gather_log_shard` scans
 one day folder with the shared log engine (`logs.collect_shard`) for the union window, then keeps
-each line only inside its own request's window. Rows and lines go to JSON-lines *parts* under
-`batches/<id>/parts/<ref>/` in the workspace bucket (encrypted); XCom carries counts only.
+each line only inside its own request's window. Rows and lines go to *parts*, one per system and log
+day for the whole batch, under `batches/<id>/parts/` in the workspace bucket (encrypted), each
+line a request's ref and a JSON record; XCom carries counts only.
 
 R10 at the source: a column or field the data map marks `withhold` is never selected. The
 database answers only whether a value is held, so an SSN, a password hash or a voiceprint never
@@ -23,6 +24,7 @@ import base64
 import hashlib
 import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -33,20 +35,30 @@ from sqlalchemy import Engine
 from compliance import logs
 from compliance.access.batch import BATCHES, load
 from compliance.datamap.model import DataMap, LogStore, RecordingStore
-from compliance.outputs import put_bytes
+from compliance.outputs import THREADS, put_bytes
 from compliance.sqlmap import MappedSql
 from compliance.stores.s3 import list_keys
 
 CHUNK = 500
 
 
-def parts_prefix(batch_id: str, ref: str | None = None) -> str:
-    base = f"{BATCHES}{batch_id}/parts/"
-    return base if ref is None else f"{base}{ref}/"
+def parts_prefix(batch_id: str) -> str:
+    return f"{BATCHES}{batch_id}/parts/"
 
 
-def part_key(batch_id: str, ref: str, name: str) -> str:
-    return f"{parts_prefix(batch_id, ref)}{name}.jsonl"
+def part_key(batch_id: str, name: str) -> str:
+    return f"{parts_prefix(batch_id)}{name}.jsonl"
+
+
+def _put_part(s3: Any, bucket: str, batch_id: str, name: str, out: dict[str, list[bytes]]) -> None:
+    """One object per system or log day for the whole batch, each line `<ref>\t<record>`: a
+    batch costs one write per source and one read per source when bundles are built, not one
+    per request and source. A rerun replaces it whole."""
+    if out:
+        body = b"".join(
+            ref.encode() + b"\t" + line for ref, lines in sorted(out.items()) for line in lines
+        )
+        put_bytes(s3, bucket, part_key(batch_id, name), body, _NDJSON)
 
 
 def json_value(value: Any) -> Any:
@@ -121,8 +133,7 @@ def gather_system(
                         if not _inside(row["time"], r_since, r_until):
                             continue
                         out[ref].append(_record_line(f"{system}.{tname}", row))
-    for ref, lines in sorted(out.items()):
-        put_bytes(s3, bucket, part_key(batch_id, ref, f"sql-{system}"), b"".join(lines), _NDJSON)
+    _put_part(s3, bucket, batch_id, f"sql-{system}", out)
     return {
         "system": system,
         "rows": sum(len(v) for v in out.values()),
@@ -224,8 +235,7 @@ def gather_log_shard(
             continue  # the scanner matched on this tenant; checked again, cheaply
         out[ref].append(_log_line(store_name, store, line, moment, withheld))
     name = f"log-{store_name}-{hashlib.sha256(prefix.encode()).hexdigest()[:16]}"
-    for ref, lines in sorted(out.items()):
-        put_bytes(s3, bucket, part_key(batch_id, ref, name), b"".join(lines), _NDJSON)
+    _put_part(s3, bucket, batch_id, name, out)
     return {
         "store": store_name,
         "shard": prefix,
@@ -255,10 +265,16 @@ def _log_line(
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
-def read_parts(s3: Any, bucket: str, batch_id: str, ref: str) -> list[dict[str, Any]]:
-    """Every record gathered for one request (all systems and log days), in a stable order."""
-    records: list[dict[str, Any]] = []
-    for obj in sorted(list_keys(s3, bucket, parts_prefix(batch_id, ref)), key=lambda o: o["Key"]):
-        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-        records += [json.loads(line) for line in body.splitlines() if line.strip()]
-    return records
+def read_parts(s3: Any, bucket: str, batch_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Every record gathered for the batch, per request (all systems and log days), each
+    request's in a stable order: parts by name, lines as written."""
+    keys = sorted(o["Key"] for o in list_keys(s3, bucket, parts_prefix(batch_id)))
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        bodies = pool.map(lambda k: s3.get_object(Bucket=bucket, Key=k)["Body"].read(), keys)
+        records: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for body in bodies:
+            for line in body.splitlines():
+                if line.strip():
+                    ref, _, record = line.partition(b"\t")
+                    records[ref.decode()].append(json.loads(record))
+    return dict(records)
