@@ -335,6 +335,10 @@ def run_naive(bench: C.Bench, k: int, workers: int, wanted_shards: int) -> dict[
     }
 
 
+def _s3_cpu(batch: dict[str, Any]) -> float:
+    return sum(st.s3_cpu for st in batch["stages"])
+
+
 def run(
     bench: C.Bench, sizes: list[int], naive_k: int, workers: int, naive_shards: int
 ) -> list[C.Row]:
@@ -348,8 +352,8 @@ def run(
             note = ""
             if st.workers > 1 or len(st.results) > 1:
                 note = f"{len(st.results)} call(s) on {st.workers} process(es)"
-            if stage == "scrub_logs":
-                note += f"; S3 server CPU {st.s3_cpu:.1f} s"
+            if st.s3_cpu >= 0.05:
+                note += f"{'; ' if note else ''}S3 server CPU {st.s3_cpu:.1f} s"
             rows.append(
                 C.info(
                     SECTION,
@@ -392,7 +396,9 @@ def run(
                 note=f"value = t({last}), baseline = t({first}), sums of stage times; on the "
                 f"critical path (the DAG's middle stages side by side) "
                 f"{batches[last]['critical_path']:.1f} s / {batches[first]['critical_path']:.1f} s"
-                f" = {batches[last]['critical_path'] / batches[first]['critical_path']:.1f}",
+                f" = {batches[last]['critical_path'] / batches[first]['critical_path']:.1f}; "
+                f"the local S3 server's CPU (same cores) {_s3_cpu(batches[last]):.1f} s vs "
+                f"{_s3_cpu(batches[first]):.1f} s",
             )
         )
     if naive_k > 0:

@@ -21,6 +21,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ from compliance import intake, ledger, state
 from compliance.datamap.model import SqlSystem
 from compliance.hashing import keyed_hash
 from compliance.outputs import (
+    THREADS,
     delete_many,
     ensure_workspace,
     put_bytes,
@@ -155,11 +157,14 @@ def examine(
     """Read and validate every inbox document (and `extra` (key, body) pairs not stored, e.g. a
     dry run's form), duplicates checked against the state DB; writes nothing."""
     documents: list[tuple[str, bytes, list[intake.Result]]] = []
-    inbox = [
-        (obj["Key"], _read_bounded(s3, bucket, obj["Key"], int(obj["Size"])))
+    objects = [
+        obj
         for obj in sorted(list_keys(s3, bucket, INBOX), key=lambda o: o["Key"])
         if not obj["Key"].endswith("/")
     ]
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:  # latency-bound: overlap the reads
+        bodies = pool.map(lambda o: _read_bounded(s3, bucket, o["Key"], int(o["Size"])), objects)
+        inbox = [(obj["Key"], raw) for obj, raw in zip(objects, bodies, strict=True)]
     for key, raw in [*inbox, *extra]:
         parts = key[len(INBOX) :].split("/")
         source_client = int(parts[0]) if len(parts) > 1 and parts[0].isdigit() else None
