@@ -203,12 +203,8 @@ def weekly(
     run.reused = [m.isoformat() for m in mondays if m in have]
     missing = [m for m in mondays if m not in have]
     fresh: list[dict[str, pd.DataFrame]] = []
-    for monday, agg in _aggregate_weeks(events, src, missing):
-        if is_complete(monday, today):
-            store_week(state, src, monday, agg)
-            run.stored.append(monday.isoformat())
-        else:
-            run.live.append(monday.isoformat())
+    for monday, agg, stored in _compute_weeks(events, state, src, missing, today):
+        (run.stored if stored else run.live).append(monday.isoformat())
         fresh.append(_with_week(agg, monday))
     loaded = _load(state, src, {g: sorted(w & have) for g, w in wanted_sets.items()})
     out = {}
@@ -221,26 +217,29 @@ def weekly(
     return out, run
 
 
-def _aggregate_weeks(
-    events: Engine, src: EventSource, mondays: list[date]
-) -> Iterator[tuple[date, Aggregates]]:
-    """Each week's groupings, in order; on PostgreSQL WEEK_WORKERS weeks are aggregated at once.
+def _compute_weeks(
+    events: Engine, state: Engine, src: EventSource, mondays: list[date], today: date
+) -> Iterator[tuple[date, Aggregates, bool]]:
+    """Each week's groupings, in order, complete weeks stored (True) as they are computed.
 
-    A week's statements run on one core (too few rows for a parallel plan to pay), so a
-    backfill of many weeks (the first run, a `refresh`) keeps every core busy by overlapping
-    weeks; the caller stores each week as it arrives. SQLite runs them one after the other.
+    On PostgreSQL WEEK_WORKERS weeks are computed and stored at once: a backfill of many weeks
+    (the first run, a `refresh`) is a long series of short statements and round trips, which
+    overlap so every core stays busy. SQLite runs them one after the other.
     """
+
+    def one(monday: date) -> tuple[date, Aggregates, bool]:
+        agg = aggregate.aggregate(events, src, *week_range(monday))
+        complete = is_complete(monday, today)
+        if complete:
+            store_week(state, src, monday, agg)
+        return monday, agg, complete
+
     workers = WEEK_WORKERS if events.dialect.name == "postgresql" else 1
     if workers == 1 or len(mondays) < 2:
-        for monday in mondays:
-            yield monday, aggregate.aggregate(events, src, *week_range(monday))
+        yield from map(one, mondays)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from zip(
-            mondays,
-            pool.map(lambda m: aggregate.aggregate(events, src, *week_range(m)), mondays),
-            strict=True,
-        )
+        yield from pool.map(one, mondays)
 
 
 def _as_date(value: object) -> date:
