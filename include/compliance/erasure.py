@@ -344,16 +344,15 @@ def tombstone(
     """Record keyed hashes so a restore of an old snapshot re-applies the deletions (R18, R20)."""
     targets = load_targets(s3, bucket, batch_id)
     spec = dm.stores[store]
-    added = 0
-    with state_engine.begin() as conn:  # the batch's tombstones: all or none
-        for ref in targets.active_refs():
-            client_id = int(targets.requests[ref]["client_id"])
-            stones = [
-                (client_id, kind, tombstone_hash(hash_key, kind, value))
-                for kind, values in targets.identities.get(ref, {}).items()
-                for value in values
-            ]
-            added += state.add_tombstones(conn, spec.system, stones, request_pk=int(ref))
+    stones = {
+        int(ref): [
+            (int(targets.requests[ref]["client_id"]), kind, tombstone_hash(hash_key, kind, value))
+            for kind, values in targets.identities.get(ref, {}).items()
+            for value in values
+        ]
+        for ref in targets.active_refs()
+    }
+    added = state.add_tombstones(state_engine, spec.system, stones)  # all or none
     return {"store": store, "tombstones": added}
 
 

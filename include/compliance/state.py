@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -583,6 +584,7 @@ def set_status(
                 raise TransitionRefused(
                     "transition_refused", f"request {pk} is {old}; it cannot become {status}"
                 )
+        same: dict[tuple[tuple[str, Any], ...], list[int]] = defaultdict(list)
         for pk in wanted:
             old, done = current[pk]
             if old == status and not _TRANSITIONS[old]:
@@ -594,9 +596,14 @@ def set_status(
                 values["batch_id"] = batch_id
             if status == "completed":
                 values["completed_at"] = done or when
-            changed += conn.execute(
-                update(cj_requests).where(cj_requests.c.id == pk).values(**values)
-            ).rowcount
+            same[tuple(values.items())].append(pk)
+        for values_key, group in same.items():  # one UPDATE per chunk of equal changes
+            for chunk in _chunks(group):
+                changed += conn.execute(
+                    update(cj_requests)
+                    .where(cj_requests.c.id.in_(chunk))
+                    .values(**dict(values_key))
+                ).rowcount
     return changed
 
 
@@ -808,30 +815,40 @@ Tombstone = tuple[int, str, str]  # (client_id, kind, keyed hash)
 def add_tombstones(
     bind: Engine | Connection,
     system: str,
-    tombstones: Iterable[Tombstone],
-    request_pk: int | None = None,
+    by_request: Mapping[int | None, Iterable[Tombstone]],
     created_at: datetime | None = None,
 ) -> int:
-    """Remember erased identities of one system (R18, R20); return how many were new.
+    """Remember erased identities of one system (R18, R20), per request (None: no request);
+    return how many were new.
 
     Only keyed hashes are stored: enough to re-apply the deletion when a backup is restored,
-    useless for anything else. Insert-if-absent on (system, client_id, kind, hash).
+    useless for anything else. Insert-if-absent on (system, client_id, kind, hash); a tombstone
+    two requests share keeps the first one's link. A batch's tombstones take a few statements.
     """
     when = to_utc(created_at) if created_at else utcnow()
-    added = 0
+    first: dict[Tombstone, int | None] = {}
+    for pk, stones in by_request.items():
+        for stone in stones:
+            first.setdefault(stone, pk)
+    t = cj_tombstones
     with transaction(bind) as conn:
-        for client_id, kind, digest in dict.fromkeys(tombstones):
-            added += conn.execute(
-                insert_if_absent(conn, cj_tombstones).values(
-                    system=system,
-                    client_id=client_id,
-                    kind=kind,
-                    hash=digest,
-                    request_pk=request_pk,
-                    created_at=when,
-                )
-            ).rowcount
-    return added
+        held: set[Tombstone] = set()
+        for chunk in _chunks(list(first)):
+            q = select(t.c.client_id, t.c.kind, t.c.hash).where(
+                t.c.system == system, tuple_(t.c.client_id, t.c.kind, t.c.hash).in_(chunk)
+            )
+            held.update((int(c), k, h) for c, k, h in conn.execute(q))
+        new = [stone for stone in first if stone not in held]
+        for chunk in _chunks(new):
+            conn.execute(
+                insert_if_absent(conn, t),
+                [
+                    {"system": system, "client_id": c, "kind": k, "hash": h,
+                     "request_pk": first[(c, k, h)], "created_at": when}
+                    for c, k, h in chunk
+                ],
+            )  # fmt: skip
+    return len(new)
 
 
 def tombstone_hashes(engine: Engine, system: str, client_id: int | None = None) -> set[Tombstone]:

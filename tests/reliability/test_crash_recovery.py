@@ -66,7 +66,7 @@ DELETION_POINTS = [
     s3_call("DeleteObjects", 1, BUCKET, "inbox/"),  # intake: registered, inbox not emptied
     s3_call("PutObject", 2, BUCKET, "receipts/"),  # finalize: some receipts written, not all
     s3_call("DeleteObject", 1, BUCKET, "batches/"),  # finalize: all but the targets deleted
-    call("compliance.state.add_tombstones"),  # one request's tombstones written
+    call("compliance.state.add_tombstones"),  # the batch's tombstones written
     call("compliance.state.record_notices"),  # one request's notices sent and recorded
 ]
 RETRY_POINTS = {

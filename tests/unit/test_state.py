@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from compliance import state
 from compliance.hashing import keyed_hash
@@ -375,10 +375,10 @@ def test_tombstones_are_unique(engine):
     h_mail = keyed_hash(KEY, "email", "t1@example.com")
     h_phone = keyed_hash(KEY, "phone", "+15555550100")
     stones = [(7, "email", h_mail), (7, "phone", h_phone), (7, "email", h_mail)]
-    assert state.add_tombstones(engine, "crm", stones, request_pk=pk) == 2
-    assert state.add_tombstones(engine, "crm", stones, request_pk=pk) == 0
-    assert state.add_tombstones(engine, "crm", [(8, "email", h_mail)]) == 1
-    assert state.add_tombstones(engine, "recordings", [(7, "email", h_mail)]) == 1
+    assert state.add_tombstones(engine, "crm", {pk: stones}) == 2
+    assert state.add_tombstones(engine, "crm", {pk: stones}) == 0
+    assert state.add_tombstones(engine, "crm", {None: [(8, "email", h_mail)]}) == 1
+    assert state.add_tombstones(engine, "recordings", {None: [(7, "email", h_mail)]}) == 1
     assert state.tombstone_hashes(engine, "crm") == {
         (7, "email", h_mail),
         (7, "phone", h_phone),
@@ -386,6 +386,23 @@ def test_tombstones_are_unique(engine):
     }
     assert state.tombstone_hashes(engine, "crm", client_id=8) == {(8, "email", h_mail)}
     assert state.tombstone_hashes(engine, "nothing") == set()
+
+
+def test_a_batch_of_tombstones_links_each_to_its_first_request(engine):
+    pks = state.insert_requests(engine, [_req("b1"), _req("b2")])
+    a, b = pks[(7, "b1", "delete")], pks[(7, "b2", "delete")]
+    shared, own = (
+        (7, "email", keyed_hash(KEY, "email", "s")),
+        (7, "email", keyed_hash(KEY, "e", "o")),
+    )
+    assert state.add_tombstones(engine, "crm", {a: [shared], b: [shared, own]}) == 2
+    t = state.cj_tombstones
+    with engine.connect() as conn:
+        links = {
+            h: p
+            for h, p in conn.execute(select(t.c.hash, t.c.request_pk).where(t.c.system == "crm"))
+        }
+    assert links == {shared[2]: a, own[2]: b}
 
 
 # --------------------------------------------------------------------------- notices
