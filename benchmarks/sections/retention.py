@@ -141,7 +141,8 @@ def run(bench: C.Bench, target_rows: int) -> list[C.Row]:
             ours.seconds,
             "s",
             peak_mb=ours.peak_mb,
-            note=f"{ours_rows:,} rows in {result.get('batches', 0)} batches of {batch_rows}, "
+            note=f"{ours_rows:,} rows in {result.get('batches', 0)} batches (policy batch_rows "
+            f"{batch_rows}, growing under batch_seconds), "
             f"{ours_rows / ours.seconds:,.0f} rows/s; counts {counts}",
         ),
         C.at_least(

@@ -61,17 +61,20 @@ def untrack_instances() -> None:
 
 
 def light_version_listings() -> None:
-    """Make moto's ListObjectVersions cost what S3's does: nothing per byte stored.
+    """Make moto's ListObjectVersions cost what S3's does: nothing per byte stored, and nothing
+    for keys outside the prefix asked.
 
     moto answers every ListObjectVersions call by deep-copying every version in the bucket,
     and a key's deep copy goes through its pickling hooks, which read the object's bytes and
     write them to a new temporary file. One listing of one key in a bucket of 20,000 recordings
     (or 643 MB of logs) copied the whole bucket: erasing the recordings of a batch of 1,000
-    consumers spent two minutes in it. The copy only needs the metadata the listing renders,
-    so a version's copy shares its attributes, keeps its ETag, and owns an empty buffer (a
-    copy's finaliser closes its own buffer, never the object's). Idempotent.
+    consumers spent two minutes in it. Here a version's copy shares its attributes, keeps its
+    ETag and owns an empty buffer (a copy's finaliser closes its own buffer, never the
+    object's), and only the keys under the listing's prefix are copied at all (moto filters by
+    prefix after copying; the result is the same). Idempotent.
     """
-    from moto.s3.models import FakeKey
+    from moto.s3.models import FakeKey, S3Backend
+    from moto.s3.utils import _VersionedKeyStore
 
     if getattr(FakeKey, "_light_copy", False):
         return
@@ -83,9 +86,25 @@ def light_version_listings() -> None:
         clone._etag = self._etag
         clone._value_buffer = io.BytesIO()
         clone.multipart = None  # disposing the copy must not dispose the object's parts
-        clone.lock = threading.Lock()
         clone.disposed = True  # nothing of the object's to release
         return clone
 
+    listing = threading.local()  # the prefix of the listing this thread is answering
+    every_list = _VersionedKeyStore.iterlists
+    list_versions = S3Backend.list_object_versions
+
+    def lists_under_prefix(self: Any) -> Any:
+        prefix = getattr(listing, "prefix", "")
+        return ((k, v) for k, v in every_list(self) if k.startswith(prefix))
+
+    def list_object_versions(self: Any, bucket_name: str, **kwargs: Any) -> Any:
+        listing.prefix = kwargs.get("prefix") or ""
+        try:
+            return list_versions(self, bucket_name, **kwargs)
+        finally:
+            listing.prefix = ""
+
     FakeKey.__deepcopy__ = listing_copy  # type: ignore[attr-defined]
     FakeKey._light_copy = True  # type: ignore[attr-defined]
+    _VersionedKeyStore.iterlists = lists_under_prefix  # type: ignore[method-assign]
+    S3Backend.list_object_versions = list_object_versions  # type: ignore[method-assign]

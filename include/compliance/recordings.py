@@ -65,11 +65,11 @@ def _versions_of(
     """Every version of each key, listed by folder where that is cheaper than key by key.
 
     One listing per key costs one request per key; a folder listing costs one request per
-    thousand versions in the folder, whatever was asked. So each folder is listed first, on a
-    budget of one page, plus one per PAGE_PER_KEYS wanted keys; a folder too large for its
-    budget stops early and its unseen keys fall back to one listing each. A folder of up to a
-    thousand versions (a client's recordings, typically) costs one request however many of its
-    keys a batch wants; a huge folder costs at most one page more than key by key.
+    thousand versions in the folder, whatever was asked, and parsing a full page costs the
+    client more than a one-key answer. So a folder is listed only for at least PAGE_PER_KEYS
+    wanted keys, on a budget of one page per PAGE_PER_KEYS of them; a folder too large for its
+    budget stops early and its unseen keys fall back to one listing each. Small batches and
+    huge stores never list a folder they cannot afford; big batches cost pages, not keys.
     """
     wanted = sorted(set(keys))
     folders: dict[str, list[str]] = {}
@@ -91,7 +91,9 @@ def _list_folder(
     s3: Any, bucket: str, folder: str, members: list[str], page_size: int
 ) -> tuple[dict[str, list[dict[str, str]]], list[str]]:
     """(versions of the members the listing covered, members it did not reach)."""
-    budget = max(1, len(members) // PAGE_PER_KEYS)
+    budget = len(members) // PAGE_PER_KEYS
+    if budget == 0:
+        return {}, members
     seen: dict[str, list[dict[str, str]]] = {k: [] for k in members}
     args: dict[str, Any] = {"Bucket": bucket, "Prefix": folder, "MaxKeys": page_size}
     for _ in range(budget):

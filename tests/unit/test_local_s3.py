@@ -72,12 +72,18 @@ def test_version_listings_do_not_copy_object_bytes(s3, monkeypatch):
     reads: list[int] = []
     getstate = FakeKey.__getstate__
     monkeypatch.setattr(FakeKey, "__getstate__", lambda self: reads.append(1) or getstate(self))
+    copied: list[str] = []
+    copy = FakeKey.__deepcopy__
+    monkeypatch.setattr(
+        FakeKey, "__deepcopy__", lambda self, memo: copied.append(self.name) or copy(self, memo)
+    )
 
     for _ in range(20):
         listed = s3.list_object_versions(Bucket="listing-test", Prefix="a/")["Versions"]
     gc.collect()  # the listing's copies are finalised
 
     assert reads == []
+    assert set(copied) == {"a/1", "a/2"}  # b/1 is outside the prefix: never even copied
     assert sorted((v["Key"], v["Size"], v["ETag"], v["IsLatest"]) for v in listed) == sorted(
         (k, len(b), f'"{hashlib.md5(b).hexdigest()}"', i == len(bodies[k]) - 1)
         for k in ("a/1", "a/2")
