@@ -396,8 +396,9 @@ def test_a_rerun_finds_nothing_left_to_do(swept, s3):
     assert checksums(engine) == after
 
 
-def test_a_crash_mid_rule_then_a_rerun_converges_in_short_batches(crm, s3):
-    with crm.begin() as c:  # 450 more old visits, to be deleted in batches of 100
+def _add_old_visits(crm) -> None:
+    """450 visits (ids 1000-1449) of one consumer, 500 days old: past the web-visits period."""
+    with crm.begin() as c:
         c.execute(
             sa.insert(w.web_visits),
             [
@@ -411,6 +412,10 @@ def test_a_crash_mid_rule_then_a_rerun_converges_in_short_batches(crm, s3):
                 for i in range(450)
             ],
         )
+
+
+def test_a_crash_mid_rule_then_a_rerun_converges_in_short_batches(crm, s3):
+    _add_old_visits(crm)  # 450 more, to be deleted in batches of 100
     policy = POLICY.model_copy(update={"batch_rows": 100, "batch_seconds": None})
     planned = plan_sweep(sweep(crm, s3, policy, only=("web-visits",)))["rules"][0]["counts"]
     assert planned["web_visits"]["delete"] == 453
@@ -522,20 +527,7 @@ def test_batches_grow_while_fast_and_stay_short_when_slow():
 
 
 def test_growing_batches_delete_the_same_rows_in_fewer_transactions(crm, s3):
-    with crm.begin() as c:
-        c.execute(
-            sa.insert(w.web_visits),
-            [
-                dict(
-                    visit_id=1000 + i,
-                    contact_id=10,
-                    client_id=1,
-                    url="/y",
-                    visited_at=ago(days=500),
-                )
-                for i in range(450)
-            ],
-        )
+    _add_old_visits(crm)
     policy = POLICY.model_copy(update={"batch_rows": 100, "batch_seconds": 5.0})
     seen: list[int] = []
     done = execute_step(
