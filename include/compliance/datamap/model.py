@@ -120,8 +120,11 @@ class Relation(Strict):
 
 
 class Table(Strict):
-    primary_key: Name
-    time_column: Name
+    # One column, or a list for a composite key (any-CRM: link tables keyed by two columns).
+    primary_key: Name | Annotated[list[Name], Field(min_length=1)]
+    # When the row was collected. Optional: a table without one takes its time from the nearest
+    # table up its relation chain that has one, or is always inside the R9 look-back window.
+    time_column: Name | None = None
     tenant_column: Name | None = None
     relation: Relation | None = None
     erase: TableErase = TableErase.delete
@@ -129,6 +132,12 @@ class Table(Strict):
     reason: str | None = None
     columns: dict[Name, Column] = Field(default_factory=dict)
     description: str | None = None
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The primary key's columns in order (one for most tables)."""
+        pk = self.primary_key
+        return (pk,) if isinstance(pk, str) else tuple(pk)
 
 
 class TenantRegistry(Strict):
