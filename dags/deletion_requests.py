@@ -10,8 +10,12 @@ Erases consumers' personal information on their business's verified request (R16
 3. fans out, mapped: **erase_system** per SQL system, **scrub_logs** per log day,
    **erase_recordings** per recording store, **tombstone_backups** per backup store (R18), and
    **notify_subprocessors** (R16.3);
-4. **finalize**: re-checks every system for every target (zero residue or the run fails and the
-   requests stay open), writes receipts to `receipts/`, ledger entries (R20), closes the requests.
+4. **verify_logs** per log day, after the scrub: an independent, deliberately naive search of
+   every object's raw bytes for every target value and its variants (`residue_oracle`);
+5. **finalize**: re-checks every system for every target, with the eraser's own checks and the
+   independent oracle (every text column of every mapped table, the shard verdicts), zero residue
+   or the run fails and the requests stay open; writes receipts to `receipts/` saying what was
+   verified and how, ledger entries (R20), closes the requests.
 
 **Dry run** (the form's default for manual runs; scheduled runs always execute): intake only
 examines the inbox and the form, plan runs the same resolution and counting without storing a
@@ -131,6 +135,21 @@ def deletion_requests():
             shard,
         )
 
+    @task(map_index_template="{{ shard }}")
+    def verify_logs(batch: dict, shard: str) -> dict:
+        if batch.get("dry_run"):
+            return {}  # a dry run erased nothing: there is nothing to verify
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        return erasure.verify_log_shard(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            dm,
+            runtime.s3(dm.stores[shard.split("|")[0]].connection),
+            batch["batch_id"],
+            shard,
+        )
+
     @task(map_index_template="{{ store }}")
     def erase_recordings(batch: dict, store: str) -> dict:
         cfg = runtime.settings()
@@ -203,9 +222,10 @@ def deletion_requests():
     systems = erase_system.partial(batch=batch).expand(
         system=pick.override(task_id="systems")(batch, "systems")
     )
-    shards = scrub_logs.partial(batch=batch).expand(
-        shard=pick.override(task_id="log_shards")(batch, "shards")
-    )
+    log_shards = pick.override(task_id="log_shards")(batch, "shards")
+    shards = scrub_logs.partial(batch=batch).expand(shard=log_shards)
+    verified = verify_logs.partial(batch=batch).expand(shard=log_shards)
+    shards >> verified
     audio = erase_recordings.partial(batch=batch).expand(
         store=pick.override(task_id="recording_stores")(batch, "recordings")
     )
@@ -213,7 +233,7 @@ def deletion_requests():
         store=pick.override(task_id="backup_stores")(batch, "backups")
     )
     notices = notify_subprocessors(batch)
-    [systems, audio, stones, notices] >> finalize(batch, shards)
+    [systems, audio, stones, notices, verified] >> finalize(batch, shards)
 
 
 deletion_requests()

@@ -30,10 +30,11 @@ from compliance_alerts import DEFAULT_ARGS
 
 FORM = {
     "client_id": Param(
-        type="integer",
-        minimum=1,
+        type=["string", "integer"],
+        minLength=1,
         title="Client id",
-        description="The business client that forwarded the request.",
+        description="The business client that forwarded the request, as our records spell "
+        "its id (e.g. 7 or acme-east).",
         section="Request",
     ),
     "request_id": Param(
@@ -90,7 +91,7 @@ def request_extension():
             done = deadlines.extend(
                 runtime.state_engine(),
                 runtime.settings().hash_key,
-                int(params["client_id"]),
+                str(params["client_id"]),  # tenant ids are text (integer, text or UUID)
                 params["request_id"],
                 params["type"],
                 datetime.fromisoformat(params["notice_at"]),

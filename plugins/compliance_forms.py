@@ -21,8 +21,8 @@ def request_form() -> dict[str, Param]:
             description="The client's id for this request (letters, digits, . _ : -).",
             section=ONE,
         ),
-        "client_id": Param(
-            None, type=["null", "integer"], title="Client id", minimum=1, section=ONE
+        "client_id": Param(  # tenant ids may be integers, text or UUIDs (issue 14)
+            None, type=["null", "string", "integer"], title="Client id", section=ONE
         ),
         "email": Param(
             None, type=["null", "string"], title="Consumer e-mail", format="email", section=ONE

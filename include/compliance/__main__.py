@@ -22,9 +22,10 @@ def _datamap_check(args: argparse.Namespace) -> int:
         print(f"cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     if args.db:
-        from compliance.stores.sql import engine_from_url, table_columns
+        from compliance.datamap.validate import live_schema
+        from compliance.stores.sql import engine_from_url
 
-        live = table_columns(engine_from_url(args.db))
+        live = live_schema(engine_from_url(args.db))  # with types: live-column-type and friends
         issues = [i for name in dm.systems for i in check_against_schema(dm, name, live)]
         if issues:
             print(

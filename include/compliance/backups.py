@@ -26,7 +26,7 @@ from compliance import erase_sql, state
 from compliance.datamap.model import BackupStore, DataMap, IdentityType
 from compliance.erasure import tombstone_hash
 from compliance.resolve import identity_columns
-from compliance.sqlmap import MappedSql
+from compliance.sqlmap import MappedSql, key_text
 from compliance.stores.s3 import list_keys, list_prefixes
 
 CHUNK = 5000
@@ -81,7 +81,7 @@ def reapply_tombstones(
         consumer = sql.owned(system.consumer_table)
         for cid, tenant in conn.execute(sa.select(consumer.consumer_key, consumer.tenant)):
             kind = IdentityType.record_id.value
-            if (int(tenant), kind, tombstone_hash(hash_key, kind, str(cid))) in stones:
+            if (key_text(tenant), kind, tombstone_hash(hash_key, kind, key_text(cid))) in stones:
                 doomed.add(str(cid))
         for tname, cname, kind in identity_columns(system):
             owned = sql.owned(tname)
@@ -90,7 +90,8 @@ def reapply_tombstones(
             for cid, tenant, value in conn.execute(stmt.where(col.is_not(None))):
                 norm = str(value).strip()
                 norm = norm.lower() if kind is IdentityType.email else norm
-                if (int(tenant), kind.value, tombstone_hash(hash_key, kind.value, norm)) in stones:
+                stone = (key_text(tenant), kind.value, tombstone_hash(hash_key, kind.value, norm))
+                if stone in stones:
                     doomed.add(str(cid))
     if doomed:
         erase_sql.execute_erasure(engine, system, doomed, hash_key)

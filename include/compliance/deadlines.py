@@ -56,7 +56,7 @@ class DueAlert:
     """One request whose clock reached a level; ids and dates only, never consumer data."""
 
     request_pk: int
-    client_id: int
+    client_id: str  # the tenant id as text (state DB)
     request_id: str
     type: str
     jurisdiction: str
@@ -304,7 +304,7 @@ def read_report(s3: Any, bucket: str, key: str) -> Report:
 @dataclass(frozen=True)
 class Extension:
     request_pk: int
-    client_id: int
+    client_id: str
     request_id: str
     type: str
     extended_due: date
@@ -324,7 +324,7 @@ class Extension:
 def extend(
     engine: Engine,
     hash_key: bytes,
-    client_id: int,
+    client_id: object,
     request_id: str,
     type_: str,
     notice_at: datetime | None,
@@ -338,7 +338,8 @@ def extend(
     outside the first 45 days / first month, request no longer open). A rerun of the same
     extension is a no-op that returns the same due date.
     """
-    key = (int(client_id), request_id, type_)
+    client_id = state.client_text(client_id)  # tenant ids are text (an int is accepted)
+    key = (client_id, request_id, type_)
     row = state.find_requests(engine, [key]).get(key)
     if row is None:
         raise state.ExtensionRefused(
@@ -365,7 +366,7 @@ def extend(
                 "request_extended",
                 ref,
                 {
-                    "client_id": int(client_id),
+                    "client_id": client_id,
                     "type": type_,
                     "extended_due": due.isoformat(),
                     "notice_day": notice.date().isoformat(),
@@ -375,4 +376,4 @@ def extend(
             )
         ],
     )
-    return Extension(row.id, int(client_id), request_id, type_, due, notice)
+    return Extension(row.id, client_id, request_id, type_, due, notice)

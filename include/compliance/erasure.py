@@ -27,10 +27,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from compliance import erase_sql, faults, holds, ledger, logs, recordings, state
+from compliance import erase_sql, faults, holds, ledger, logs, recordings, residue_oracle, state
 from compliance.datamap.model import BackupStore, DataMap, IdentityType, LogStore, RecordingStore
 from compliance.hashing import keyed_hash
 from compliance.inbox import ACCEPTED
+from compliance.intake import identity_lists, identity_pairs
 from compliance.outputs import THREADS, delete_many, put_json, put_json_many, put_summary
 from compliance.resolve import Subject, resolve
 
@@ -116,10 +117,10 @@ class Pending:
     """A request to plan: from the state DB, or (dry run) straight from intake's examination."""
 
     ref: str
-    client_id: int
+    client_id: str  # the tenant id as text (any-CRM)
     request_id: str
     received_at: str
-    identities: dict[str, str]
+    identities: dict[str, str | list[str]]  # intake.Identities.as_doc()
 
     @classmethod
     def stored(cls, s3: Any, bucket: str, row: state.RequestRow) -> Pending:
@@ -175,9 +176,9 @@ def assemble(
     targets = Targets(batch_id)
     subjects: list[Subject] = []
     for p in pending:
-        idents = tuple((IdentityType(k), v) for k, v in sorted(p.identities.items()))
+        idents = identity_pairs(p.identities)  # a phone may have several spellings
         subjects.append(Subject(p.ref, p.client_id, idents))
-        targets.given[p.ref] = {k.value: [v] for k, v in idents}
+        targets.given[p.ref] = identity_lists(p.identities)
         targets.requests[p.ref] = {
             "pk": int(p.ref) if p.ref.isdigit() else None,
             "client_id": p.client_id,
@@ -263,6 +264,8 @@ def _clean_up(s3: Any, bucket: str, state_engine: Engine, targets: Targets) -> N
     rows = state.get_requests(state_engine, [int(r) for r in targets.active_refs()])
     done = [r.source for r in rows.values() if r.status == "completed"]
     delete_many(s3, bucket, [key for key in done if key.startswith(ACCEPTED)])
+    prefix = f"{BATCHES}{targets.batch_id}/"
+    delete_many(s3, bucket, residue_oracle.verdict_keys(s3, bucket, prefix))  # counts only
     s3.delete_object(Bucket=bucket, Key=targets_key(targets.batch_id))
 
 
@@ -338,6 +341,23 @@ def scrub_log_shard(
     return {"store": store_name, "shard": prefix, **result.to_dict()}
 
 
+def verify_log_shard(
+    s3, bucket, dm: DataMap, store_s3, batch_id: str, shard: str
+) -> dict[str, Any]:
+    """The independent oracle on one day folder, after its scrub (R16.1): its counts-only
+    verdict goes beside the targets, where `finalize` reads it (`residue_oracle`)."""
+    store_name, prefix = shard.split("|", 1)
+    values = residue_oracle.wanted_values(load_targets(s3, bucket, batch_id))
+    verdict = residue_oracle.verify_log_prefix(
+        store_s3, store_name, dm.stores[store_name], prefix, values
+    )
+    put_json(s3, bucket, residue_oracle.verdict_key(f"{BATCHES}{batch_id}/", shard), verdict)
+    return {k: verdict[k] for k in ("store", "prefix", "objects", "versions")} | {
+        "residue": sum(verdict["hits"].values()),
+        "unreadable": len(verdict["unreadable"]),
+    }
+
+
 def tombstone(
     s3, bucket, dm: DataMap, state_engine: Engine, batch_id: str, store: str, hash_key: bytes
 ) -> dict[str, Any]:
@@ -346,7 +366,7 @@ def tombstone(
     spec = dm.stores[store]
     stones = {
         int(ref): [
-            (int(targets.requests[ref]["client_id"]), kind, tombstone_hash(hash_key, kind, value))
+            (str(targets.requests[ref]["client_id"]), kind, tombstone_hash(hash_key, kind, value))
             for kind, values in targets.identities.get(ref, {}).items()
             for value in values
         ]
@@ -375,7 +395,15 @@ def finalize(
     shard_results: list[dict[str, Any]],
     now: datetime,
 ) -> dict[str, Any]:
-    """Re-check every system for every target, then receipt, ledger and close (R16, R20)."""
+    """Re-check every system for every target, then receipt, ledger and close (R16, R20).
+
+    Two checks must both find nothing: the eraser's own (its SQL residue query, identities
+    resolved again, recordings, the scrub's re-scan, tombstones) and the independent oracle
+    (`residue_oracle`, which shares no matching code with the eraser: raw bytes of every log
+    object version, every text column of every mapped table). The oracle's log part is read from
+    the `verify_logs` shard verdicts when their objects are unchanged, and searched here for
+    anything they do not cover.
+    """
     if not batch_id:
         return {"batch_id": "", "completed": 0, "deferred": 0, "residue": 0}
     batch = state.get_batch(state_engine, batch_id)
@@ -391,7 +419,7 @@ def finalize(
         subjects = [
             Subject(
                 ref,
-                int(targets.requests[ref]["client_id"]),
+                str(targets.requests[ref]["client_id"]),
                 tuple(
                     (IdentityType(k), v) for k, vs in targets.given.get(ref, {}).items() for v in vs
                 ),
@@ -414,7 +442,7 @@ def finalize(
                 for kind, values in targets.identities.get(ref, {}).items()
                 for v in values
                 if (
-                    int(targets.requests[ref]["client_id"]),
+                    str(targets.requests[ref]["client_id"]),
                     kind,
                     tombstone_hash(hash_key, kind, v),
                 )
@@ -426,7 +454,19 @@ def finalize(
         raise ErasureIncomplete(
             f"batch {batch_id}: residue in {', '.join(bad)}; requests stay open"
         )
-    receipts = _receipts(dm, state_engine, targets, now)
+    verdict = residue_oracle.verify(
+        dm,
+        engines,
+        store_clients,
+        targets,
+        residue_oracle.load_verdicts(s3, bucket, f"{BATCHES}{batch_id}/"),
+    )
+    if not verdict.clean:  # where and how many, never the value (no PII in exceptions)
+        raise ErasureIncomplete(
+            f"batch {batch_id}: the independent check found residue in {verdict.describe()}; "
+            "requests stay open"
+        )
+    receipts = _receipts(dm, state_engine, targets, now, verdict)
     entries = []
     documents = {}
     for ref, receipt in receipts.items():
@@ -476,7 +516,9 @@ def _summary(s3: Any, bucket: str, state_engine: Engine, batch_id: str) -> dict[
     return summary
 
 
-def _receipts(dm, state_engine, targets: Targets, now) -> dict[str, dict[str, Any]]:
+def _receipts(
+    dm, state_engine, targets: Targets, now, verdict: residue_oracle.Verdict
+) -> dict[str, dict[str, Any]]:
     plan = state.batch_plan(state_engine, targets.batch_id)
     counts: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for row in plan:
@@ -529,7 +571,17 @@ def _receipts(dm, state_engine, targets: Targets, now) -> dict[str, dict[str, An
             "response_due": row.due.isoformat() if row.due else None,
             "batch_id": targets.batch_id,
             "counts": {s: dict(t) for s, t in sorted(counts[ref].items())},
-            "verification": "every system re-checked: zero residue",
+            "verification": {
+                "statement": "every system re-checked: zero residue",
+                "eraser_recheck": (
+                    "CRM rows still owned by the consumers, the request's identities resolved "
+                    "again, recording versions, the scrubbed log folders re-scanned, tombstones"
+                ),
+                "independent": residue_oracle.statement(
+                    dm, verdict, residue_oracle.request_values(targets, ref)
+                ),
+                "rules": ["R16.1", "R16.2", "R18", "R19"],
+            },
             "exceptions": held_back,
             "subprocessors": {
                 name: n.status for name, n in sorted(notices.get(int(ref), {}).items())

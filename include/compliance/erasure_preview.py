@@ -51,7 +51,7 @@ def preview(
             a.client_id,
             a.request_id,
             a.received_at.isoformat(),
-            {k.value: v for k, v in a.identities.items()},
+            a.identities.as_doc(),
         )
         for i, a in enumerate(exam.accepted(intake.RequestType.delete), 1)
     ]

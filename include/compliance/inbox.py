@@ -1,7 +1,8 @@
 """The request inbox in S3: documents in, accepted and rejected out, nothing lost.
 
 Clients drop documents under `inbox/<client_id>/` (their prefix names the only client they may
-file for); staff submissions from the UI land under `inbox/ui/`. One pass:
+file for, spelt as the tenant registry spells it: `inbox/7/`, `inbox/acme-east/`); staff
+submissions from the UI land under `inbox/ui/`. One pass:
 
 1. read every inbox object (bounded size) and validate it (`compliance.intake`);
 2. drop duplicates of requests already open or finished (keyed hashes in the state DB, R7);
@@ -41,6 +42,7 @@ from compliance.outputs import (
     put_json_many,
     put_summary,
 )
+from compliance.sqlmap import key_text
 from compliance.stores.s3 import list_keys
 
 INBOX = "inbox/"
@@ -100,15 +102,20 @@ def form_document(params: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return doc
 
 
-def load_clients(engine: Engine, system: SqlSystem) -> dict[int, bool]:
-    """client id -> active, from the tenant registry the data map names."""
+def load_clients(engine: Engine, system: SqlSystem) -> dict[str, bool]:
+    """client id -> active, from the tenant registry the data map names.
+
+    Keyed by the registry key's text (`sqlmap.key_text`): tenant ids may be integers, text or
+    UUIDs (any-CRM), and intake compares a request's client id with this text exactly, so "01"
+    is not tenant 1 and "01" and "1" stay distinct text tenants (R6)."""
     if system.tenants is None:
         raise ValueError("the data map names no tenant registry (systems.<name>.tenants)")
     reg = system.tenants
     table = sa.Table(reg.table, sa.MetaData(), autoload_with=engine)
     active = table.c[reg.active_column] if reg.active_column else sa.true()
     with engine.connect() as conn:
-        return {int(k): bool(a) for k, a in conn.execute(sa.select(table.c[reg.key], active))}
+        rows = conn.execute(sa.select(table.c[reg.key], active))
+        return {key_text(k): bool(a) for k, a in rows if k is not None}
 
 
 def accepted_key(item: intake.Accepted) -> str:
@@ -148,7 +155,7 @@ class Examination:
 def examine(
     s3: Any,
     bucket: str,
-    clients: dict[int, bool],
+    clients: dict[str, bool],
     state_engine: Engine,
     hash_key: bytes,
     now: datetime,
@@ -166,8 +173,7 @@ def examine(
         bodies = pool.map(lambda o: _read_bounded(s3, bucket, o["Key"], int(o["Size"])), objects)
         inbox = [(obj["Key"], raw) for obj, raw in zip(objects, bodies, strict=True)]
     for key, raw in [*inbox, *extra]:
-        parts = key[len(INBOX) :].split("/")
-        source_client = int(parts[0]) if len(parts) > 1 and parts[0].isdigit() else None
+        source_client = _source_client(key)
         if raw is None:
             results: list[intake.Result] = [
                 intake.Rejected(
@@ -212,7 +218,7 @@ def examine(
 def ingest(
     s3: Any,
     bucket: str,
-    clients: dict[int, bool],
+    clients: dict[str, bool],
     state_engine: Engine,
     hash_key: bytes,
     now: datetime,
@@ -276,6 +282,18 @@ def ingest(
     return summary
 
 
+def _source_client(key: str) -> str | None:
+    """The client an inbox object came from: its folder `inbox/<client_id>/`, as text (tenant
+    ids may be any text, so every folder but the staff's `ui/` names a client, R6). None for
+    the staff folder, an object at the inbox root and `extra` documents."""
+    if not key.startswith(INBOX):
+        return None
+    parts = key[len(INBOX) :].split("/")
+    if len(parts) < 2 or parts[0] in ("", UI):
+        return None
+    return parts[0]
+
+
 def _read_bounded(s3: Any, bucket: str, key: str, size: int) -> bytes | None:
     if size > MAX_OBJECT_BYTES:
         return None
@@ -316,7 +334,7 @@ def _accepted_doc(item: intake.Accepted) -> dict[str, Any]:
         "client_id": item.client_id,
         "type": item.type.value,
         "jurisdiction": item.jurisdiction.value,
-        "identities": {k.value: v for k, v in item.identities.items()},
+        "identities": item.identities.as_doc(),  # a phone's other spellings too (a list)
         "received_at": item.received_at.isoformat(),
         "look_back": item.look_back.value if item.look_back else None,
         "collected_since": item.collected_since.isoformat() if item.collected_since else None,
@@ -346,7 +364,7 @@ def _new_request(item: intake.Accepted, hash_key: bytes) -> state.NewRequest:
 
 
 def _rejected_request(
-    item: intake.Rejected, clients: dict[int, bool], now: datetime
+    item: intake.Rejected, clients: dict[str, bool], now: datetime
 ) -> state.NewRequest | None:
     """A refusal is part of the request log (R22) when it names a known client and request.
 

@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from compliance.datamap.model import IdentityType
 from compliance.hashing import keyed_hash
@@ -131,7 +131,8 @@ MAX_LABEL = 128  # verification.method, verification.verified_by
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # used with fullmatch
 CONTACT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 PHONE_RE = re.compile(r"\+?[0-9 ().-]{4,32}")
-CLIENT_ID_RE = re.compile(r"[0-9]{1,18}")
+MAX_CLIENT_ID = 255  # characters of a client id (the state DB's column)
+MAX_CLIENT_INT = 2**63 - 1  # a JSON integer client id: a CRM's BIGINT at most
 SAFE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")  # a key name we may echo in a message
 DATE_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?"
@@ -140,6 +141,8 @@ DATE_RE = re.compile(
 
 # Characters refused in e-mail addresses even where a library would accept them (see _email).
 ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+WILDCARDS = frozenset("*%?")  # glob / SQL LIKE wildcards: an identity names one address
+REGION_RE = re.compile(r"[A-Za-z]{2}")  # phone_region: ISO 3166-1 alpha-2
 BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 
 TOP_FIELDS = frozenset(
@@ -156,6 +159,7 @@ TOP_FIELDS = frozenset(
         "guardian_verification",
         "look_back",
         "notes",
+        "phone_region",
     }
 )
 IDENTITY_FIELDS = (IdentityType.email, IdentityType.phone, IdentityType.contact_id)
@@ -198,14 +202,32 @@ class Identities:
     """
 
     email: str | None = None
-    phone: str | None = None
+    phone: str | None = None  # E.164
     contact_id: str | None = None
+    # Other spellings of the same phone, kept so that a CRM storing numbers as the client sent
+    # them (national form, dashes) still matches: as sent, its digits, its national digits.
+    phone_variants: tuple[str, ...] = ()
 
     def items(self) -> Iterator[tuple[IdentityType, str]]:
+        """One normalised value per kind: what dedupe keys and subject hashes are made of."""
         for kind in IDENTITY_FIELDS:
             value = getattr(self, kind.value)
             if value is not None:
                 yield kind, value
+
+    def match_items(self) -> Iterator[tuple[IdentityType, str]]:
+        """Every value to search for: the normalised ones, then the phone's other spellings."""
+        yield from self.items()
+        for variant in self.phone_variants:
+            yield IdentityType.phone, variant
+
+    def as_doc(self) -> dict[str, str | list[str]]:
+        """As the accepted request document stores them: a string per kind, or for a phone
+        with other spellings a list, E.164 first (`identity_pairs` reads both shapes)."""
+        doc: dict[str, str | list[str]] = {k.value: v for k, v in self.items()}
+        if self.phone is not None and self.phone_variants:
+            doc[IdentityType.phone.value] = [self.phone, *self.phone_variants]
+        return doc
 
     @property
     def kinds(self) -> tuple[IdentityType, ...]:
@@ -231,7 +253,7 @@ class Accepted:
     source: str
     line: int | None  # 1-based NDJSON line; None when the input held a single document
     request_id: str
-    client_id: int
+    client_id: str  # the tenant id as the CRM spells it (text; a JSON integer in decimal)
     type: RequestType
     jurisdiction: Jurisdiction
     identities: Identities
@@ -257,7 +279,7 @@ class Rejected:
     field: str | None
     message: str
     request_id: str | None = None  # only when it could be read and is in the safe charset
-    client_id: int | None = None  # only when it could be read as an integer
+    client_id: str | None = None  # only when it could be read as a client id (safe text)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -556,26 +578,61 @@ def _request_id(doc: dict[str, Any]) -> str:
     return value
 
 
-def _client_id_value(value: object) -> int | None:
+def _client_id_value(value: object) -> str | None:
+    """The client id as text, or None when it is not one: a JSON string as the CRM spells it
+    (compared exactly: "01" is neither "1" nor the integer tenant 1), or a plain non-negative
+    JSON integer, which stands for its decimal text. Only safe text is returned (it may be
+    echoed in a rejection and names S3 folders)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
+        return str(value) if 0 <= value <= MAX_CLIENT_INT else None
+    if isinstance(value, str) and _client_text_problem(value) is None:
         return value
-    if isinstance(value, str) and CLIENT_ID_RE.fullmatch(value):
-        return int(value)
     return None
 
 
-def _client_id(doc: dict[str, Any], clients: Mapping[int, bool], source_client: int | None) -> int:
+def _client_text_problem(value: str) -> str | None:
+    """Why a client id string cannot be one (tenant ids may be any text the CRM uses, Unicode
+    included, but never invisible or misleading characters), or None."""
+    if not value or len(value) > MAX_CLIENT_ID:
+        return f"must hold 1 to {MAX_CLIENT_ID} characters"
+    if value != value.strip():
+        return "must not start or end with blanks"
+    if value in (".", "..") or "/" in value or "\\" in value:
+        return "must not contain '/' or '\\' or be '.' or '..' (it names S3 folders)"
+    for ch in value:
+        if unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}:
+            return "contains control, zero-width, bidirectional-override or unassigned characters"
+    return None
+
+
+def client_key(value: object) -> str:
+    """A tenant registry key or a known client id as the text intake compares: `7` -> "7"."""
+    return value if isinstance(value, str) else str(value)
+
+
+def _client_texts(clients: Mapping[Any, bool]) -> Mapping[str, bool]:
+    """`clients` keyed by text (a mapping keyed by integers is accepted and converted)."""
+    if all(isinstance(k, str) for k in clients):
+        return clients
+    return {client_key(k): bool(v) for k, v in clients.items()}
+
+
+def _client_id(doc: dict[str, Any], clients: Mapping[str, bool], source_client: str | None) -> str:
     if "client_id" not in doc:
         raise _Reject(Reason.missing_field, "client_id", "client_id is missing (R6)")
-    value = _client_id_value(doc["client_id"])
+    raw = doc["client_id"]
+    if isinstance(raw, str) and (problem := _client_text_problem(raw)) is not None:
+        raise _Reject(Reason.bad_text, "client_id", f"client_id {problem} (R6)")
+    value = _client_id_value(raw)
     if value is None:
+        got = "a negative or oversized integer" if isinstance(raw, int) else _json_type(raw)
         raise _Reject(
             Reason.wrong_type,
             "client_id",
-            f"client_id must be an integer or a string of digits, not "
-            f"{_json_type(doc['client_id'])} (R6)",
+            f"client_id must be a string (the client's id as our records spell it) or a "
+            f"non-negative integer, not {got} (R6)",
         )
     if value not in clients:
         raise _Reject(
@@ -778,15 +835,22 @@ def _email(value: object) -> str:
        different addresses look identical.
     2. Refuse compatibility characters (NFKC differs from NFC): full-width letters, ligatures,
        mathematical alphanumerics, superscripts.
-    3. `email_validator.validate_email(check_deliverability=False)`; its error text quotes the
-       address, so it is never passed on. IDNA (xn--) domains come back in Unicode, so the next
-       checks see the real letters.
-    4. Lower-case the normalised form.
-    5. Script check on the local part and on each domain label: letters must come from one script
+    3. Refuse wildcards (`*`, `%`, `?`): valid in an RFC 5322 local part, but an identity
+       names one address, and a pattern character could match others wherever values are
+       compared as patterns.
+    4. Syntax only (`_email_syntax`): `email_validator` without deliverability checks, and
+       special-use, reserved or non-resolving domains (`.test`, `.local`, `.internal`,
+       `.invalid`, `localhost`, typo domains such as `gmial.com`) accepted: these are identities
+       the CRM holds, to be matched, not addresses to mail. Its error text quotes the address,
+       so it is never passed on. IDNA (xn--) domains come back in Unicode, so the next checks
+       see the real letters. Never a network lookup.
+    5. Lower-case the normalised form (NFC): every store is matched case-insensitively, and
+       tombstones and dedupe keys are hashes of this one spelling (R7, R20).
+    6. Script check on the local part and on each domain label: letters must come from one script
        (or Latin with Han/Kana, Han/Bopomofo or Han/Hangul, as UTS #39 "highly restrictive"
        allows): "jane" spelt with a Cyrillic "a" (U+0430) is refused; all-Cyrillic or all-Han
        addresses such as "ivan@primer.rf" written in Cyrillic are accepted.
-    6. Whole-script lookalikes: when the address mixes scripts across parts, a non-Latin part made
+    7. Whole-script lookalikes: when the address mixes scripts across parts, a non-Latin part made
        only of Latin-lookalike letters ("ace" in Cyrillic next to "example.com") is refused.
     """
     if not isinstance(value, str):
@@ -798,10 +862,12 @@ def _email(value: object) -> str:
         raise _malformed_email("it contains spaces, invisible, formatting or control characters")
     if unicodedata.normalize("NFKC", value) != unicodedata.normalize("NFC", value):
         raise _malformed_email("it contains full-width or other compatibility characters")
+    if any(ch in WILDCARDS for ch in value):
+        raise _malformed_email("it contains a wildcard character (*, % or ?)")
     try:
-        normalized = validate_email(value, check_deliverability=False).normalized.lower()
+        normalized = _email_syntax(value).lower()
     except EmailNotValidError:
-        raise _malformed_email("the syntax or the domain is invalid") from None
+        raise _malformed_email("the syntax is invalid (one address, local-part@domain)") from None
     local, _, domain = normalized.rpartition("@")
     parts = [local, *domain.split(".")]
     part_scripts = []
@@ -822,23 +888,74 @@ def _email(value: object) -> str:
     return normalized
 
 
-def _phone(value: object) -> str:
+def _email_syntax(value: str) -> str:
+    """`email_validator`'s syntax checks and normalisation (NFC, IDNA) alone.
+
+    Even with deliverability checks off the library refuses the special-use names it lists
+    (`.arpa`, `.invalid`, `.local`, `localhost`, `.onion`, `.test`): a special-use suffix is
+    swapped for a neutral one of the same shape for the check and put back after, so the rest
+    of the address is still checked. Single-label domains are accepted (`jane@localhost`).
+    """
+    local, _, domain = value.rpartition("@")
+    lowered = domain.lower()
+    suffix = ""
+    for name in SPECIAL_USE_DOMAIN_NAMES:
+        if lowered == name or lowered.endswith("." + name):
+            suffix = name
+            break
+    probe = f"{local}@{domain[: len(domain) - len(suffix)]}{'a' * len(suffix)}"
+    normalized = validate_email(
+        probe if suffix else value,
+        check_deliverability=False,
+        test_environment=True,
+        globally_deliverable=False,
+    ).normalized
+    return normalized[: len(normalized) - len(suffix)] + suffix if suffix else normalized
+
+
+def _phone_region(doc: dict[str, Any]) -> str | None:
+    """The region a national phone number is read in (ISO 3166-1 alpha-2), when given."""
+    value = doc.get("phone_region")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _wrong_type("phone_region", "a string", value, "R5")
+    region = value.strip().upper()
+    if not REGION_RE.fullmatch(region) or region not in phonenumbers.SUPPORTED_REGIONS:
+        raise _Reject(
+            Reason.malformed_phone,
+            "phone_region",
+            "phone_region must be an ISO 3166-1 alpha-2 country code with a telephone "
+            'numbering plan, such as "US", "GB" or "DE" (R5)',
+        )
+    return region
+
+
+def _phone(value: object, region: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """(E.164, other spellings) of a phone number: read in `region` (the request's
+    `phone_region`, else US), checked against the numbering plan's offline metadata (never a
+    network lookup). The other spellings are the number as sent, its digits and its national
+    digits: a CRM that stores numbers as-is still matches (any-CRM)."""
     if not isinstance(value, str):
         raise _wrong_type("identities.phone", "a string", value, "R5")
     value = value.strip()
     problem = (
-        "identities.phone is not a valid phone number (digits, spaces, + ( ) . - only; US "
-        "numbers may omit +1) (R5)"
+        "identities.phone is not a valid phone number (digits, spaces, + ( ) . - only; national "
+        "numbers are read in phone_region, US when it is not given) (R5)"
     )
     if not PHONE_RE.fullmatch(value):
         raise _Reject(Reason.malformed_phone, "identities.phone", problem)
     try:
-        number = phonenumbers.parse(value, "US")
+        number = phonenumbers.parse(value, region or "US")
     except phonenumbers.NumberParseException:
         raise _Reject(Reason.malformed_phone, "identities.phone", problem) from None
     if not phonenumbers.is_valid_number(number):
         raise _Reject(Reason.malformed_phone, "identities.phone", problem)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+    spellings = [value, re.sub(r"[^0-9]", "", value), re.sub(r"[^0-9]", "", national)]
+    variants = tuple(dict.fromkeys(v for v in spellings if v and v != e164))
+    return e164, variants
 
 
 def _contact_id(value: object) -> str:
@@ -863,19 +980,42 @@ def _identities(doc: dict[str, Any]) -> Identities:
     if not isinstance(value, dict):
         raise _wrong_type("identities", "an object {email, phone, contact_id}", value, "R5")
     _check_fields(value, [k.value for k in IDENTITY_FIELDS], "identities.")
-    found: dict[str, str] = {}
+    region = _phone_region(doc)
+    found: dict[str, Any] = {}
     for kind, check in (
         (IdentityType.email, _email),
-        (IdentityType.phone, _phone),
+        (IdentityType.phone, lambda raw: _phone(raw, region)),
         (IdentityType.contact_id, _contact_id),
     ):
         raw = value.get(kind.value)
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             continue  # absent, null and empty all mean "not given"
-        found[kind.value] = check(raw)
-    if not found:
+        checked = check(raw)
+        if kind is IdentityType.phone:
+            found["phone"], found["phone_variants"] = checked
+        else:
+            found[kind.value] = checked
+    if not any(found.get(k.value) for k in IDENTITY_FIELDS):
         raise _Reject(Reason.no_identity, "identities", none)
     return Identities(**found)
+
+
+def identity_pairs(stored: Mapping[str, Any]) -> tuple[tuple[IdentityType, str], ...]:
+    """(kind, value) of every identity value of a stored request (`Identities.as_doc`: a string
+    per kind, or a list), kinds in name order, each kind's values as stored."""
+    return tuple(
+        (IdentityType(kind), v)
+        for kind, values in sorted(stored.items())
+        for v in (values if isinstance(values, list) else [values])
+    )
+
+
+def identity_lists(stored: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The stored identities as kind -> list of values (what batches keep as `given`)."""
+    out: dict[str, list[str]] = {}
+    for kind, v in identity_pairs(stored):
+        out.setdefault(kind.value, []).append(v)
+    return out
 
 
 def _look_back(
@@ -935,13 +1075,16 @@ def validate_request(
     source: str,
     *,
     now: datetime,
-    clients: Mapping[int, bool],
+    clients: Mapping[str, bool],
     line: int | None = None,
-    source_client: int | None = None,
+    source_client: str | None = None,
 ) -> Result:
     """One decoded JSON value -> Accepted or Rejected (the first failing check; never raises)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    clients = _client_texts(clients)
+    if source_client is not None:
+        source_client = client_key(source_client)
     if not isinstance(doc, dict):
         return Rejected(
             source,
@@ -1017,14 +1160,15 @@ def parse_documents(
     source: str,
     *,
     now: datetime,
-    clients: Mapping[int, bool],
+    clients: Mapping[str, bool],
     max_bytes: int = MAX_BYTES,
     max_documents: int = MAX_DOCUMENTS,
-    source_client: int | None = None,
+    source_client: str | None = None,
 ) -> list[Result]:
     """Parse one input (a JSON document, or NDJSON: one document per line) into results.
 
-    `source` labels the results (e.g. the S3 key); `clients` maps client_id -> active;
+    `source` labels the results (e.g. the S3 key); `clients` maps client_id (as text: the
+    tenant registry's key values, `inbox.load_clients`) -> active;
     `source_client`, when given, is the client the input came from (e.g. its inbox prefix) and
     every document must name it. `max_bytes` limits each document (the whole input when it is one
     JSON document, else each line). Results keep the input's order; in NDJSON each non-empty line
@@ -1033,6 +1177,7 @@ def parse_documents(
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    clients = _client_texts(clients)  # once per input, not per document
     documents = _documents(raw, max_bytes)
     if len(documents) > max_documents:
         return [
@@ -1064,7 +1209,7 @@ def parse_documents(
 # Duplicates
 
 
-def _request_key(client_id: int, request_id: str, hash_key: bytes) -> str:
+def _request_key(client_id: str, request_id: str, hash_key: bytes) -> str:
     return keyed_hash(hash_key, "dedupe:request_id", f"{client_id}\x1f{request_id}")
 
 

@@ -8,23 +8,28 @@ retention planning rest on. Counting is one GROUP BY per table in the database.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import html
+import io
+import ipaddress
 import json
 import re
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import phonenumbers
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance.datamap import paths as fpaths
 from compliance.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
-from compliance.datamap.validate import check_against_schema
+from compliance.datamap.validate import check_against_schema, live_schema
 from compliance.outputs import ensure_workspace, put_bytes, put_json, put_summary
 from compliance.sqlmap import MappedSql
 from compliance.stores.s3 import list_keys, list_prefixes, open_gzip_lines
-from compliance.stores.sql import table_columns
 
 # Names that suggest personal information. Deliberately broad: a false alarm costs a line in
 # `ignore`, a miss costs an unmapped category.
@@ -36,6 +41,11 @@ PERSONAL_HINTS = re.compile(
     re.IGNORECASE,
 )
 TECHNICAL = {"created_at", "updated_at", "deleted_at", "id"}
+SAMPLE_OBJECTS = 3  # log objects sampled for drift per store: the first listed and the newest
+# Identity-looking values (drift, issue 14): an e-mail address, a phone number, an IP address.
+_EMAIL = re.compile(r"[^@\s\"'<>(),;:\[\]]+@[^@\s\"'<>(),;:\[\]]+\.[^@\s\"'<>(),;:\[\].]{2,}")
+_PHONE_SHAPE = re.compile(r"\+?[0-9(][0-9 ().-]{5,22}[0-9]")
+_PHONE_SEPARATOR = re.compile(r"[ ().-]")
 OWN_TABLE_PREFIX = "cj_"  # this project's own tables (e.g. retention aggregates): counts only
 
 
@@ -74,7 +84,7 @@ def looks_personal(name: str) -> bool:
 
 def inspect_sql_system(engine: Engine, dm: DataMap, system_name: str) -> SystemInventory:
     system = dm.systems[system_name]
-    live = table_columns(engine)
+    live = live_schema(engine)  # table -> {column: type}: the schema check checks types too
     inv = SystemInventory(system_name, "sql")
     inv.problems = [
         Finding(i.location, i.rule, i.message) for i in check_against_schema(dm, system_name, live)
@@ -94,7 +104,8 @@ def inspect_sql_system(engine: Engine, dm: DataMap, system_name: str) -> SystemI
                     )
                 )
             continue
-        known = {spec.primary_key, spec.time_column, *spec.columns}
+        known = {*spec.key_columns, *spec.columns}
+        known |= {spec.time_column} if spec.time_column else set()
         known |= {spec.tenant_column} if spec.tenant_column else set()
         known |= {spec.relation.column} if spec.relation else set()
         for col in cols:
@@ -151,16 +162,20 @@ def inspect_object_store(
         return inv
     prefix = getattr(store, "prefix", "")
     first_key = None
+    newest: deque[str] = deque(maxlen=SAMPLE_OBJECTS - 1)
     for obj in list_keys(s3, store.bucket, prefix):
         inv.objects += 1
         inv.bytes += int(obj["Size"])
         first_key = first_key or obj["Key"]
+        newest.append(obj["Key"])
     if isinstance(store, LogStore):
         inv.partitions = _count_partitions(s3, store)
         if first_key is not None:
-            inv.drift.extend(_log_field_drift(s3, store_name, store, first_key, sample_lines))
+            sample = list(dict.fromkeys([first_key, *newest]))  # the oldest and the newest
+            inv.drift.extend(_log_field_drift(s3, store_name, store, sample, sample_lines))
     elif isinstance(store, BackupStore):
         inv.partitions = len(list_prefixes(s3, store.bucket, store.prefix))
+        inv.drift.extend(_backup_drift(s3, dm, store_name, store, sample_lines))
     if inv.objects == 0 and not isinstance(store, RecordingStore):
         inv.problems.append(
             Finding(
@@ -181,23 +196,196 @@ def _count_partitions(s3: Any, store: LogStore) -> int:
     return len(level)
 
 
-def _log_field_drift(s3: Any, name: str, store: LogStore, key: str, limit: int) -> list[Finding]:
-    seen: set[str] = set()
-    for i, line in enumerate(open_gzip_lines(s3, store.bucket, key)):
-        if i >= limit:
-            break
+def identity_kind(value: str) -> str | None:
+    """What `value` looks like if it looks like an identity: "an e-mail address", "a phone
+    number" (E.164, or a national form with separators) or "an IP address"; else None.
+
+    Deliberately about the whole value, not text containing one: drift is a value standing where
+    the data map does not look, which a request's identity would then never find.
+    """
+    text = value.strip()
+    if not 3 <= len(text) <= 254:
+        return None
+    if _EMAIL.fullmatch(text):
+        return "an e-mail address"
+    if (":" in text or text.count(".") == 3) and _ip(text):
+        return "an IP address"
+    if _PHONE_SHAPE.fullmatch(text) and (text[0] == "+" or _PHONE_SEPARATOR.search(text)):
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            seen.update(record)
-    known = {store.timestamp_field, store.tenant_field, *store.fields}
-    return [
+            number = phonenumbers.parse(text, None if text[0] == "+" else "US")
+        except phonenumbers.NumberParseException:
+            return None
+        if phonenumbers.is_possible_number(number):
+            return "a phone number"
+    return None
+
+
+def _ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _under(steps: tuple[Any, ...], mapped: list[tuple[Any, ...]]) -> bool:
+    """At a mapped path, at an element of an array there, or inside a mapped value."""
+    return any(steps[: len(m)] == m for m in mapped)
+
+
+def _log_field_drift(
+    s3: Any, name: str, store: LogStore, keys: list[str], limit: int
+) -> list[Finding]:
+    """Drift of a log store's lines against its mapped paths, from up to `limit` lines of each
+    sampled object: mapped paths holding nothing (`unseen-path`: a renamed or moved field is
+    searched in vain), identity-looking values at unmapped paths at any depth
+    (`unmapped-identity`: erasure and access never look there), and personal-looking top-level
+    keys (`unmapped-field`). Findings name the store, the path and an object key, never a value.
+    """
+    mapped = {fname: fpaths.parse(fname) for fname in store.fields}
+    special = [fpaths.parse(store.tenant_field), fpaths.parse(store.timestamp_field)]
+    covered = [p.steps for p in (*mapped.values(), *special)]
+    top: set[str] = set()
+    unseen = set(mapped)
+    found: dict[tuple[str, str], list[Any]] = {}  # (path, looks like) -> [first key, count]
+    lines = 0
+    for key in keys:
+        for i, raw in enumerate(open_gzip_lines(s3, store.bucket, key)):
+            if i >= limit:
+                break
+            try:
+                record = json.loads(raw, object_pairs_hook=list)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(record, list) or (record and not isinstance(record[0], tuple)):
+                continue  # not a JSON object
+            lines += 1
+            top.update(k for k, _ in record)
+            for fname in [f for f in unseen if _holds(record, mapped[f])]:
+                unseen.discard(fname)
+            for steps, value in fpaths.walk_scalars(record):
+                if not isinstance(value, str) or _under(steps, covered):
+                    continue
+                kind = identity_kind(value)
+                if kind is not None:
+                    found.setdefault((fpaths.render(steps), kind), [key, 0])[1] += 1
+    drift: list[Finding] = []
+    sampled = ", ".join(keys)
+    for fname in sorted(unseen) if lines else ():
+        drift.append(
+            Finding(
+                f"{name}.{fname}",
+                "unseen-path",
+                f"mapped path holds no value in {lines} line(s) sampled from s3://{store.bucket}/"
+                f" ({sampled}): if the field was renamed or moved, nothing is matched there",
+            )
+        )
+    for (path, kind), (key, count) in sorted(found.items()):
+        drift.append(
+            Finding(
+                f"{name}.{path}",
+                "unmapped-identity",
+                f"{count} sampled value(s) at this unmapped path look like {kind} (e.g. in "
+                f"s3://{store.bucket}/{key}): erasure and access reports never search it",
+            )
+        )
+    known_top = {str(steps[0]) for steps in covered}
+    drift += [
         Finding(f"{name}.{fname}", "unmapped-field", "log field looks personal but is not mapped")
-        for fname in sorted(seen - known)
+        for fname in sorted(top - known_top)
         if looks_personal(fname)
     ]
+    return drift
+
+
+def _holds(record: Any, path: fpaths.FieldPath) -> bool:
+    return any(node is not None for node in fpaths.nodes(record, path))
+
+
+def _declared_columns(dm: DataMap, system_name: str) -> dict[str, set[str]]:
+    """Per mapped table, every column the map names: keys, time, tenant, relation, PI columns,
+    and a recordings store's key column."""
+    system = dm.systems[system_name]
+    declared: dict[str, set[str]] = {}
+    for tname, spec in system.tables.items():
+        cols = {*spec.key_columns, *spec.columns}
+        cols |= {c for c in (spec.time_column, spec.tenant_column) if c}
+        cols |= {spec.relation.column} if spec.relation else set()
+        declared[tname] = cols
+    for store in dm.stores.values():
+        if isinstance(store, RecordingStore) and store.system == system_name:
+            declared.setdefault(store.table, set()).add(store.key_column)
+    return declared
+
+
+def _backup_drift(s3: Any, dm: DataMap, name: str, store: BackupStore, limit: int) -> list[Finding]:
+    """Identity-looking values in the newest snapshot's CSV files (`<prefix>YYYY-MM-DD/<table>
+    .csv.gz`), up to `limit` rows each, in columns the system's mapping does not declare, or in
+    tables it neither maps nor ignores: a restore would bring them back, and no tombstone or
+    erasure would know them (R18). Findings name the store, table, column and object key."""
+    system = dm.systems.get(store.system)
+    if system is None:
+        return []
+    days = [p for p in list_prefixes(s3, store.bucket, store.prefix) if _is_day(p, store.prefix)]
+    if not days:
+        return []
+    newest = max(days)
+    declared = _declared_columns(dm, store.system)
+    drift: list[Finding] = []
+    for obj in list_keys(s3, store.bucket, newest):
+        key = obj["Key"]
+        table = key[len(newest) :].removesuffix(".csv.gz")
+        if not key.endswith(".csv.gz") or "/" in table:
+            continue
+        if table in system.ignore or table.startswith(OWN_TABLE_PREFIX):
+            continue
+        known = declared.get(table)
+        counts, rows = _csv_identities(s3, store.bucket, key, known or set(), limit)
+        where = (
+            f"a column the data map does not declare for systems.{store.system}.tables.{table}"
+            if known is not None
+            else f"table {table!r}, which systems.{store.system} neither maps nor ignores"
+        )
+        for (column, kind), n in sorted(counts.items()):
+            drift.append(
+                Finding(
+                    f"{name}.{table}.{column}",
+                    "unmapped-identity",
+                    f"{n} of {rows} sampled row(s) hold what looks like {kind}, in {where} "
+                    f"(s3://{store.bucket}/{key})",
+                )
+            )
+    return drift
+
+
+def _is_day(prefix: str, base: str) -> bool:
+    try:
+        datetime.strptime(prefix[len(base) :], "%Y-%m-%d/")
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_identities(
+    s3: Any, bucket: str, key: str, known: set[str], limit: int
+) -> tuple[dict[tuple[str, str], int], int]:
+    """({(column, looks like): rows}, rows read) over the first `limit` rows of a CSV object."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    rows = 0
+    with gzip.GzipFile(fileobj=body, mode="rb") as gz:
+        text = io.TextIOWrapper(gz, encoding="utf-8", errors="replace", newline="")
+        reader = csv.reader(text)
+        header = next(reader, None) or []
+        unknown = [(i, col) for i, col in enumerate(header) if col not in known]
+        for row in reader:
+            if rows >= limit or not unknown:
+                break
+            rows += 1
+            for i, col in unknown:
+                if i < len(row) and (kind := identity_kind(row[i])) is not None:
+                    counts[(col, kind)] += 1
+    return dict(counts), rows
 
 
 def _unmapped_prefixes(s3: Any, dm: DataMap, store_name: str) -> list[Finding]:

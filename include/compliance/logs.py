@@ -3,19 +3,24 @@
 A line matches request reference R when its tenant field equals R's tenant AND one of its identity
 fields (the store's `fields` that have an `identity`) holds one of R's values of that identity type
 (e-mails compared case-insensitively). Lines of another tenant, or without the tenant field, never
-match. Matching is decided on the parsed line, never on a substring.
+match. Matching is decided on the parsed line, never on a substring. Fields (the tenant field too)
+are paths (`compliance.datamap.paths`): `actor.email`, `recipients[].email`, `meta\\.v2.ip`, so an
+identity nested in objects or arrays is matched like a top-level one (issue 14).
 
 Speed: most lines match nothing, so no line is parsed unless a byte-level pre-filter says it may
 match. Objects are decompressed (isal when installed) in blocks of whole lines; one regular
 expression pulls every identity field's value out of the lower-cased block in C, and a set
 intersection with the target values tells whether the block can hold a match at all. Only then are
-the candidate lines located and parsed. The pre-filter errs only on the side of candidates: lines
-where the fast extraction could be wrong (an identity value or a key holding a JSON escape, a
-non-ASCII e-mail, an identity field holding an array) are always parsed. The parser keeps every
-top-level key, duplicates included, so a duplicated identity key cannot hide a value.
+the candidate lines located and parsed. The pre-filter works on each path's last key (its leaf key):
+`"email": "..."` is extracted wherever it stands, at any depth, so it over-approximates the lines a
+nested path can match and never misses one. It errs only on the side of candidates: lines where the
+fast extraction could be wrong (an identity value or a key holding a JSON escape, a non-ASCII
+e-mail, an identity field holding an array) are always parsed. The parser keeps every key at every
+depth, duplicates included, so a duplicated identity key cannot hide a value.
 
 Erasure (`rewrite_object`) keeps every non-matching line byte for byte: the output is the input's
-decompressed bytes with the matching lines cut out (or replaced by their redaction). The compressed
+decompressed bytes with the matching lines cut out (or replaced by their redaction, which replaces
+exactly the values at the personal fields' paths and keeps every other byte). The compressed
 input is spooled while it is scanned, so an object is read from S3 once; an object without a match
 is never written. A rewrite is a conditional PUT (If-Match on the ETag that was scanned) carrying
 `Metadata {"cj-rewritten": batch_id}`, followed by the deletion of the key's non-current versions;
@@ -39,13 +44,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from json.decoder import JSONDecoder, scanstring
 from typing import Any, Literal
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
 
 from compliance import faults
+from compliance.datamap import paths as fpaths
 from compliance.datamap.model import IdentityType, LogStore
 from compliance.stores.s3 import delete_versions, list_keys, list_prefixes
 
@@ -79,8 +84,7 @@ PART_SIZE = 64 << 20
 _NUMBER = re.compile(rb"-?[0-9]+")
 _BEFORE_NUMBER = frozenset((b":", b" ", b"\t", b"[", b","))
 _AFTER_NUMBER = frozenset((b",", b"}", b"]", b" ", b"\t", b"\r", b"\n"))
-_WS_RE = re.compile(r"[ \t\n\r]*")
-_DECODER = JSONDecoder()
+_REDACTED_JSON = json.dumps(REDACTED)
 _NO_REFS: frozenset[str] = frozenset()
 
 
@@ -173,44 +177,6 @@ def _scalar(value: Any) -> str | None:
     return None
 
 
-def _top_level_pairs(text: str) -> list[tuple[str, Any, int, int]] | None:
-    """(key, value, value_start, value_end) of a JSON object's members, duplicates kept, in order.
-
-    Same grammar as `json.loads` (same scanner); None when `text` is not one JSON object.
-    """
-    ws = _WS_RE.match
-    try:
-        idx = ws(text, 0).end()
-        if text[idx : idx + 1] != "{":
-            return None
-        idx = ws(text, idx + 1).end()
-        pairs: list[tuple[str, Any, int, int]] = []
-        if text[idx : idx + 1] == "}":
-            idx += 1
-        else:
-            while True:
-                if text[idx : idx + 1] != '"':
-                    return None
-                key, idx = scanstring(text, idx + 1, True)
-                idx = ws(text, idx).end()
-                if text[idx : idx + 1] != ":":
-                    return None
-                start = ws(text, idx + 1).end()
-                value, idx = _DECODER.scan_once(text, start)
-                pairs.append((key, value, start, idx))
-                idx = ws(text, idx).end()
-                sep = text[idx : idx + 1]
-                idx += 1
-                if sep == "}":
-                    break
-                if sep != ",":
-                    return None
-                idx = ws(text, idx).end()
-        return pairs if ws(text, idx).end() == len(text) else None
-    except (ValueError, StopIteration):
-        return None
-
-
 @dataclass
 class _Hit:
     start: int  # offsets in the block; end includes the line's newline when it has one
@@ -235,21 +201,29 @@ class _Matcher:
 
     def __init__(self, store: LogStore, targets: Targets) -> None:
         self.targets = targets
-        self.tenant_field = store.tenant_field
-        self.personal = frozenset(store.fields)
-        self.id_fields = {
-            name: f.identity
+        self.tenant_path = fpaths.parse(store.tenant_field)  # ValueError: the validator's bad-path
+        self.personal = tuple(fpaths.parse(name) for name in store.fields)
+        self.id_paths = [
+            (fpaths.parse(name), f.identity)
             for name, f in store.fields.items()
             if f.identity is not None and targets.values(f.identity)
-        }
+        ]
+        # The pre-filter looks for each path's leaf key wherever it stands: a superset of the
+        # lines holding a value at the path itself.
+        self.leaf_keys = {fp.leaf_key for fp, _ in self.id_paths}
+        # Top-level fields only (the common case): one pass over the line's members confirms.
+        flat = len(self.tenant_path.steps) == 1 and all(
+            len(fp.steps) == 1 for fp, _ in self.id_paths
+        )
+        self.flat = {str(fp.steps[0]): itype for fp, itype in self.id_paths} if flat else None
         values = {
             v.encode().lower()
-            for itype in set(self.id_fields.values())
+            for itype in {itype for _, itype in self.id_paths}
             for v in targets.values(itype)
         }
         self.rx_value: re.Pattern[bytes] | None = None
         self.few: list[bytes] | None = None
-        if not (self.id_fields and values and targets):
+        if not (self.leaf_keys and values and targets):
             return
         self.values = frozenset(values | {b"["})  # "[": an identity field holding an array
         # Few values (one consumer's request): searching each directly beats extracting every
@@ -261,17 +235,17 @@ class _Matcher:
             return b"|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
 
         ws = rb"[ \t\r]*"
-        head = rb'"(?:' + alternation(self.id_fields) + rb')"' + ws + rb":" + ws
+        head = rb'"(?:' + alternation(self.leaf_keys) + rb')"' + ws + rb":" + ws
         # One group: a string value's raw bytes up to its first quote, a bare integer, or "[".
         self.rx_value = re.compile(head + rb'"?((?<=")[^"\n]*|-?[0-9]+|\[)')
         self.rx_array = re.compile(head + rb"\[")
         self.rx_escaped_value = re.compile(head + rb'"[^"\n]*\\')
         # A key spelt with an escape ("em\u0061il"). For plain ASCII names only \u00XX escapes
         # of printable ASCII can spell them, which spares the many non-ASCII escapes in text.
-        plain = all(re.fullmatch(r"[A-Za-z0-9_.@$ -]+", n) for n in self.id_fields)
+        plain = all(re.fullmatch(r"[A-Za-z0-9_.@$ -]+", n) for n in self.leaf_keys)
         escape = rb"\\u00[2-7][0-9a-fA-F]" if plain else rb"\\"
         self.rx_escaped_key = re.compile(escape + rb'[^"\n]*"' + ws + rb":")
-        emails = [n for n, t in self.id_fields.items() if t is IdentityType.email]
+        emails = {fp.leaf_key for fp, t in self.id_paths if t is IdentityType.email}
         self.rx_non_ascii: re.Pattern[bytes] | None = None
         if emails:
             email_head = rb'"(?:' + alternation(emails) + rb')"' + ws + rb":" + ws
@@ -374,23 +348,43 @@ class _Matcher:
     def confirm(self, line: bytes) -> tuple[frozenset[str], str]:
         """The refs that `line` (without its newline) matches; raises ValueError if not JSON.
 
-        Every top-level member counts, a duplicated key's every value included.
+        Every value at each identity path counts, at any depth, a duplicated key's every value
+        included; the tenant is any scalar at the tenant path (an array there is no tenant).
         """
         text = line.decode("utf-8")  # UnicodeDecodeError is a ValueError
         if text.lstrip(" \t\r")[:1] != "{":
             raise ValueError("not a JSON object")
-        pairs = json.loads(text, object_pairs_hook=list)
-        tenants = {t for k, v in pairs if k == self.tenant_field and (t := _scalar(v)) is not None}
+        try:
+            pairs = json.loads(text, object_pairs_hook=list)
+        except RecursionError:
+            raise ValueError("nested too deeply to parse") from None
         refs: set[str] = set()
-        for tenant in tenants:
-            for k, v in pairs:
-                itype = self.id_fields.get(k)
-                if itype is None:
-                    continue
-                for item in v if isinstance(v, list) else (v,):
+        if self.flat is not None:
+            key = self.tenant_path.steps[0]
+            tenants = {t for k, v in pairs if k == key and (t := _scalar(v)) is not None}
+            for tenant in tenants:
+                for k, v in pairs:
+                    itype = self.flat.get(k)
+                    if itype is None:
+                        continue
+                    for item in v if isinstance(v, list) else (v,):
+                        s = _scalar(item)
+                        if s is not None:
+                            refs |= self.targets.lookup(tenant, itype, _norm_log(itype, s))
+            return (frozenset(refs) if refs else _NO_REFS), text
+        tenants = {
+            t
+            for v in fpaths.values(pairs, self.tenant_path, arrays=False)
+            if (t := _scalar(v)) is not None
+        }
+        if tenants:
+            for path, itype in self.id_paths:
+                for item in fpaths.values(pairs, path):
                     s = _scalar(item)
                     if s is not None:
-                        refs |= self.targets.lookup(tenant, itype, _norm_log(itype, s))
+                        norm = _norm_log(itype, s)
+                        for tenant in tenants:
+                            refs |= self.targets.lookup(tenant, itype, norm)
         return (frozenset(refs) if refs else _NO_REFS), text
 
     def scan(self, block: bytes) -> tuple[list[_Hit], int]:
@@ -411,16 +405,14 @@ class _Matcher:
         return hits, malformed
 
     def redact(self, hit: _Hit) -> str:
-        """The line with every personal field's value replaced by "[redacted]" (still JSON)."""
+        """The line with every value at a personal field's path replaced by "[redacted]" (still
+        JSON); every other character stays as it was. A value inside another redacted value (a
+        path below a mapped object) goes with it. An array at a path is redacted whole."""
         text, out, prev = hit.text, [], 0
-        pairs = _top_level_pairs(text)
-        if pairs is None:  # json.loads accepted it: cannot happen
-            raise ValueError("line to redact is not a JSON object")
-        for key, _value, start, end in pairs:
-            if key in self.personal:
-                out.append(text[prev:start])
-                out.append(json.dumps(REDACTED))
-                prev = end
+        for start, end in fpaths.spans_of(text, self.personal):  # in order, disjoint
+            out.append(text[prev:start])
+            out.append(_REDACTED_JSON)
+            prev = end
         out.append(text[prev:])
         return "".join(out)
 
@@ -975,7 +967,7 @@ def collect_shard(
                 hits, _ = matcher.scan(block)
                 for hit in hits:
                     record = json.loads(hit.text)
-                    moment = _timestamp(record.get(store.timestamp_field))
+                    moment = _timestamp(fpaths.first(record, store.timestamp_field))
                     if moment is not None and (
                         (since is not None and moment < since)
                         or (until is not None and moment > until)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from compliance.datamap.model import RecordingStore, SqlSystem
-from compliance.sqlmap import MappedSql
+from compliance.sqlmap import MappedSql, key_text, typed_values
 from compliance.stores.s3 import delete_versions
 
 CHUNK = 1000
@@ -24,11 +24,12 @@ PAGE_PER_KEYS = 8  # a folder page must replace this many one-key listings (they
 
 
 def recording_keys(
-    engine: Engine, system: SqlSystem, store: RecordingStore, consumer_ids: Iterable[int | str]
+    engine: Engine, system: SqlSystem, store: RecordingStore, consumer_ids: Iterable[object]
 ) -> dict[str, list[str]]:
     """consumer id -> object keys of their recordings."""
-    ids = sorted(set(consumer_ids), key=str)
     owned = MappedSql(engine, system).owned(store.table)
+    # consumer keys travel as text; compared in the key column's own type (any-CRM keys)
+    ids = typed_values(owned.consumer_key, sorted({key_text(c) for c in consumer_ids}))
     out: dict[str, list[str]] = {}
     with engine.connect() as conn:
         for i in range(0, len(ids), CHUNK):
@@ -39,7 +40,7 @@ def recording_keys(
             )
             for consumer, key in conn.execute(stmt):
                 if key:
-                    out.setdefault(str(consumer), []).append(str(key))
+                    out.setdefault(key_text(consumer), []).append(str(key))
     return out
 
 

@@ -7,6 +7,10 @@ logs mentioning the person under another identity are found too. Expansion is on
 purpose: following identities transitively could sweep in a relative who shares a phone.
 
 Cost: one statement per identity column per chunk of (tenant, value) pairs, however many requests.
+
+Tenant ids and consumer keys travel as text (`sqlmap.key_text`) and are compared in the CRM
+column's own type (`sqlmap.typed_value`), never by casting the column: the CRM's indexes on
+(tenant, identity) serve, and "01" never matches an integer tenant 1 (any-CRM, issue 14).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from compliance.datamap.model import IdentityType, SqlSystem
-from compliance.sqlmap import MappedSql
+from compliance.sqlmap import KeyTypeError, MappedSql, key_text, typed_value, typed_values
 
 CHUNK = 500
 
@@ -29,15 +33,15 @@ class Subject:
     """What one request asks about: `ref` is an opaque request reference."""
 
     ref: str
-    client_id: int
+    client_id: str  # the tenant id as text, as the state DB keeps it
     identities: tuple[tuple[IdentityType, str], ...]
 
 
 @dataclass
 class Resolution:
     ref: str
-    client_id: int
-    consumer_ids: set[int | str] = field(default_factory=set)
+    client_id: str
+    consumer_ids: set[str] = field(default_factory=set)  # consumer keys as text (key_text)
     identities: dict[IdentityType, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     @property
@@ -64,37 +68,55 @@ def resolve(
 ) -> dict[str, Resolution]:
     subjects = list(subjects)
     sql = MappedSql(engine, system)
-    out = {s.ref: Resolution(s.ref, s.client_id) for s in subjects}
+    out = {s.ref: Resolution(s.ref, key_text(s.client_id)) for s in subjects}
     for s in subjects:
         for kind, value in s.identities:
             out[s.ref].identities[kind].add(value)
-    # (tenant, kind, value) -> refs asking for it
+    # (tenant text, kind, value) -> refs asking for it
     wanted: dict[tuple[str, IdentityType, str], set[str]] = defaultdict(set)
     for s in subjects:
         for kind, value in s.identities:
             wanted[
-                (str(s.client_id), kind, value.lower() if kind is IdentityType.email else value)
+                (
+                    key_text(s.client_id),
+                    kind,
+                    value.lower() if kind is IdentityType.email else value,
+                )
             ].add(s.ref)
-    consumer_refs: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, consumer) -> refs
     with engine.connect() as conn:
         for tname, cname, kind in identity_columns(system):
-            pairs = sorted({(t, v) for (t, k, v) in wanted if k is kind})
+            owned = sql.owned(tname)
+            pairs = sorted(
+                _typed_pairs(owned.tenant, {(t, v) for (t, k, v) in wanted if k is kind})
+            )
             if not pairs:
                 continue
-            owned = sql.owned(tname)
             value_expr = normalise_for_column(kind, owned.table.c[cname])
-            tenant_expr = sa.cast(owned.tenant, sa.String)
             for i in range(0, len(pairs), CHUNK):
+                chunk = [(typed, value) for _, typed, value in pairs[i : i + CHUNK]]
                 stmt = (
-                    sa.select(tenant_expr, value_expr, owned.consumer_key)
+                    sa.select(owned.tenant, value_expr, owned.consumer_key)
                     .select_from(owned.from_clause)
-                    .where(sa.tuple_(tenant_expr, value_expr).in_(pairs[i : i + CHUNK]))
+                    .where(sa.tuple_(owned.tenant, value_expr).in_(chunk))
                 )
                 for tenant, value, consumer in conn.execute(stmt):
-                    for ref in wanted[(str(tenant), kind, value)]:
-                        out[ref].consumer_ids.add(consumer)
-                        consumer_refs[(str(tenant), str(consumer))].add(ref)
+                    for ref in wanted.get((key_text(tenant), kind, value), ()):
+                        out[ref].consumer_ids.add(key_text(consumer))
         _expand(conn, sql, system, out)
+    return out
+
+
+def _typed_pairs(
+    tenant: sa.ColumnElement, pairs: set[tuple[str, str]]
+) -> list[tuple[str, object, str]]:
+    """(tenant text, tenant in the column's type, value); a tenant the column cannot hold (a
+    text id against an integer column, or "01") matches no row and is left out."""
+    out = []
+    for text, value in pairs:
+        try:
+            out.append((text, typed_value(tenant, text), value))
+        except KeyTypeError:
+            continue
     return out
 
 
@@ -109,10 +131,11 @@ def _expand(
             res.identities[IdentityType.record_id].add(str(cid))
     if not by_consumer:
         return
-    ids = sorted({cid for res in out.values() for cid in res.consumer_ids}, key=str)
+    texts = sorted({cid for res in out.values() for cid in res.consumer_ids})
     for tname, cname, kind in identity_columns(system):
         owned = sql.owned(tname)
         col = owned.table.c[cname]
+        ids = typed_values(owned.consumer_key, texts)
         for i in range(0, len(ids), CHUNK):
             stmt = (
                 sa.select(owned.consumer_key, col)
@@ -123,5 +146,5 @@ def _expand(
                 norm = (
                     str(value).strip().lower() if kind is IdentityType.email else str(value).strip()
                 )
-                for ref in by_consumer[str(consumer)]:
+                for ref in by_consumer[key_text(consumer)]:
                     out[ref].identities[kind].add(norm)

@@ -155,7 +155,7 @@ def examine(form_params: dict, type_: str) -> Any:
     )
 
 
-def _clients() -> dict[int, bool]:
+def _clients() -> dict[str, bool]:
     from compliance import inbox
 
     dm = datamap()

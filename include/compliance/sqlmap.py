@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.datamap.graph import chain_to_consumer, tenant_path
+from compliance.datamap.graph import chain_to_consumer, tenant_path, time_path
 from compliance.datamap.model import SqlSystem
 
 
@@ -29,6 +29,9 @@ class Owned:
     from_clause: sa.FromClause
     consumer_key: sa.ColumnElement
     tenant: sa.ColumnElement
+    # When the row was collected: its own time column, or the nearest ancestor's joined into
+    # `from_clause` (graph.time_path); None when no table up the chain has one (R9, R27).
+    time: sa.ColumnElement | None = None
 
 
 class MappedSql:
@@ -47,11 +50,12 @@ class MappedSql:
         hops = chain_to_consumer(self.system, name)
         tenant_hops, tenant_col = tenant_path(self.system, name)
         base = self.table(name)
-        if not hops:  # the consumer table itself
-            pk = base.c[self.system.tables[name].primary_key]
-            return Owned(base, base, pk, base.c[tenant_col])
+        dated = time_path(self.system, name)
+        if not hops:  # the consumer table itself (its key is one column: the validator says so)
+            own_time = base.c[dated[1]] if dated else None
+            return Owned(base, base, self.consumer_key_column(name), base.c[tenant_col], own_time)
         # Join every hop but the last: the last hop's column *is* the consumer key.
-        needed = max(len(hops) - 1, len(tenant_hops))
+        needed = max(len(hops) - 1, len(tenant_hops), len(dated[0]) if dated else 0)
         from_clause: sa.FromClause = base
         current = base
         joined = {name: base}
@@ -65,10 +69,32 @@ class MappedSql:
         last = hops[-1]
         consumer_key = joined[last.table].c[last.column]
         tenant_table = joined[tenant_hops[-1].target_table] if tenant_hops else base
-        return Owned(base, from_clause, consumer_key, tenant_table.c[tenant_col])
+        time = None
+        if dated:
+            time_hops, time_col = dated
+            time = (joined[time_hops[-1].target_table] if time_hops else base).c[time_col]
+        return Owned(base, from_clause, consumer_key, tenant_table.c[tenant_col], time)
 
-    def primary_key(self, name: str) -> sa.Column:
-        return self.table(name).c[self.system.tables[name].primary_key]
+    def key_columns(self, name: str) -> list[sa.Column]:
+        """The primary key's columns in the map's order (several for a composite key)."""
+        table = self.table(name)
+        return [table.c[c] for c in self.system.tables[name].key_columns]
+
+    def primary_key(self, name: str) -> sa.ColumnElement:
+        """The primary key as one expression: the column, or a row value `(a, b)` for a
+        composite key (row-value comparisons and `IN (SELECT a, b ...)` work on SQLite >= 3.15
+        and PostgreSQL alike)."""
+        cols = self.key_columns(name)
+        return cols[0] if len(cols) == 1 else sa.tuple_(*cols)
+
+    def consumer_key_column(self, name: str) -> sa.Column:
+        """The consumer table's key: one column, since relations point at one column."""
+        cols = self.key_columns(name)
+        if len(cols) != 1:
+            raise ValueError(
+                f"table {name!r} is the consumer table and needs a single-column primary_key"
+            )
+        return cols[0]
 
 
 class KeyTypeError(ValueError):
@@ -94,7 +120,7 @@ def typed_value(column: sa.ColumnElement, value: object) -> Any:
     if python_type is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        text = str(value).strip()
+        text = str(value)  # exactly as given: " 1" is no more tenant 1 than "01" is
         if re.fullmatch(r"-?[1-9][0-9]*|0", text):
             return int(text)
         raise KeyTypeError(f"column {name!r} holds integers; the value is not one")
@@ -128,4 +154,28 @@ def key_text(value: object) -> str:
     integers in decimal): the one spelling Python code compares tenants and consumers in."""
     if isinstance(value, uuid.UUID):
         return str(value)
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return str(value.quantize(Decimal(1)))  # NUMERIC(18, 0) keys read back as Decimal
     return str(value)
+
+
+def record_id(values: tuple[Any, ...] | list[Any]) -> Any:
+    """A row's id for reports: the key's value, or for a composite key its parts as text joined
+    by '/' (stable, readable, and never mistaken for one of the parts)."""
+    if len(values) == 1:
+        return values[0]
+    return "/".join(key_text(v) for v in values)
+
+
+def key_order(text: object) -> str:
+    """A sort key for key texts: integer ids in numeric order ("2" before "10"), then the rest
+    in text order, so reports of a CRM with integer tenants read as before."""
+    value = key_text(text)
+    if re.fullmatch(r"[1-9][0-9]{0,19}|0", value):
+        return "0" + value.zfill(20)
+    return "1" + value
+
+
+def by_key_order(series: Any) -> Any:
+    """`key=` for pandas `sort_values`: natural order for `client_id`, other columns as they are."""
+    return series.map(key_order) if getattr(series, "name", None) == "client_id" else series

@@ -53,7 +53,9 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     func,
+    inspect,
     select,
+    text,
     tuple_,
     update,
 )
@@ -144,6 +146,8 @@ def utcnow() -> datetime:
 
 
 ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER
+# Tenant (client) ids as text: the CRM's may be integers, text or UUIDs (any-CRM, issue 14).
+CLIENT_ID = String(255)
 
 # --------------------------------------------------------------------------- tables
 
@@ -153,7 +157,7 @@ cj_requests = Table(
     "cj_requests",
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
-    Column("client_id", BigInteger, nullable=False),
+    Column("client_id", CLIENT_ID, nullable=False),
     Column("request_id", String(64), nullable=False),  # the business's own id
     Column("type", String(16), nullable=False),
     Column("jurisdiction", String(8), nullable=False),
@@ -226,7 +230,7 @@ cj_tombstones = Table(
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("system", String(64), nullable=False),
-    Column("client_id", BigInteger, nullable=False),
+    Column("client_id", CLIENT_ID, nullable=False),
     Column("kind", String(32), nullable=False),  # identity type: email, phone, external_id...
     Column("hash", String(64), nullable=False),  # keyed_hash(key, kind, value)
     Column("request_pk", ID, ForeignKey("cj_requests.id")),
@@ -255,7 +259,32 @@ def create_state_schema(engine: Engine) -> None:
     from compliance import ledger  # registers cj_ledger on `metadata`; imports this module
 
     metadata.create_all(engine, checkfirst=True)
+    _client_ids_as_text(engine)
     ledger.seed_lock_row(engine)
+
+
+def _client_ids_as_text(engine: Engine) -> None:
+    """Upgrade a state DB created when client ids were integers: PostgreSQL converts the column
+    in place (`1` becomes `'1'`). SQLite compares a text id with an integer-affinity column's
+    numbers as equal, and every read goes through `client_text`, so it works as it is."""
+    if engine.dialect.name != "postgresql":
+        return
+    inspector = inspect(engine)
+    for table in (cj_requests, cj_tombstones):
+        kinds = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
+        if isinstance(kinds.get("client_id"), Integer):
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {table.name} ALTER COLUMN client_id "
+                        "TYPE VARCHAR(255) USING client_id::text"
+                    )
+                )
+
+
+def client_text(value: object) -> str:
+    """A client id as the state DB keeps it: text (`7` -> `"7"`, a UUID in its canonical form)."""
+    return value if isinstance(value, str) else str(value)
 
 
 @contextmanager
@@ -286,7 +315,7 @@ def insert_if_absent(conn: Connection, table: Table) -> Any:
 class NewRequest:
     """A request as intake accepts (or rejects) it; `keys` are its keyed dedupe hashes."""
 
-    client_id: int
+    client_id: str  # the tenant id as text (an int is accepted and converted)
     request_id: str
     type: str
     jurisdiction: str
@@ -303,6 +332,7 @@ class NewRequest:
     keys: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "client_id", client_text(self.client_id))
         _check_choice("type", self.type, REQUEST_TYPES)
         _check_choice("jurisdiction", self.jurisdiction, JURISDICTIONS)
         _check_choice("status", self.status, STATUSES)
@@ -315,7 +345,7 @@ class NewRequest:
 @dataclass(frozen=True)
 class RequestRow:
     id: int
-    client_id: int
+    client_id: str
     request_id: str
     type: str
     jurisdiction: str
@@ -378,7 +408,10 @@ class NoticeRow:
 
 
 def _row(cls: type, mapping: Mapping[str, Any]) -> Any:
-    return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+    out = {f.name: mapping[f.name] for f in fields(cls)}
+    if "client_id" in out and out["client_id"] is not None:
+        out["client_id"] = client_text(out["client_id"])
+    return cls(**out)
 
 
 def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -393,7 +426,7 @@ def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[An
 
 # --------------------------------------------------------------------------- requests
 
-RequestKey = tuple[int, str, str]  # (client_id, request_id, type)
+RequestKey = tuple[str, str, str]  # (client_id as text, request_id, type)
 
 
 def insert_requests(
@@ -423,7 +456,7 @@ def insert_requests(
             q = select(t.c.client_id, t.c.request_id, t.c.type, t.c.id).where(
                 tuple_(t.c.client_id, t.c.request_id, t.c.type).in_(wanted)
             )
-            out.update({(c, rid, typ): pk for c, rid, typ, pk in conn.execute(q)})
+            out.update({(client_text(c), rid, typ): pk for c, rid, typ, pk in conn.execute(q)})
             keys = {
                 (out[(r.client_id, r.request_id, r.type)], key) for r in chunk for key in r.keys
             }
@@ -516,22 +549,23 @@ def get_requests(engine: Engine, pks: Iterable[int]) -> dict[int, RequestRow]:
 
 def find_requests(engine: Engine, keys: Iterable[RequestKey]) -> dict[RequestKey, RequestRow]:
     """Requests by their natural key (client_id, request_id, type); absent ones are left out."""
-    wanted = sorted(set(keys))
+    wanted = sorted({(client_text(c), rid, typ) for c, rid, typ in keys})
     out: dict[RequestKey, RequestRow] = {}
     with engine.connect() as conn:
         for chunk in _chunks(wanted):
             cond = tuple_(cj_requests.c.client_id, cj_requests.c.request_id, cj_requests.c.type)
             for m in conn.execute(select(cj_requests).where(cond.in_(list(chunk)))).mappings():
-                out[(m["client_id"], m["request_id"], m["type"])] = _row(RequestRow, m)
+                row = _row(RequestRow, m)
+                out[(row.client_id, row.request_id, row.type)] = row
     return out
 
 
 def subject_request_count(
-    engine: Engine, client_id: int, subject_hash: str, type: str, since: datetime
+    engine: Engine, client_id: object, subject_hash: str, type: str, since: datetime
 ) -> int:
     """R7: how many accepted requests of `type` one consumer made since `since` (repeat flag)."""
     q = select(func.count()).where(
-        cj_requests.c.client_id == client_id,
+        cj_requests.c.client_id == client_text(client_id),
         cj_requests.c.subject_hash == subject_hash,
         cj_requests.c.type == type,
         cj_requests.c.status.in_(DEDUPE_STATUSES),
@@ -809,7 +843,7 @@ def batch_lines(engine: Engine, batch_id: str) -> dict[int, dict[str, int]]:
 
 # --------------------------------------------------------------------------- tombstones
 
-Tombstone = tuple[int, str, str]  # (client_id, kind, keyed hash)
+Tombstone = tuple[str, str, str]  # (client_id as text, kind, keyed hash)
 
 
 def add_tombstones(
@@ -828,8 +862,8 @@ def add_tombstones(
     when = to_utc(created_at) if created_at else utcnow()
     first: dict[Tombstone, int | None] = {}
     for pk, stones in by_request.items():
-        for stone in stones:
-            first.setdefault(stone, pk)
+        for c, k, h in stones:
+            first.setdefault((client_text(c), k, h), pk)
     t = cj_tombstones
     with transaction(bind) as conn:
         held: set[Tombstone] = set()
@@ -837,7 +871,7 @@ def add_tombstones(
             q = select(t.c.client_id, t.c.kind, t.c.hash).where(
                 t.c.system == system, tuple_(t.c.client_id, t.c.kind, t.c.hash).in_(chunk)
             )
-            held.update((int(c), k, h) for c, k, h in conn.execute(q))
+            held.update((client_text(c), k, h) for c, k, h in conn.execute(q))
         new = [stone for stone in first if stone not in held]
         for chunk in _chunks(new):
             conn.execute(
@@ -851,15 +885,17 @@ def add_tombstones(
     return len(new)
 
 
-def tombstone_hashes(engine: Engine, system: str, client_id: int | None = None) -> set[Tombstone]:
+def tombstone_hashes(
+    engine: Engine, system: str, client_id: object | None = None
+) -> set[Tombstone]:
     """Every tombstone of a system (optionally one tenant) as (client_id, kind, hash)."""
     q = select(cj_tombstones.c.client_id, cj_tombstones.c.kind, cj_tombstones.c.hash).where(
         cj_tombstones.c.system == system
     )
     if client_id is not None:
-        q = q.where(cj_tombstones.c.client_id == client_id)
+        q = q.where(cj_tombstones.c.client_id == client_text(client_id))
     with engine.connect() as conn:
-        return {(int(c), k, h) for c, k, h in conn.execute(q)}
+        return {(client_text(c), k, h) for c, k, h in conn.execute(q)}
 
 
 # --------------------------------------------------------------------------- notices

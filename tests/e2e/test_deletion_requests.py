@@ -288,7 +288,7 @@ def test_deletion_batch_erases_exactly_the_targets(stack, requests_dropped, esp_
     assert {k.rsplit("/", 1)[1] for k in receipts} == {"DEL-1.delete.json", "DEL-2.delete.json"}
     for key in receipts:
         receipt = json.loads(stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read())
-        assert receipt["verification"].startswith("every system re-checked")
+        assert receipt["verification"]["statement"].startswith("every system re-checked")
         assert receipt["counts"]["crm"]["contacts"] >= 1
     rejected = [
         o["Key"]

@@ -161,7 +161,8 @@ def _corpus_phase(demo: Demo, stack: Any, monkeypatch: Any) -> None:
     before = worldview.take(stack.db_url, stack.s3, log_buckets, other)
     keys = {}
     for name, entry in manifest["documents"].items():
-        folder = str(entry["source_client"]) if "source_client" in entry else "hostile"
+        # every folder but the staff's `ui/` names a client (tenant ids may be any text)
+        folder = str(entry["source_client"]) if "source_client" in entry else "ui"
         keys[name] = f"inbox/{folder}/{name}"
         stack.s3.put_object(Bucket=stack.bucket, Key=keys[name], Body=(CORPUS / name).read_bytes())
     monkeypatch.setattr(runtime, "now", lambda: CORPUS_NOW)

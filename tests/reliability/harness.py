@@ -344,6 +344,11 @@ class DeletionJob(Job):
                 f"scrub_logs[{shard}]",
                 lambda sh=shard: erasure.scrub_log_shard(s3, BUCKET, dm, s3, state, bid, sh),
             )
+        for shard in batch["shards"]:
+            yield (
+                f"verify_logs[{shard}]",
+                lambda sh=shard: erasure.verify_log_shard(s3, BUCKET, dm, s3, bid, sh),
+            )
         for store in batch["recordings"]:
             yield (
                 f"erase_recordings[{store}]",

@@ -44,6 +44,7 @@ DELETION_POINTS = [
     after("plan"),
     after("erase_system["),
     after("scrub_logs["),  # the first log shard
+    after("verify_logs["),  # the first shard's independent verdict written
     after("erase_recordings["),
     after("tombstone_backups["),
     after("notify_subprocessors"),

@@ -9,7 +9,9 @@
 - Logs (`logs.scan_lines`, `logs.rewrite_object` against the moto server): a line matches
   exactly when the spec says so (tenant equal, a whole identity value, duplicates and arrays
   included, never a substring); a rewrite drops or redacts exactly those lines and keeps every
-  other byte.
+  other byte. Besides the demo's flat stores, a store whose fields (and tenant) are nested paths
+  (`actor.email`, `recipients[].email`, `ids[]`, `meta\\.v2.ip`, issue 14) is held to a spec
+  walker written here, independently of `compliance.datamap.paths`.
 
 Worlds are drawn from tiny pools so collisions (the same e-mail at two clients, a shared phone,
 a value only inside free text) are the common case, not the rare one. derandomize=True: CI
@@ -32,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compliance import logs
-from compliance.datamap.model import IdentityType
+from compliance.datamap.model import IdentityType, LogStore
 from compliance.datamap.validate import load_datamap
 from compliance.erase_sql import execute_erasure, residue
 from compliance.resolve import Subject, resolve
@@ -405,6 +407,110 @@ def log_line(draw: st.DrawFn, store: Any) -> bytes:
     return ("{" + body + "}").encode()
 
 
+def _nested_store(erase: str) -> LogStore:
+    return LogStore(
+        kind="log",
+        bucket="cj-prop-logs",
+        prefix=f"nested-{erase}/",
+        system="crm",
+        timestamp_field="ctx.ts",
+        tenant_field="ctx.client",
+        erase=erase,
+        fields={
+            "actor.email": {"categories": ["identifiers"], "identity": "email"},
+            "recipients[].email": {"categories": ["identifiers"], "identity": "email"},
+            "recipients[].phone": {"categories": ["identifiers"], "identity": "phone"},
+            "ids[]": {"categories": ["identifiers"], "identity": "record_id"},
+            "meta\\.v2.ip": {"categories": ["identifiers", "internet_activity"]},
+        },
+    )
+
+
+NEST = _nested_store("drop_line")
+NEST_REDACT = _nested_store("redact")
+# The spec's reading of each path, written out by hand ("[]": every element of an array).
+SPEC_STEPS = {
+    "ctx.client": ["ctx", "client"],
+    "actor.email": ["actor", "email"],
+    "recipients[].email": ["recipients", "[]", "email"],
+    "recipients[].phone": ["recipients", "[]", "phone"],
+    "ids[]": ["ids", "[]"],
+    "meta\\.v2.ip": ["meta.v2", "ip"],
+}
+
+
+def _steps(name: str) -> list[str]:
+    return SPEC_STEPS.get(name, [name])
+
+
+class _Obj(list):
+    """A JSON object to serialise: (key, value) pairs, duplicates allowed."""
+
+
+def _dump(draw: st.DrawFn, node: Any, ascii_only: bool) -> str:
+    """JSON text of `node`, with random spacing and, now and then, \\u-escaped strings."""
+    sep = draw(st.sampled_from([",", ", "]))
+    colon = draw(st.sampled_from([":", ": "]))
+    if isinstance(node, _Obj):
+        return (
+            "{"
+            + sep.join(
+                _spelt(k, draw(st.integers(0, 9)) == 0, True) + colon + _dump(draw, v, ascii_only)
+                for k, v in node
+            )
+            + "}"
+        )
+    if isinstance(node, list):
+        return "[" + sep.join(_dump(draw, x, ascii_only) for x in node) + "]"
+    return _spelt(node, draw(st.integers(0, 4)) == 0, ascii_only)
+
+
+@st.composite
+def nested_line(draw: st.DrawFn) -> bytes:
+    """A line of the nested store: identities in objects and arrays, duplicated keys, values of
+    the wrong kind where the path expects an object or an array, copies at unmapped paths."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from([b"not json", b'{"ctx": {"client": 1}, "actor": {', b""]))
+    email = VALUES[IdentityType.email]
+    phone = VALUES[IdentityType.phone]
+    record = VALUES[IdentityType.record_id]
+    top: list[tuple[str, Any]] = []
+    ctx = _Obj(("client", draw(TENANTS)) for _ in range(draw(st.integers(0, 2))))
+    ctx.append(("ts", "2026-01-05T09:30:00Z"))
+    top.append(("ctx", ctx if draw(st.integers(0, 9)) else [ctx]))  # sometimes not an object
+    for _ in range(draw(st.integers(0, 2))):  # no actor, one, or a duplicated key
+        actor = _Obj(
+            ("email", draw(st.one_of(email, st.lists(email, max_size=2))))
+            for _ in range(draw(st.integers(0, 2)))
+        )
+        actor.append(("name", "Ann"))
+        top.append(("actor", actor if draw(st.integers(0, 5)) else [actor]))
+    if draw(st.booleans()):
+        people = draw(
+            st.lists(
+                st.one_of(
+                    st.builds(lambda e: _Obj([("email", e)]), email),
+                    st.builds(lambda p: _Obj([("phone", p)]), phone),
+                    st.builds(lambda e, p: _Obj([("email", e), ("phone", p)]), email, phone),
+                    email,  # a bare value in the array: not at recipients[].email
+                ),
+                max_size=3,
+            )
+        )
+        wrong = _Obj([("email", draw(email))])  # an object where the path says array
+        top.append(("recipients", people if draw(st.integers(0, 5)) else wrong))
+    if draw(st.booleans()):
+        top.append(("ids", draw(st.one_of(st.lists(record, max_size=3), record))))
+    if draw(st.booleans()):
+        top.append(("meta.v2", _Obj([("ip", "10.0.0.1")])))
+    if draw(st.booleans()):  # copies at unmapped paths: never what makes a line match
+        top.append(("cc", _Obj([("email", draw(email))])))
+    if draw(st.booleans()):
+        top.append(("email", draw(email)))
+    top.append(("msg", draw(st.sampled_from(["ok", "sent to ann@x.io"]))))
+    return _dump(draw, _Obj(draw(st.permutations(top))), draw(st.booleans())).encode()
+
+
 def _targets(draw_pick: list[tuple[str, IdentityType, Any, str]]) -> logs.Targets:
     by_tenant: dict[str, list] = defaultdict(list)
     for tenant, kind, value, ref in draw_pick:
@@ -441,28 +547,59 @@ def spec_refs(line: bytes, store: Any, picks: list) -> frozenset[str]:
         pairs = json.loads(text, object_pairs_hook=list)
     except ValueError:
         return frozenset()
-    tenants = {str(v) for k, v in pairs if k == store.tenant_field and _is_scalar(v)}
-    ids = {name: f.identity for name, f in store.fields.items() if f.identity}
+    tenants = {str(v) for v in _spec_nodes(pairs, _steps(store.tenant_field)) if _is_scalar(v)}
     refs = set()
-    for k, v in pairs:
-        if k not in ids:
+    for name, f in store.fields.items():
+        if not f.identity:
             continue
-        for item in v if isinstance(v, list) else [v]:
-            if not _is_scalar(item):
-                continue
-            for tenant, kind, value, ref in picks:
-                if tenant in tenants and kind is ids[k]:
-                    same = (
-                        str(item).lower() == str(value).lower()
-                        if kind is IdentityType.email
-                        else str(item) == str(value)
-                    )
-                    refs |= {ref} if same else set()
+        for node in _spec_nodes(pairs, _steps(name)):
+            for item in node if _is_array(node) else [node]:  # an array at the end: its items
+                if not _is_scalar(item):
+                    continue
+                for tenant, kind, value, ref in picks:
+                    if tenant in tenants and kind is f.identity:
+                        same = (
+                            str(item).lower() == str(value).lower()
+                            if kind is IdentityType.email
+                            else str(item) == str(value)
+                        )
+                        refs |= {ref} if same else set()
     return frozenset(refs)
 
 
 def _is_scalar(v: Any) -> bool:
     return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _is_object(v: Any) -> bool:  # json.loads(..., object_pairs_hook=list): pairs are tuples
+    return isinstance(v, list) and bool(v) and isinstance(v[0], tuple)
+
+
+def _is_array(v: Any) -> bool:
+    return isinstance(v, list) and not _is_object(v)
+
+
+def _spec_nodes(node: Any, steps: list[str]) -> list[Any]:
+    """What stands at `steps`: every member with the key (duplicates too), every element."""
+    if not steps:
+        return [node]
+    head, rest = steps[0], steps[1:]
+    if head == "[]":
+        return [x for item in node for x in _spec_nodes(item, rest)] if _is_array(node) else []
+    if not _is_object(node):
+        return []
+    return [x for k, v in node if k == head for x in _spec_nodes(v, rest)]
+
+
+def _spec_redact(node: Any, steps: list[list[str]]) -> Any:
+    """`node` with every value at one of `steps` replaced by "[redacted]" (outermost wins)."""
+    if any(not s for s in steps):
+        return "[redacted]"
+    if _is_object(node):
+        return [(k, _spec_redact(v, [s[1:] for s in steps if s[0] == k])) for k, v in node]
+    if _is_array(node):
+        return [_spec_redact(x, [s[1:] for s in steps if s[0] == "[]"]) for x in node]
+    return node
 
 
 @SETTINGS
@@ -473,6 +610,24 @@ def _is_scalar(v: Any) -> bool:
 def test_scan_lines_matches_exactly_the_spec(lines, picks):
     got = [refs for _, refs in logs.scan_lines(lines, APP, _targets(picks))]
     assert got == [spec_refs(line, APP, picks) for line in lines]
+
+
+@SETTINGS
+@given(
+    lines=st.lists(nested_line(), max_size=30),
+    picks=st.lists(target, min_size=1, max_size=4),
+    few=st.booleans(),
+)
+def test_scan_nested_paths_matches_exactly_the_spec(lines, picks, few):
+    """Identities at nested paths (issue 14), through both pre-filters: few target values
+    searched one by one, or every leaf key's value extracted and intersected."""
+    saved = logs.FEW_VALUES
+    logs.FEW_VALUES = saved if few else 0
+    try:
+        got = [refs for _, refs in logs.scan_lines(lines, NEST, _targets(picks))]
+    finally:
+        logs.FEW_VALUES = saved
+    assert got == [spec_refs(line, NEST, picks) for line in lines]
 
 
 _SERIAL = itertools.count()
@@ -491,12 +646,13 @@ def log_bucket(s3_endpoint, buckets_wiped_after_module):
 
 @SETTINGS
 @given(
-    store=st.sampled_from([APP, MAIL]),
+    store=st.sampled_from([APP, MAIL, NEST, NEST_REDACT]),
     data=st.data(),
     picks=st.lists(target, min_size=1, max_size=4),
 )
 def test_rewrite_drops_or_redacts_exactly_the_matching_lines(log_bucket, store, data, picks):
-    lines = [x for x in data.draw(st.lists(log_line(store), max_size=20)) if x.strip()]
+    shape = nested_line() if store in (NEST, NEST_REDACT) else log_line(store)
+    lines = [x for x in data.draw(st.lists(shape, max_size=20)) if x.strip()]
     s3, key = log_bucket, f"prop/{store.prefix}{next(_SERIAL)}.jsonl.gz"  # one key per example
     s3.put_object(
         Bucket="cj-prop-logs", Key=key, Body=gzip.compress(b"".join(x + b"\n" for x in lines))
@@ -518,9 +674,8 @@ def test_rewrite_drops_or_redacts_exactly_the_matching_lines(log_bucket, store, 
                 continue
             old_pairs = json.loads(line, object_pairs_hook=list)
             new_pairs = json.loads(new, object_pairs_hook=list)
-            assert [k for k, _ in new_pairs] == [k for k, _ in old_pairs]
-            for (k, v), (_, nv) in zip(old_pairs, new_pairs, strict=True):
-                assert nv == ("[redacted]" if k in store.fields else v)
+            personal = [_steps(name) for name in store.fields]
+            assert new_pairs == _spec_redact(old_pairs, personal)
     versions = s3.list_object_versions(Bucket="cj-prop-logs", Prefix=key).get("Versions", [])
     assert len(versions) == 1  # the old version, which held the lines, is gone
     assert logs.scan_object(s3, store, "cj-prop-logs", key, targets).lines_matched == 0

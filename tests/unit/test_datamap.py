@@ -127,6 +127,19 @@ BROKEN: dict[str, tuple[Mutation, set[tuple[str, str]]]] = {
         put(f"{CRM}.message_attachments.relation.references", "messages.msg_id"),
         {("unknown-column", f"{CRM}.message_attachments.relation.references")},
     ),
+    # composite primary keys (issue 14): fine on a child, never on the consumer table, and a
+    # relation never references one part of one
+    "composite-key-consumer": (
+        put(f"{CRM}.contacts.primary_key", ["contact_id", "client_id"]),
+        {("composite-key", f"{CRM}.contacts.primary_key")},
+    ),
+    "composite-key-part-referenced": (
+        both(
+            put(f"{CRM}.messages.primary_key", ["message_id", "lead_id"]),
+            put(f"{CRM}.message_attachments.relation.references", "messages.lead_id"),
+        ),
+        {("composite-key", f"{CRM}.message_attachments.relation.references")},
+    ),
     "relation-missing": (
         drop(f"{CRM}.leads.relation"),
         {("relation-missing", f"{CRM}.leads.relation")},
@@ -180,6 +193,17 @@ BROKEN: dict[str, tuple[Mutation, set[tuple[str, str]]]] = {
     "log-store-without-identity": (
         drop_identities("stores.mail_logs.fields"),
         {("missing-identity", "stores.mail_logs.fields")},
+    ),
+    # log field paths (issue 14): a path that does not parse would silently match nothing
+    "log-field-bad-path": (
+        both(
+            rename("stores.mail_logs.fields.rcpt", "rcpt[.to"),
+            put("stores.mail_logs.tenant_field", "tenants[]"),
+        ),
+        {
+            ("bad-path", "stores.mail_logs.fields.rcpt[.to"),
+            ("bad-path", "stores.mail_logs.tenant_field"),
+        },
     ),
     "consumer-without-tenant": (
         drop(f"{CRM}.contacts.tenant_column"),
@@ -309,8 +333,8 @@ BROKEN: dict[str, tuple[Mutation, set[tuple[str, str]]]] = {
         {("structure", "systems.crm.tables")},
     ),
     "required-key-missing": (
-        drop(f"{CRM}.leads.time_column"),
-        {("structure", f"{CRM}.leads.time_column")},
+        drop(f"{CRM}.leads.primary_key"),  # time_column is optional (dated by the parent)
+        {("structure", f"{CRM}.leads.primary_key")},
     ),
     "bad-table-name": (
         rename(f"{CRM}.leads", "sales-leads"),
@@ -407,6 +431,7 @@ def test_every_static_rule_has_a_broken_map():
     covered = {rule for _, expected in BROKEN.values() for rule, _ in expected}
     covered |= {"yaml-syntax", "duplicate-name"}  # text-level cases below
     covered |= {"live-missing-table", "live-missing-column"}  # test_live_schema_*
+    covered |= {"live-column-type", "live-type-mismatch"}  # test_time_column.py
     assert covered == set(RULES)
 
 
@@ -450,7 +475,7 @@ def test_many_structural_mistakes_are_reported_at_once():
         put(f"{CRM}.leads.columns.source.categories", ["identifers"]),
         put("stores.app_logs.bucket", "CJ_App_Logs"),
         put("stores.mail_logs.partition", "%Y/%m/"),
-        drop(f"{CRM}.web_visits.time_column"),
+        drop(f"{CRM}.web_visits.primary_key"),
         put("subprocessors.1.channel", "fax"),
     )
     assert found(check_mutated(mutation)) == {
@@ -458,7 +483,7 @@ def test_many_structural_mistakes_are_reported_at_once():
         ("unknown-category", f"{CRM}.leads.columns.source.categories.0"),
         ("structure", "stores.app_logs.bucket"),
         ("structure", "stores.mail_logs.partition"),
-        ("structure", f"{CRM}.web_visits.time_column"),
+        ("structure", f"{CRM}.web_visits.primary_key"),
         ("structure", "subprocessors.1.channel"),
     }
 

@@ -1,7 +1,7 @@
 """The hostile corpus: every document in tests/corpus/hostile/ is refused with exactly the reason
 its manifest (expected.json) gives, nothing raises, and no identity value leaks into a message.
 
-Fixed world: now = 2025-03-10T12:00:00Z, clients {1: active, 2: active, 3: inactive}. The
+Fixed world: now = 2025-03-10T12:00:00Z, clients {"1": active, "2": active, "3": inactive}. The
 manifest's `existing` requests are "already open": their dedupe keys are the existing keys.
 """
 
@@ -28,7 +28,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "hostile"
 MANIFEST = json.loads((CORPUS / "expected.json").read_text())
 DOCUMENTS: dict[str, dict] = MANIFEST["documents"]
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
-CLIENTS = {1: True, 2: True, 3: False}
+CLIENTS = {"1": True, "2": True, "3": False}  # registry keys as text (issue 14)
 HASH_KEY = b"corpus-test-key"
 
 
@@ -235,3 +235,15 @@ def test_random_mutations_never_raise():
                 del raw[min(pos, len(raw) - 1)]
         results = parse_documents(bytes(raw), "fuzz", now=NOW, clients=CLIENTS)
         assert all(isinstance(r, Accepted | Rejected) for r in results)
+
+
+@pytest.mark.parametrize(
+    "email", ["jane@localhost", "jane@example.invalid", "jane@shop.test", "jane@gmial.com"]
+)
+def test_special_use_and_typo_domains_are_identities_not_hostile(email):
+    """Issue 14: the CRM holds such addresses, so refusing them would leave a consumer who can be
+    neither erased nor answered. Only syntax and lookalikes are refused (cases above)."""
+    doc = _valid(3)
+    doc["identities"] = {"email": email}
+    (result,) = parse_documents(json.dumps(doc).encode(), "ok.json", now=NOW, clients=CLIENTS)
+    assert isinstance(result, Accepted) and result.identities.email == email

@@ -25,13 +25,16 @@ from compliance.intake import (
     deadlines,
     dedupe_key,
     find_duplicates,
+    identity_lists,
+    identity_pairs,
     parse_documents,
     received_day,
     validate_request,
 )
+from compliance.intake import identity_keys as intake_identity_keys
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
-CLIENTS = {1: True, 2: True, 3: False}
+CLIENTS = {"1": True, "2": True, "3": False}  # registry keys as text (inbox.load_clients)
 KEY = b"unit-test-hash-key"
 
 DELETE = {
@@ -85,7 +88,7 @@ def rejected(doc, **kw) -> Rejected:
 def test_valid_ccpa_delete():
     req = accepted(DELETE)
     assert req.request_id == "acme-2025-0001"
-    assert req.client_id == 1
+    assert req.client_id == "1"  # a JSON integer stands for its decimal text (issue 14)
     assert req.type is RequestType.delete
     assert req.jurisdiction is Jurisdiction.ccpa
     assert req.identities.email == "jane.doe@example.com"
@@ -148,11 +151,64 @@ def test_optional_fields_may_be_null():
 
 
 def test_client_id_as_numeric_string():
-    assert accepted(make(client_id="2")).client_id == 2
+    assert accepted(make(client_id="2")).client_id == "2"
+
+
+def test_client_id_is_compared_as_the_registry_spells_it():
+    """R6: "02" is not client 2 of an integer registry; no leading zeros, signs or blanks."""
+    for spelling in ("02", "+2", "2.0", "0x2"):
+        assert rejected(make(client_id=spelling)).reason is Reason.unknown_client, spelling
+    assert rejected(make(client_id=" 2")).reason is Reason.bad_text
+
+
+def test_string_tenants_of_a_text_registry():
+    """Tenant ids as the CRM spells them: "01" and "1" are distinct tenants, Unicode allowed."""
+    clients = {"acme-east": True, "01": True, "1": False, "société-東京": True}
+
+    def one(client_id, **kw):
+        raw = json.dumps(make(client_id=client_id)).encode()
+        (result,) = parse_documents(raw, "x", now=NOW, clients=clients, **kw)
+        return result
+
+    assert one("acme-east").client_id == "acme-east"
+    assert one("01").client_id == "01"
+    assert one("1").reason is Reason.inactive_client  # "1" is its own (inactive) tenant
+    assert one(1).reason is Reason.inactive_client  # the integer 1 is "1", never "01"
+    assert one("société-東京").client_id == "société-東京"
+    assert one("ACME-EAST").reason is Reason.unknown_client  # exact spelling
+    assert one("01", source_client="01").client_id == "01"
+    assert one("01", source_client="1").reason is Reason.client_mismatch
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [
+        "acme\u200beast",
+        "acme\u202eeast",
+        "acme\u0000",
+        "acme\neast",
+        "acme/east",
+        "..",
+        "",
+        "a" * 256,
+    ],
+)
+def test_client_id_with_invisible_or_path_characters_is_bad_text(client_id):
+    raw = json.dumps(make(client_id=client_id.encode().decode("unicode_escape"))).encode()
+    (result,) = parse_documents(raw, "x", now=NOW, clients={"acmeeast": True, "acme": True})
+    assert result.reason is Reason.bad_text and result.field == "client_id", result
+    assert "R6" in result.message and result.client_id is None
+
+
+@pytest.mark.parametrize("client_id", [-1, 2**63, 1.0, True, None, [1], {"id": 1}])
+def test_client_id_of_a_wrong_json_type(client_id):
+    result = rejected(make(client_id=client_id))
+    assert result.reason is Reason.wrong_type and result.field == "client_id"
 
 
 def test_source_client_matching_is_accepted():
-    assert accepted(DELETE, source_client=1).client_id == 1
+    assert accepted(DELETE, source_client="1").client_id == "1"
+    assert accepted(DELETE, source_client=1).client_id == "1"  # an int source is its text
 
 
 def test_minor_under_13_with_guardian_verification():
@@ -269,6 +325,132 @@ def test_contact_id_is_stripped():
 def test_blank_identity_counts_as_absent():
     req = accepted(make(identities={"email": "", "phone": "(415) 555-0134"}))
     assert req.identities.email is None and req.identities.phone == "+14155550134"
+
+
+# Identity syntax, not deliverability (issue 14): the CRM holds these addresses, so they must be
+# matchable; nothing is ever looked up on the network.
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("jane@shop.test", "jane@shop.test"),  # RFC 2606 special-use
+        ("Jane.Doe@Intranet.LOCAL", "jane.doe@intranet.local"),  # mDNS special-use
+        ("ops@corp.internal", "ops@corp.internal"),  # private-use TLD
+        ("jane@mail.example", "jane@mail.example"),  # reserved example names
+        ("jane@foo.invalid", "jane@foo.invalid"),  # RFC 6761 invalid
+        ("jane@localhost", "jane@localhost"),  # single label, localhost-like
+        ("jane@printer", "jane@printer"),  # single label
+        ("jane@gmial.com", "jane@gmial.com"),  # a typo domain is still the identity held
+        ("jane@no-such-domain-7f3a9c.com", "jane@no-such-domain-7f3a9c.com"),  # non-resolving
+        ("jane@x.onion", "jane@x.onion"),
+        ("jane@B\u00fcCHER.test", "jane@b\u00fccher.test"),  # IDN + special-use, NFC, lower
+        ("jane@xn--bcher-kva.test", "jane@b\u00fccher.test"),  # IDNA form shown in Unicode
+    ],
+)
+def test_special_use_reserved_and_non_resolving_domains_are_accepted(raw, normalised, monkeypatch):
+    import socket
+
+    def no_network(*_a, **_k):
+        raise AssertionError("intake must never look a domain up")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "gethostbyname", no_network)
+    assert accepted(make(identities={"email": raw})).identities.email == normalised
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("jane*@example.com", "wildcard"),
+        ("j%ne@example.com", "wildcard"),
+        ("jane?@example.test", "wildcard"),
+        ("*@corp.internal", "wildcard"),
+        ("jane@example.com,bob@example.com", "syntax"),  # not one address
+        ("jane@example.com;bob@example.com", "syntax"),
+        ("jane@@shop.local", "syntax"),
+        ("jane@[127.0.0.1]", "syntax"),  # a domain literal is not an identity we match
+        ("jane@shop..test", "syntax"),
+        ("jane@-shop.local", "syntax"),
+        ("jane@localhost.", "syntax"),
+        ("j\u0430ne@shop.test", "scripts"),  # Cyrillic a, special-use domain or not
+        ("jane@sh\u043ep.local", "scripts"),
+        ("jane\u200b@shop.test", "invisible"),
+        ("jane@shop.test\u202e", "invisible"),  # bidi override
+    ],
+)
+def test_hostile_addresses_are_still_refused_whatever_the_domain(raw, why):
+    result = rejected(make(identities={"email": raw}))
+    assert (result.reason, result.field) == (Reason.malformed_email, "identities.email")
+    assert raw.strip() not in result.message
+    words = {
+        "wildcard": "wildcard",
+        "syntax": "syntax",
+        "scripts": "lookalike",
+        "invisible": "invisible",
+    }
+    assert words[why] in result.message
+
+
+def test_phone_keeps_the_spellings_a_crm_may_store():
+    req = accepted(make(identities={"phone": "(415) 555-0134"}))
+    assert req.identities.phone == "+14155550134"
+    assert req.identities.phone_variants == ("(415) 555-0134", "4155550134")
+    assert list(req.identities.match_items())[-2:] == [
+        (IdentityType.phone, "(415) 555-0134"),
+        (IdentityType.phone, "4155550134"),
+    ]
+    # dedupe keys and the stored document: E.164 first; a plain list so readers need no intake
+    assert list(req.identities.items()) == [(IdentityType.phone, "+14155550134")]
+    doc = req.identities.as_doc()
+    assert doc == {"phone": ["+14155550134", "(415) 555-0134", "4155550134"]}
+    assert identity_pairs(json.loads(json.dumps(doc))) == (
+        (IdentityType.phone, "+14155550134"),
+        (IdentityType.phone, "(415) 555-0134"),
+        (IdentityType.phone, "4155550134"),
+    )
+    assert identity_lists({"email": "a@b.test", "phone": "+14155550134"}) == {
+        "email": ["a@b.test"],
+        "phone": ["+14155550134"],
+    }  # documents stored before this change read the same
+
+
+def test_phone_variants_do_not_change_duplicate_detection():
+    first = accepted(make(identities={"phone": "+1 415 555 0134"}))
+    again = accepted(make(request_id="other-1", identities={"phone": "415.555.0134"}))
+    key = b"k"
+    assert intake_identity_keys(first, key) == intake_identity_keys(again, key)
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "e164", "national"),
+    [
+        ("020 7946 0958", "GB", "+442079460958", "02079460958"),
+        ("020 7946 0958", "gb", "+442079460958", "02079460958"),  # case-insensitive
+        ("030 12345678", "DE", "+493012345678", "03012345678"),
+        ("+1 415 555 0134", "GB", "+14155550134", "4155550134"),  # international wins
+        ("(415) 555-0134", None, "+14155550134", "4155550134"),  # US when not given
+    ],
+)
+def test_phone_is_read_in_the_requests_region(raw, region, e164, national):
+    doc = make(identities={"phone": raw}, **({"phone_region": region} if region else {}))
+    req = accepted(doc)
+    assert req.identities.phone == e164
+    assert national in req.identities.phone_variants
+
+
+def test_a_national_number_of_another_country_needs_its_region():
+    assert rejected(make(identities={"phone": "020 7946 0958"})).reason == Reason.malformed_phone
+
+
+@pytest.mark.parametrize("region", ["ZZ", "UK", "USA", "1", "", " ", "U\u0405"])
+def test_phone_region_must_be_a_known_iso_code(region):
+    result = rejected(make(phone_region=region))
+    assert (result.reason, result.field) == (Reason.malformed_phone, "phone_region")
+    assert "ISO 3166-1 alpha-2" in result.message
+
+
+def test_phone_region_of_a_wrong_json_type():
+    result = rejected(make(phone_region=44))
+    assert (result.reason, result.field) == (Reason.wrong_type, "phone_region")
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +603,7 @@ def test_messages_cite_a_rule():
 
 def test_rejected_carries_safe_request_and_client_ids():
     result = rejected(make(client_id=99))
-    assert (result.request_id, result.client_id) == ("acme-2025-0001", 99)
+    assert (result.request_id, result.client_id) == ("acme-2025-0001", "99")
     result = rejected(make(request_id="../x", client_id=[1]))
     assert (result.request_id, result.client_id) == (None, None)
     assert result.as_dict()["reason"] == "bad_request_id"
@@ -643,7 +825,7 @@ def test_find_duplicates_same_request_id_in_batch():
     out = find_duplicates([a, b], set(), KEY)
     assert out[0] is a
     assert out[1].reason is Reason.duplicate and out[1].field == "request_id"
-    assert out[1].request_id == "acme-2025-0001" and out[1].client_id == 1
+    assert out[1].request_id == "acme-2025-0001" and out[1].client_id == "1"
 
 
 def test_find_duplicates_same_identities_after_normalisation():
@@ -709,4 +891,4 @@ def test_examples_in_docs_are_accepted():
         date(2025, 5, 29),
     )
     assert child_access.under_13 and child_access.look_back is LookBack.since_2022
-    assert gdpr.client_id == 2 and gdpr.due.response_due == date(2025, 2, 28)
+    assert gdpr.client_id == "2" and gdpr.due.response_due == date(2025, 2, 28)

@@ -27,7 +27,7 @@ def engine(db_url):
 
 def _req(request_id: str, type: str = "delete", **kw) -> NewRequest:
     base = {
-        "client_id": 7,
+        "client_id": "7",  # tenant ids are text (issue 14)
         "request_id": request_id,
         "type": type,
         "jurisdiction": "ccpa",
@@ -85,8 +85,8 @@ def test_insert_requests_is_insert_if_absent(engine):
     again = state.insert_requests(
         engine, [_req("r1", response_due=date(2030, 1, 1), source="ui"), _req("r3")]
     )
-    assert again[(7, "r1", "delete")] == pks[(7, "r1", "delete")]
-    row = _one(engine, pks[(7, "r1", "delete")])
+    assert again[("7", "r1", "delete")] == pks[("7", "r1", "delete")]
+    row = _one(engine, pks[("7", "r1", "delete")])
     assert row.response_due == date(2024, 2, 14)
     assert row.source == "inbox/7/r1.json"
     assert row.received_at == RECEIVED  # timezone-aware UTC on both backends
@@ -105,7 +105,7 @@ def test_insert_requests_from_mappings(engine):
     row = _req("m1").__dict__ | {"keys": ["k-a", "k-b", "k-a"]}
     pks = state.insert_requests(engine, [row])
     assert state.existing_dedupe_keys(engine, ["k-a", "k-b", "k-c"]) == {"k-a", "k-b"}
-    assert list(pks) == [(7, "m1", "delete")]
+    assert list(pks) == [("7", "m1", "delete")]
 
 
 def test_dedupe_keys_ignore_rejected_requests(engine):
@@ -118,8 +118,8 @@ def test_dedupe_keys_ignore_rejected_requests(engine):
             _req("rej1", keys=("k-rejected",), status="rejected", reason_code="unverified"),
         ],
     )
-    state.set_status(engine, [pks[(7, "done1", "delete")]], "completed")
-    state.set_status(engine, [pks[(7, "def1", "delete")]], "deferred", reason_code="legal_hold")
+    state.set_status(engine, [pks[("7", "done1", "delete")]], "completed")
+    state.set_status(engine, [pks[("7", "def1", "delete")]], "deferred", reason_code="legal_hold")
     wanted = ["k-open", "k-done", "k-deferred", "k-rejected", "k-new"]
     assert state.existing_dedupe_keys(engine, wanted) == {"k-open", "k-done", "k-deferred"}
     assert state.existing_dedupe_keys(engine, []) == set()
@@ -142,7 +142,7 @@ def test_open_requests_by_deadline(engine):
         ],
     )
     assert [r.request_id for r in state.open_requests(engine, "delete")] == ["soon", "late"]
-    state.record_extension(engine, pks[(7, "soon", "delete")], RECEIVED, "volume of requests")
+    state.record_extension(engine, pks[("7", "soon", "delete")], RECEIVED, "volume of requests")
     assert [r.request_id for r in state.open_requests(engine, "delete")] == ["late", "soon"]
     assert [r.request_id for r in state.open_requests(engine, "access")] == ["acc"]
     with pytest.raises(ValueError):
@@ -170,7 +170,7 @@ def test_subject_request_count_for_r7(engine):
 
 def test_status_transitions(engine):
     pks = state.insert_requests(engine, [_req("s1"), _req("s2")])
-    a, b = pks[(7, "s1", "delete")], pks[(7, "s2", "delete")]
+    a, b = pks[("7", "s1", "delete")], pks[("7", "s2", "delete")]
 
     with pytest.raises(TransitionRefused) as exc:
         state.set_status(engine, [a], "deferred")
@@ -200,7 +200,7 @@ def test_status_transitions(engine):
 
 def test_status_change_is_all_or_nothing(engine):
     pks = state.insert_requests(engine, [_req("x1"), _req("x2")])
-    a, b = pks[(7, "x1", "delete")], pks[(7, "x2", "delete")]
+    a, b = pks[("7", "x1", "delete")], pks[("7", "x2", "delete")]
     state.set_status(engine, [b], "rejected", reason_code="unverified")
     with pytest.raises(TransitionRefused):
         state.set_status(engine, [a, b], "completed")
@@ -217,7 +217,7 @@ def test_status_change_is_all_or_nothing(engine):
 
 
 def test_valid_extension_gives_day_90(engine):
-    pk = state.insert_requests(engine, [_req("e1")])[(7, "e1", "delete")]
+    pk = state.insert_requests(engine, [_req("e1")])[("7", "e1", "delete")]
     # Day 45 counting the day of receipt as day 1 (R3): received_on + 44d = 2024-02-14.
     notice = datetime(2024, 2, 14, 23, 0, tzinfo=UTC)
     due = state.record_extension(engine, pk, notice, "  complexity of the request ")
@@ -244,7 +244,7 @@ def test_valid_extension_gives_day_90(engine):
     ],
 )
 def test_invalid_extensions_are_refused(engine, notice, reason, code):
-    pk = state.insert_requests(engine, [_req("e2")])[(7, "e2", "delete")]
+    pk = state.insert_requests(engine, [_req("e2")])[("7", "e2", "delete")]
     with pytest.raises(ExtensionRefused) as exc:
         state.record_extension(engine, pk, notice, reason)
     assert exc.value.reason_code == code
@@ -252,7 +252,7 @@ def test_invalid_extensions_are_refused(engine, notice, reason, code):
 
 
 def test_extension_of_closed_or_unknown_request_is_refused(engine):
-    pk = state.insert_requests(engine, [_req("e3")])[(7, "e3", "delete")]
+    pk = state.insert_requests(engine, [_req("e3")])[("7", "e3", "delete")]
     state.set_status(engine, [pk], "completed")
     with pytest.raises(ExtensionRefused) as exc:
         state.record_extension(engine, pk, RECEIVED, "volume")
@@ -267,7 +267,7 @@ def test_gdpr_extension_uses_calendar_months(engine):
     pk = state.insert_requests(
         engine,
         [_req("g1", jurisdiction="gdpr", received_at=received, response_due=date(2024, 2, 29))],
-    )[(7, "g1", "delete")]
+    )[("7", "g1", "delete")]
     assert state.extension_window("gdpr", received.date()) == (date(2024, 2, 29), date(2024, 4, 30))
     with pytest.raises(ExtensionRefused):
         state.record_extension(engine, pk, datetime(2024, 3, 1, tzinfo=UTC), "volume")
@@ -289,7 +289,7 @@ def test_extension_counts_from_intakes_receipt_day(engine):
                 response_due=date(2023, 12, 31) + timedelta(days=44),
             )
         ],
-    )[(7, "tz1", "delete")]
+    )[("7", "tz1", "delete")]
     assert _one(engine, pk).receipt_day == date(2023, 12, 31)
     with pytest.raises(ExtensionRefused) as exc:
         state.record_extension(engine, pk, datetime(2024, 2, 14, tzinfo=UTC), "volume")
@@ -300,14 +300,14 @@ def test_extension_counts_from_intakes_receipt_day(engine):
 
 def test_extension_notice_never_after_stored_response_due(engine):
     pk = state.insert_requests(engine, [_req("rd1", response_due=date(2024, 2, 10))])[
-        (7, "rd1", "delete")
+        ("7", "rd1", "delete")
     ]
     with pytest.raises(ExtensionRefused):
         state.record_extension(engine, pk, datetime(2024, 2, 12, tzinfo=UTC), "volume")
 
 
 def test_extension_naive_datetimes_are_utc(engine):
-    pk = state.insert_requests(engine, [_req("e4")])[(7, "e4", "delete")]
+    pk = state.insert_requests(engine, [_req("e4")])[("7", "e4", "delete")]
     due = state.record_extension(engine, pk, datetime(2024, 2, 14, 12), "volume")
     assert due == date(2024, 3, 30)
     assert _one(engine, pk).extension_notice_at == datetime(2024, 2, 14, 12, tzinfo=UTC)
@@ -317,7 +317,7 @@ def test_extension_naive_datetimes_are_utc(engine):
 
 
 def test_plan_batch_is_written_once(engine):
-    pk = state.insert_requests(engine, [_req("p1")])[(7, "p1", "delete")]
+    pk = state.insert_requests(engine, [_req("p1")])[("7", "p1", "delete")]
     plan = [PlanRow(pk, "crm", "contacts", 3), PlanRow(pk, "recordings", "bucket/shard-0", 2)]
     stored = state.plan_batch(engine, "del-2024-01-20", "delete", plan)
     assert stored == plan
@@ -371,29 +371,29 @@ def test_concurrent_plan_batch_writes_one_plan(engine):
 
 
 def test_tombstones_are_unique(engine):
-    pk = state.insert_requests(engine, [_req("t1")])[(7, "t1", "delete")]
+    pk = state.insert_requests(engine, [_req("t1")])[("7", "t1", "delete")]
     h_mail = keyed_hash(KEY, "email", "t1@example.com")
     h_phone = keyed_hash(KEY, "phone", "+15555550100")
-    stones = [(7, "email", h_mail), (7, "phone", h_phone), (7, "email", h_mail)]
+    stones = [("7", "email", h_mail), ("7", "phone", h_phone), ("7", "email", h_mail)]
     assert state.add_tombstones(engine, "crm", {pk: stones}) == 2
     assert state.add_tombstones(engine, "crm", {pk: stones}) == 0
-    assert state.add_tombstones(engine, "crm", {None: [(8, "email", h_mail)]}) == 1
-    assert state.add_tombstones(engine, "recordings", {None: [(7, "email", h_mail)]}) == 1
+    assert state.add_tombstones(engine, "crm", {None: [("8", "email", h_mail)]}) == 1
+    assert state.add_tombstones(engine, "recordings", {None: [("7", "email", h_mail)]}) == 1
     assert state.tombstone_hashes(engine, "crm") == {
-        (7, "email", h_mail),
-        (7, "phone", h_phone),
-        (8, "email", h_mail),
+        ("7", "email", h_mail),
+        ("7", "phone", h_phone),
+        ("8", "email", h_mail),
     }
-    assert state.tombstone_hashes(engine, "crm", client_id=8) == {(8, "email", h_mail)}
+    assert state.tombstone_hashes(engine, "crm", client_id=8) == {("8", "email", h_mail)}
     assert state.tombstone_hashes(engine, "nothing") == set()
 
 
 def test_a_batch_of_tombstones_links_each_to_its_first_request(engine):
     pks = state.insert_requests(engine, [_req("b1"), _req("b2")])
-    a, b = pks[(7, "b1", "delete")], pks[(7, "b2", "delete")]
+    a, b = pks[("7", "b1", "delete")], pks[("7", "b2", "delete")]
     shared, own = (
-        (7, "email", keyed_hash(KEY, "email", "s")),
-        (7, "email", keyed_hash(KEY, "e", "o")),
+        ("7", "email", keyed_hash(KEY, "email", "s")),
+        ("7", "email", keyed_hash(KEY, "e", "o")),
     )
     assert state.add_tombstones(engine, "crm", {a: [shared], b: [shared, own]}) == 2
     t = state.cj_tombstones
@@ -409,7 +409,7 @@ def test_a_batch_of_tombstones_links_each_to_its_first_request(engine):
 
 
 def test_notice_lifecycle(engine):
-    pk = state.insert_requests(engine, [_req("n1")])[(7, "n1", "delete")]
+    pk = state.insert_requests(engine, [_req("n1")])[("7", "n1", "delete")]
     t0 = datetime(2024, 1, 21, tzinfo=UTC)
     first = state.record_notice(engine, pk, "esp", "api", "failed", error_kind="http_503", at=t0)
     assert (first.status, first.attempts, first.last_error_kind) == ("failed", 1, "http_503")
@@ -435,7 +435,7 @@ def test_notice_lifecycle(engine):
 def test_acknowledged_send_is_one_write(engine):
     """A send answered with an acknowledgement is stored as such at once (a crash between two
     writes used to leave it 'sent' forever: D4 in tests/reliability)."""
-    pk = state.insert_requests(engine, [_req("n3")])[(7, "n3", "delete")]
+    pk = state.insert_requests(engine, [_req("n3")])[("7", "n3", "delete")]
     t0 = datetime(2024, 1, 21, tzinfo=UTC)
     row = state.record_notice(engine, pk, "esp", "webhook", "sent", at=t0, acknowledged=True)
     assert (row.status, row.sent_at, row.acked_at, row.attempts) == ("acknowledged", t0, t0, 1)
@@ -445,7 +445,7 @@ def test_acknowledged_send_is_one_write(engine):
 
 def test_batch_lines_replace_per_object_and_sum_per_request(engine):
     pks = state.insert_requests(engine, [_req("l1"), _req("l2")])
-    a, b = pks[(7, "l1", "delete")], pks[(7, "l2", "delete")]
+    a, b = pks[("7", "l1", "delete")], pks[("7", "l2", "delete")]
     state.plan_batch(engine, "del-x", "delete", [])
     state.record_lines(engine, "del-x", "app_logs", "d1/a.gz", {str(a): 3, str(b): 1})
     state.record_lines(engine, "del-x", "app_logs", "d1/b.gz", {str(a): 2})
@@ -461,7 +461,7 @@ def test_batch_lines_replace_per_object_and_sum_per_request(engine):
 
 def test_connection_bound_calls_share_the_callers_transaction(engine):
     """plan_batch and set_status given one connection commit together or not at all."""
-    pk = state.insert_requests(engine, [_req("t1")])[(7, "t1", "delete")]
+    pk = state.insert_requests(engine, [_req("t1")])[("7", "t1", "delete")]
     with pytest.raises(RuntimeError), engine.begin() as conn:
         state.plan_batch(conn, "del-t", "delete", [state.PlanRow(pk, "crm", "contacts", 1)])
         state.set_status(conn, [pk], "open", batch_id="del-t")
@@ -476,7 +476,7 @@ def test_connection_bound_calls_share_the_callers_transaction(engine):
 
 
 def test_notice_error_kind_is_a_code_not_a_message(engine):
-    pk = state.insert_requests(engine, [_req("n2")])[(7, "n2", "delete")]
+    pk = state.insert_requests(engine, [_req("n2")])[("7", "n2", "delete")]
     with pytest.raises(ValueError):
         state.record_notice(engine, pk, "esp", "api", "failed", error_kind="no user a@b.com")
     with pytest.raises(ValueError):

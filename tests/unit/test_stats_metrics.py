@@ -117,10 +117,10 @@ def test_r23_metrics_per_client_and_type(state_engine):
             assert row["median_days_to_respond"] == median
             assert row["mean_days_to_respond"] == mean
 
-    check(1, "delete", 5, 3, 2, 0, 10.0, 14.0)
-    check(1, "know", 3, 2, 0, 1, 4.0, 4.0)
-    check(2, "delete", 3, 1, 1, 1, 1.5, 1.5)
-    check(2, "know", 0, 0, 0, 0, None, None)
+    check("1", "delete", 5, 3, 2, 0, 10.0, 14.0)  # client ids are text (issue 14)
+    check("1", "know", 3, 2, 0, 1, 4.0, 4.0)
+    check("2", "delete", 3, 1, 1, 1, 1.5, 1.5)
+    check("2", "know", 0, 0, 0, 0, None, None)
     check("all", "delete", 8, 4, 3, 1, 6.0, 10.9)  # days 10, 30, 2, 1.5
     check("all", "know", 3, 2, 0, 1, 4.0, 4.0)
 
@@ -129,9 +129,9 @@ def test_r23_metrics_per_client_and_type(state_engine):
         for r in denials.itertuples()
     }
     assert got == {
-        (1, "delete", "unverifiable", "not_verified"): 1,
-        (1, "delete", "other", "duplicate"): 1,
-        (2, "delete", "exempt", "legal_hold"): 1,
+        ("1", "delete", "unverifiable", "not_verified"): 1,
+        ("1", "delete", "other", "duplicate"): 1,
+        ("2", "delete", "exempt", "legal_hold"): 1,
     }
 
 
@@ -140,9 +140,9 @@ def test_year_to_date_counts_only_what_happened_by_then(state_engine):
     requests = metrics.load_requests(state_engine)
     per, _ = metrics.ccpa_metrics(requests, 2026, AS_OF, cfg.ccpa)
     # x2 was received on 1 January and answered on the 20th, after the cut-off: still pending
-    row = _row(per, 1, "delete")
+    row = _row(per, "1", "delete")
     assert (row["received"], row["complied_whole_or_part"], row["pending"]) == (1, 0, 1)
-    assert _row(per, 2, "know")["received"] == 1  # o1; o2 is GDPR
+    assert _row(per, "2", "know")["received"] == 1  # o1; o2 is GDPR
 
 
 def test_operations_view_days_left_and_overdue(state_engine):
@@ -158,9 +158,9 @@ def test_operations_view_days_left_and_overdue(state_engine):
     assert by_id.loc["o1", "days_left"] == 36
     assert live["overdue"].tolist() == [True, True, False, False]
     s = summary.set_index("client_id")
-    assert (s.loc[1, "open"], s.loc[1, "overdue"]) == (1, 1)
-    assert (s.loc[2, "open"], s.loc[2, "deferred"], s.loc[2, "overdue"]) == (2, 1, 1)
-    assert s.loc[2, "due_within_7_days"] == 1
+    assert (s.loc["1", "open"], s.loc["1", "overdue"]) == (1, 1)
+    assert (s.loc["2", "open"], s.loc["2", "deferred"], s.loc["2", "overdue"]) == (2, 1, 1)
+    assert s.loc["2", "due_within_7_days"] == 1
     assert "subject_hash" not in live.columns
 
 

@@ -44,7 +44,8 @@ class AccessBatch:
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref -> request facts
     given: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # as the request said
     identities: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # + found on rows
-    consumers: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # system->ref->ids
+    # system -> ref -> consumer keys as text (sqlmap.key_text; typed again at the SQL boundary)
+    consumers: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def refs(self) -> list[str]:
@@ -143,9 +144,9 @@ def _new_batch(
     for row in pending:
         ref = str(row.id)
         doc = json.loads(s3.get_object(Bucket=bucket, Key=row.source)["Body"].read())
-        idents = tuple((IdentityType(k), v) for k, v in sorted(doc["identities"].items()))
+        idents = intake.identity_pairs(doc["identities"])  # a phone may have several spellings
         subjects.append(Subject(ref, row.client_id, idents))
-        batch.given[ref] = {k.value: [v] for k, v in idents}
+        batch.given[ref] = intake.identity_lists(doc["identities"])
         since, until = request_window(row, doc, now)
         batch.requests[ref] = {
             "pk": row.id,
@@ -161,9 +162,7 @@ def _new_batch(
         }
     for sname, system in dm.systems.items():
         resolved = resolve(engines[sname], system, subjects)
-        batch.consumers[sname] = {
-            ref: sorted(res.consumer_ids, key=str) for ref, res in resolved.items()
-        }
+        batch.consumers[sname] = {ref: sorted(res.consumer_ids) for ref, res in resolved.items()}
         for ref, res in resolved.items():
             per_kind = batch.identities.setdefault(ref, {})
             for kind, values in res.identities.items():

@@ -71,15 +71,15 @@ def link_lifetime(days: int | None) -> timedelta:
     return timedelta(days=days)
 
 
-def bundle_key(client_id: int, request_id: str) -> str:
+def bundle_key(client_id: str, request_id: str) -> str:
     return f"{ACCESS}{client_id}/{request_id}/bundle.zip"
 
 
-def link_key(client_id: int, request_id: str) -> str:
+def link_key(client_id: str, request_id: str) -> str:
     return f"{ACCESS}{client_id}/{request_id}/link.json"
 
 
-def receipt_key(client_id: int, request_id: str) -> str:
+def receipt_key(client_id: str, request_id: str) -> str:
     return f"{RECEIPTS}{client_id}/{request_id}.access.json"
 
 
@@ -172,7 +172,7 @@ def _deliver_one(
     policy: Any,
 ) -> Delivered:
     req = batch.requests[ref]
-    client_id, request_id = int(req["client_id"]), str(req["request_id"])
+    client_id, request_id = str(req["client_id"]), str(req["request_id"])
     recordings, audio = _recordings(dm, store_clients, records, batch.include_audio)
     body = report.assemble(
         dm,
@@ -317,7 +317,8 @@ def _forget(s3: Any, bucket: str, batch: AccessBatch, rows: dict[int, state.Requ
     s3.delete_object(Bucket=bucket, Key=targets_key(batch.batch_id))
 
 
-def receipt(s3: Any, bucket: str, client_id: int, request_id: str) -> dict[str, Any]:
+def receipt(s3: Any, bucket: str, client_id: object, request_id: str) -> dict[str, Any]:
     """A delivered request's receipt (for staff tools and tests)."""
-    body = s3.get_object(Bucket=bucket, Key=receipt_key(client_id, request_id))["Body"].read()
+    key = receipt_key(str(client_id), request_id)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     return json.loads(body)

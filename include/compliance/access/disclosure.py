@@ -165,7 +165,7 @@ def load_policy(path: str | Path, dm: DataMap) -> Any | None:
         return None
 
 
-def retention_lines(policy: Any | None, dm: DataMap, client_id: int) -> Retention:
+def retention_lines(policy: Any | None, dm: DataMap, client_id: object) -> Retention:
     """Turn policy rules into plain sentences for one client (its per-client overrides win)."""
     if policy is None:
         return Retention({}, available=False)
@@ -174,8 +174,9 @@ def retention_lines(policy: Any | None, dm: DataMap, client_id: int) -> Retentio
     def add(key: str, text: str) -> None:
         lines.setdefault(key, []).append(text)
 
+    client = str(client_id)  # overrides are keyed by the tenant id as text
     for rule in policy.rules:
-        period = str(rule.overrides.get(client_id, rule.period))
+        period = str(rule.overrides.get(client, rule.period))
         action = str(getattr(rule.action, "value", rule.action))
         why = f" (purpose: {rule.purpose})"
         if rule.table:

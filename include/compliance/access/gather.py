@@ -34,9 +34,11 @@ from sqlalchemy import Engine
 
 from compliance import logs
 from compliance.access.batch import BATCHES, load
+from compliance.datamap import paths as fpaths
 from compliance.datamap.model import DataMap, LogStore, RecordingStore
+from compliance.datamap.validate import TimeColumnTypeError, type_family
 from compliance.outputs import THREADS, put_bytes
-from compliance.sqlmap import MappedSql
+from compliance.sqlmap import MappedSql, key_text, record_id, typed_values
 from compliance.stores.s3 import list_keys
 
 CHUNK = 500
@@ -82,10 +84,15 @@ def _naive(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment is not None else None
 
 
-def _inside(moment: datetime | None, since: datetime | None, until: datetime | None) -> bool:
-    """Inside [since, until]; a record without a time is kept (err toward disclosing, R9)."""
+def _inside(moment: date | None, since: datetime | None, until: datetime | None) -> bool:
+    """Inside [since, until]; a record without a time is kept (err toward disclosing, R9). A
+    DATE column's day is inside when it is one of the window's (UTC) days."""
     if moment is None:
         return True
+    if not isinstance(moment, datetime):
+        return (since is None or moment >= since.astimezone(UTC).date()) and (
+            until is None or moment <= until.astimezone(UTC).date()
+        )
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (since is None or moment >= since) and (until is None or moment <= until)
@@ -128,7 +135,7 @@ def gather_system(
                     for ref in owners.get(str(row["consumer"]), []):
                         req = batch.requests[ref]
                         r_since, r_until = batch.window(ref)
-                        if str(row["tenant"]) != str(req["client_id"]):
+                        if row["tenant"] != str(req["client_id"]):  # both text (key_text)
                             continue  # never another tenant's row, whatever the join says
                         if not _inside(row["time"], r_since, r_until):
                             continue
@@ -158,12 +165,12 @@ def _table_rows(
     t = owned.table
     plain = [c for c, col in table.columns.items() if col.withhold is None]
     withheld = [c for c, col in table.columns.items() if col.withhold is not None]
-    time_col = t.c[table.time_column]
+    time_col = _checked_time(tname, owned.time)
     cols: list[sa.ColumnElement] = [
-        t.c[table.primary_key].label("_pk"),
-        time_col.label("_time"),
+        *(t.c[k].label(f"_pk{j}") for j, k in enumerate(table.key_columns)),
+        (time_col if time_col is not None else sa.null()).label("_time"),
         owned.consumer_key.label("_consumer"),
-        sa.cast(owned.tenant, sa.String).label("_tenant"),
+        owned.tenant.label("_tenant"),  # the raw column: text in Python (key_text), no cast
     ]
     cols += [t.c[c].label(f"v{i}") for i, c in enumerate(plain)]
     cols += [_held(t.c[c]).label(f"w{i}") for i, c in enumerate(withheld)]
@@ -171,30 +178,61 @@ def _table_rows(
     if key_col is not None:
         cols.append(t.c[key_col].label("_object"))
     found: list[dict[str, Any]] = []
-    for i in range(0, len(ids), CHUNK):
+    keys = typed_values(owned.consumer_key, [key_text(x) for x in ids])  # the column's own type
+    for i in range(0, len(keys), CHUNK):
         stmt = (
             sa.select(*cols)
             .select_from(owned.from_clause)
-            .where(owned.consumer_key.in_(ids[i : i + CHUNK]))
-            .order_by(t.c[table.primary_key])
+            .where(owned.consumer_key.in_(keys[i : i + CHUNK]))
+            .order_by(*(t.c[k] for k in table.key_columns))
         )
-        if since is not None:  # the union window; each request's own is applied per row
-            stmt = stmt.where(sa.or_(time_col.is_(None), time_col >= _naive(since)))
-        if until is not None:
-            stmt = stmt.where(sa.or_(time_col.is_(None), time_col <= _naive(until)))
+        if time_col is not None:  # undated tables: every row is in scope (R9, err to disclose)
+            stmt = _within(stmt, time_col, since, until)
         for m in conn.execute(stmt).mappings():
             found.append(
                 {
-                    "record": m["_pk"],
+                    "record": record_id([m[f"_pk{j}"] for j in range(len(table.key_columns))]),
                     "time": m["_time"],
                     "consumer": m["_consumer"],
-                    "tenant": m["_tenant"],
+                    "tenant": key_text(m["_tenant"]),
                     "values": {c: m[f"v{i}"] for i, c in enumerate(plain)},
                     "withheld": [c for i, c in enumerate(withheld) if m[f"w{i}"]],
                     "object": m["_object"] if key_col is not None else None,
                 }
             )
     return found
+
+
+def _checked_time(tname: str, when: sa.ColumnElement | None) -> Any:
+    """The row's time expression (own or a dated parent's), refused unless it is a DATE or
+    TIMESTAMP column: comparing an INTEGER or TEXT column with a datetime silently drops rows on
+    SQLite and fails on PostgreSQL. `datamap check --db` reports it as `live-column-type`."""
+    if when is None:
+        return None
+    if type_family(when.type) != "datetime":
+        owner = getattr(getattr(when, "table", None), "name", tname)
+        raise TimeColumnTypeError(
+            f"time column {owner}.{when.name} (dating table "
+            f"{tname!r}) is {when.type!r}, not a DATE or TIMESTAMP type: fix the data map or the "
+            "column (`python -m compliance datamap check --db`: live-column-type)"
+        )
+    return when
+
+
+def _within(
+    stmt: sa.Select, when: Any, since: datetime | None, until: datetime | None
+) -> sa.Select:
+    """The union window on the database side; each request's own is applied per row. A DATE
+    column is compared with dates (SQLite keeps dates as text, where '2024-01-01' sorts before
+    '2024-01-01 00:00:00' and the first day would be lost)."""
+    is_date = isinstance(when.type, sa.Date) and not isinstance(when.type, sa.DateTime)
+    if since is not None:
+        lo = since.astimezone(UTC).date() if is_date else _naive(since)
+        stmt = stmt.where(sa.or_(when.is_(None), when >= lo))
+    if until is not None:
+        hi = until.astimezone(UTC).date() if is_date else _naive(until)
+        stmt = stmt.where(sa.or_(when.is_(None), when <= hi))
+    return stmt
 
 
 def _record_line(source: str, row: dict[str, Any]) -> bytes:
@@ -221,17 +259,18 @@ def gather_log_shard(
     batch = load(s3, bucket, batch_id)
     since, until = batch.union_window()
     out: dict[str, list[bytes]] = defaultdict(list)
-    withheld = {name for name, f in store.fields.items() if f.withhold is not None}
+    withheld = [name for name, f in store.fields.items() if f.withhold is not None]
     for ref, line in logs.collect_shard(
         store_s3, store, prefix, batch.log_targets(), since=since, until=until
     ):
         if ref not in batch.requests:
             continue
         # the scanner's own parser, so "inside the window" means the same thing in both places
-        moment = logs._timestamp(line.get(store.timestamp_field))
+        moment = logs._timestamp(fpaths.first(line, store.timestamp_field))
         if not _inside(moment, *batch.window(ref)):
             continue
-        if str(line.get(store.tenant_field)) != str(batch.requests[ref]["client_id"]):
+        tenant = fpaths.first(line, store.tenant_field)
+        if str(tenant) != str(batch.requests[ref]["client_id"]):
             continue  # the scanner matched on this tenant; checked again, cheaply
         out[ref].append(_log_line(store_name, store, line, moment, withheld))
     name = f"log-{store_name}-{hashlib.sha256(prefix.encode()).hexdigest()[:16]}"
@@ -249,12 +288,19 @@ def _log_line(
     store: LogStore,
     line: dict[str, Any],
     moment: datetime | None,
-    withheld: set[str],
+    withheld: list[str],
 ) -> bytes:
-    # The tenant is the business, not the consumer; a readable timestamp becomes collected_at.
-    skip = {store.tenant_field, *withheld, *([store.timestamp_field] if moment else [])}
-    values = {k: v for k, v in line.items() if k not in skip}  # nested values kept as they are
-    held = sorted(k for k in withheld if line.get(k) not in (None, ""))
+    """The line as an access record. `line` is this record's own copy: it is edited in place.
+
+    R10 at any depth: every value at a `withhold` path (`actor.ssn`, `cards[].number`) is
+    removed from the line, which only names the path as held. The tenant is the business, not
+    the consumer; a readable timestamp becomes collected_at. Everything else stays as logged.
+    """
+    held = sorted(path for path in withheld if fpaths.remove(line, path))
+    fpaths.remove(line, store.tenant_field)
+    if moment:
+        fpaths.remove(line, store.timestamp_field)
+    values = line
     record = {
         "source": store_name,
         "record": None,

@@ -15,6 +15,7 @@ from typing import Any
 
 from compliance import __version__
 from compliance.access import disclosure
+from compliance.datamap.graph import time_path
 from compliance.datamap.model import Category, DataMap, LogStore, RecordingStore
 
 SCHEMA = "compliance-jobs/access-report/1"
@@ -192,6 +193,7 @@ def _source(dm: DataMap, name: str, recs: list[dict[str, Any]]) -> dict[str, Any
         extra = sorted({k for r in recs for k in r["values"]} - known)
         fields = mapped + [{"name": f, "categories": [], "withhold": None} for f in extra]
         kind, description = "log", store.description or name
+        dating = _DATED_OWN
     else:
         sname, tname = name.split(".", 1)
         table = dm.systems[sname].tables[tname]
@@ -204,7 +206,8 @@ def _source(dm: DataMap, name: str, recs: list[dict[str, Any]]) -> dict[str, Any
             for c, col in table.columns.items()
         ]
         kind = "table"
-        description = table.description or f"{tname.replace('_', ' ').capitalize()} ({sname})"
+        description = _table_description(dm, sname, tname)
+        dating = _dating(dm, sname, tname)
     kinds = {f["name"]: f["withhold"] for f in fields}
     rows = []
     for rec in recs:
@@ -225,7 +228,44 @@ def _source(dm: DataMap, name: str, recs: list[dict[str, Any]]) -> dict[str, Any
         "kind": kind,
         "description": description,
         "fields": fields,
+        "collection_time": dating,
         "records": rows,
+    }
+
+
+_DATED_OWN: dict[str, Any] = {"basis": "own", "parent": None, "text": None}
+
+
+def _table_description(dm: DataMap, sname: str, tname: str) -> str:
+    table = dm.systems[sname].tables[tname]
+    return table.description or f"{tname.replace('_', ' ').capitalize()} ({sname})"
+
+
+def _dating(dm: DataMap, sname: str, tname: str) -> dict[str, Any]:
+    """Where a table's records get the time the look-back is measured on (R9): their own time
+    column, the nearest dated table up the relation chain, or none (always in the report)."""
+    found = time_path(dm.systems[sname], tname)
+    if found is None:
+        return {
+            "basis": "none",
+            "parent": None,
+            "text": (
+                "These records carry no collection date, so all of them are included whatever "
+                "the period covered (R9)."
+            ),
+        }
+    hops, _ = found
+    if not hops:
+        return _DATED_OWN
+    parent = hops[-1].target_table
+    return {
+        "basis": "parent",
+        "parent": f"{sname}.{parent}",
+        "text": (
+            "These records have no date of their own: each is dated by its related record in "
+            f"{_table_description(dm, sname, parent)}, and that date decides whether it is in "
+            "the period covered (R9)."
+        ),
     }
 
 

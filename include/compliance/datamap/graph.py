@@ -75,6 +75,27 @@ def tenant_path(system: SqlSystem, table: str) -> tuple[list[Hop], str]:
     )
 
 
+def time_path(system: SqlSystem, table: str) -> tuple[list[Hop], str] | None:
+    """Hops from `table` to the nearest table with a time column, and that column; None when no
+    table up the chain has one.
+
+    A row without its own collection time is dated by its parent (an order line by its order):
+    the R9 look-back and retention periods then run from the parent's time. The chain always
+    ends at the consumer table, so a table has no time anywhere only when the consumer table has
+    none either; such rows are always inside an access look-back (err toward disclosing, R9) and
+    cannot be expired by age (docs/retention.md).
+    """
+    spec = system.tables[table]
+    if spec.time_column:
+        return [], spec.time_column
+    hops = chain_to_consumer(system, table)
+    for i, hop in enumerate(hops):
+        target = system.tables[hop.target_table]
+        if target.time_column:
+            return hops[: i + 1], target.time_column
+    return None
+
+
 def erase_order(system: SqlSystem) -> list[str]:
     """Mapped tables, deepest first: children are erased before the parents they reference."""
     depth = {name: len(chain_to_consumer(system, name)) for name in system.tables}

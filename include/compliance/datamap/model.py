@@ -229,6 +229,9 @@ class LogStore(Strict):
     prefix: Prefix
     partition: Partition = "dt=%Y-%m-%d/"
     system: Name  # the SQL system whose tenant and contact ids the lines carry
+    # Field names are paths into the line (`compliance.datamap.paths`): `email`, `actor.email`,
+    # `recipients[].email`, `meta\.v2.ip`. The validator checks their syntax (`bad-path`);
+    # the tenant and timestamp fields are paths too, without `[]`.
     timestamp_field: str
     tenant_field: str
     fields: dict[str, Field_] = Field(min_length=1)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from compliance.datamap import paths
 from compliance.datamap.graph import RelationError, chain_to_consumer, tenant_path
 from compliance.datamap.model import (
     BUCKET_PATTERN,
@@ -46,6 +47,9 @@ RULES: dict[str, str] = {
     "unknown-category": "categories are the CCPA categories of Stat 1798.140",
     "unknown-table": "a referenced table must be mapped in the same system",
     "unknown-column": "a referenced column must exist (primary key or mapped column)",
+    "composite-key": "a composite primary key is fine on any table but the consumer table (its "
+    "key is what every relation ends at), and a relation references a single-column key or a "
+    "mapped column, never one part of a composite key",
     "unknown-system": "a store must name a SQL system of the map",
     "relation-missing": "every table but the consumer table needs a relation toward the consumer",
     "relation-unreachable": "following relations must reach the consumer table",
@@ -58,8 +62,15 @@ RULES: dict[str, str] = {
     "prefix-overlap": "two stores may not share a bucket prefix",
     "duplicate-name": "names must be unique (YAML keys, sub-processors, mapped vs ignored tables)",
     "bad-target": "a sub-processor target must fit its channel",
+    "bad-path": "a log field path must follow the path syntax (dotted keys, `[]`, `\\` escapes)",
     "live-missing-table": "a mapped table must exist in the database",
     "live-missing-column": "a mapped column must exist in its table",
+    "live-column-type": "a column's live type must fit its role: a time_column (and a hold "
+    "registry's expires_column) is a DATE or TIMESTAMP; e-mail and phone identity columns are "
+    "text; contact_id and record_id identity columns are text, integer or UUID",
+    "live-type-mismatch": "columns compared with each other must have comparable types: a "
+    "tenant column and the tenant registry's key, a relation column and the column it "
+    "references, the hold registry's client and consumer columns and the keys they name",
 }
 
 
@@ -126,10 +137,11 @@ def check_text(text: str) -> tuple[DataMap | None, list[Issue]]:
 def check_against_schema(
     datamap: DataMap, system_name: str, live: Mapping[str, Iterable[str]]
 ) -> list[Issue]:
-    """Compare a SQL system's mapping with the live database (`live`: table -> column names).
+    """Compare a SQL system's mapping with the live database (`live`: table -> column names, or
+    table -> {column: reflected SQLAlchemy type}, as `live_schema` gives, to check types too).
 
     A missing column is located where the map names it: `columns.<name>`, or `primary_key`,
-    `time_column`, `tenant_column`, `relation.column`.
+    `time_column`, `tenant_column`, `relation.column`. Every issue is reported at once.
     """
     system = datamap.systems[system_name]
     live_cols = {table: set(cols) for table, cols in live.items()}
@@ -192,14 +204,179 @@ def check_against_schema(
                     f"column {store.key_column!r} is not in table {store.table!r} of the database",
                 )
             )
+    types = {t: dict(cols) for t, cols in live.items() if isinstance(cols, Mapping)}
+    if types:
+        issues += _type_issues(system, f"systems.{system_name}", types)
     return issues
+
+
+def live_schema(engine: Any) -> dict[str, dict[str, Any]]:
+    """The live schema with types: table -> {column: reflected SQLAlchemy type}. SQLite reflects
+    the declared type (a column declared INTEGER is an Integer, whatever it holds)."""
+    import sqlalchemy as sa
+
+    insp = sa.inspect(engine)
+    return {t: {c["name"]: c["type"] for c in insp.get_columns(t)} for t in insp.get_table_names()}
+
+
+class TimeColumnTypeError(ValueError):
+    """A time column that is not a DATE or TIMESTAMP: comparing it with a datetime would drop
+    rows (SQLite) or fail (PostgreSQL). Names the column, never a value."""
+
+
+def type_family(kind: Any) -> str:
+    """What a reflected type compares as: datetime, text, integer, number, uuid, boolean,
+    binary, unknown (SQLite without a declared type) or other (JSON, arrays...)."""
+    import sqlalchemy as sa
+
+    families: list[tuple[type, str]] = [
+        (sa.types.Date, "datetime"),
+        (sa.types.DateTime, "datetime"),
+        (sa.types.Boolean, "boolean"),  # before Integer: some dialects derive one from the other
+        (sa.types.Integer, "integer"),
+        (sa.types.Numeric, "number"),
+        (sa.types.Uuid, "uuid"),
+        (sa.types.String, "text"),
+        (sa.types.Enum, "text"),
+        (sa.types._Binary, "binary"),
+        (sa.types.NullType, "unknown"),
+    ]
+    for cls, family in families:
+        if isinstance(kind, cls):
+            return family
+    return "other"
+
+
+_NUMBERS = frozenset({"integer", "number"})
+_TEXT_KINDS = frozenset({IdentityType.email, IdentityType.phone})
+_KEY_FAMILIES = frozenset({"text", "integer", "number", "uuid"})
+
+
+def _comparable(a: str, b: str) -> bool:
+    """Whether two families compare without a cast on both engines (unknown: cannot tell)."""
+    return a == b or "unknown" in (a, b) or {a, b} <= _NUMBERS
+
+
+def _type_issues(
+    system: SqlSystem, sloc: str, types: Mapping[str, Mapping[str, Any]]
+) -> list[Issue]:
+    """Column types against each column's role (`live-column-type`) and against the columns it
+    is compared with (`live-type-mismatch`). Missing tables and columns are reported by the
+    caller and skipped here."""
+    issues: list[Issue] = []
+
+    def kind(table: str, column: str | None) -> Any:
+        return types.get(table, {}).get(column) if column else None
+
+    def role(loc: str, table: str, column: str | None, allowed: frozenset[str], what: str) -> None:
+        found = kind(table, column)
+        if found is not None and type_family(found) not in allowed:
+            issues.append(
+                Issue(
+                    loc,
+                    "live-column-type",
+                    f"column {table}.{column} is {_type_name(found)}; {what}",
+                )
+            )
+
+    def pair(loc: str, left: tuple[str, str | None], right: tuple[str, str | None]) -> None:
+        a, b = kind(*left), kind(*right)
+        if a is None or b is None or _comparable(type_family(a), type_family(b)):
+            return
+        issues.append(
+            Issue(
+                loc,
+                "live-type-mismatch",
+                f"column {left[0]}.{left[1]} is {_type_name(a)} but {right[0]}.{right[1]}, "
+                f"which it is compared with, is {_type_name(b)}: make the types match (a "
+                "cast on the column would defeat its index)",
+            )
+        )
+
+    dates = frozenset({"datetime"})
+    registry = system.tenants
+    for tname, table in system.tables.items():
+        loc = f"{sloc}.tables.{tname}"
+        role(
+            f"{loc}.time_column",
+            tname,
+            table.time_column,
+            dates,
+            "a time_column must be a DATE or TIMESTAMP type (leave time_column out to date the "
+            "table by its parent, see docs/data-map.md)",
+        )
+        for cname, col in table.columns.items():
+            if col.identity in _TEXT_KINDS:
+                role(
+                    f"{loc}.columns.{cname}",
+                    tname,
+                    cname,
+                    frozenset({"text", "unknown"}),
+                    f"a {col.identity.value} identity column must be a text type",
+                )
+            elif col.identity is not None:
+                role(
+                    f"{loc}.columns.{cname}",
+                    tname,
+                    cname,
+                    _KEY_FAMILIES | {"unknown"},
+                    f"a {col.identity.value} identity column must be text, integer or UUID",
+                )
+        if table.tenant_column and registry is not None:
+            pair(
+                f"{loc}.tenant_column",
+                (tname, table.tenant_column),
+                (registry.table, registry.key),
+            )
+        if table.relation:
+            rel = table.relation
+            pair(
+                f"{loc}.relation.column",
+                (tname, rel.column),
+                (rel.target_table, rel.target_column),
+            )
+    holds = system.holds
+    if holds is not None:
+        hloc = f"{sloc}.holds"
+        if registry is not None:
+            pair(
+                f"{hloc}.client_column",
+                (holds.table, holds.client_column),
+                (registry.table, registry.key),
+            )
+        consumer = system.tables.get(system.consumer_table)
+        if consumer is not None and len(consumer.key_columns) == 1:
+            pair(
+                f"{hloc}.consumer_column",
+                (holds.table, holds.consumer_column),
+                (system.consumer_table, consumer.key_columns[0]),
+            )
+        role(
+            f"{hloc}.expires_column",
+            holds.table,
+            holds.expires_column,
+            dates | {"unknown"},
+            "a hold's expires_column must be a DATE or TIMESTAMP type",
+        )
+    return issues
+
+
+def _type_name(kind: Any) -> str:
+    if type_family(kind) == "unknown":
+        return "of no declared type"
+    try:
+        return str(kind.compile()).upper() or type(kind).__name__
+    except Exception:  # a type that does not compile without a dialect (e.g. NullType)
+        return "of no declared type" if type_family(kind) == "unknown" else type(kind).__name__
 
 
 def _named_columns(table: Table) -> dict[str, str]:
     """Every column the map names for `table` -> the key that names it (first one wins)."""
     named = {name: f"columns.{name}" for name in table.columns}
-    named.setdefault(table.primary_key, "primary_key")
-    named.setdefault(table.time_column, "time_column")
+    for key in table.key_columns:
+        named.setdefault(key, "primary_key")
+    if table.time_column:
+        named.setdefault(table.time_column, "time_column")
     if table.tenant_column:
         named.setdefault(table.tenant_column, "tenant_column")
     if table.relation:
@@ -488,6 +665,13 @@ def _system_issues(base: str, system: SqlSystem) -> Iterator[tuple[str, str, str
                 "relation-cycle",
                 "the consumer table is the end of every relation chain and may not have a relation",
             )
+        if len(consumer.key_columns) != 1:
+            yield (
+                f"{base}.tables.{system.consumer_table}.primary_key",
+                "composite-key",
+                f"the consumer table's primary_key must be one column (it is "
+                f"{list(consumer.key_columns)!r}): relations and consumer keys name one column",
+            )
     for tname, table in system.tables.items():
         loc = f"{base}.tables.{tname}"
         yield from _erase_issues(loc, table)
@@ -537,13 +721,25 @@ def _relation_issues(
         )
         yield from _identity_unreachable(loc, tname, table, system)
         return
-    if rel.target_column != target.primary_key and rel.target_column not in target.columns:
-        yield (
-            f"{loc}.relation.references",
-            "unknown-column",
-            f"{rel.references!r}: {rel.target_table!r} has no column {rel.target_column!r} "
-            f"(its primary key is {target.primary_key!r})",
-        )
+    single_key = target.key_columns[0] if len(target.key_columns) == 1 else None
+    if rel.target_column != single_key and rel.target_column not in target.columns:
+        if rel.target_column in target.key_columns:
+            # (the consumer table's own composite key is reported once, at its primary_key)
+            if rel.target_table != system.consumer_table:
+                yield (
+                    f"{loc}.relation.references",
+                    "composite-key",
+                    f"{rel.references!r} names one part of {rel.target_table!r}'s composite "
+                    f"primary key {list(target.key_columns)!r}: a relation references a "
+                    "single-column key or a mapped column (map it under `columns`)",
+                )
+        else:
+            yield (
+                f"{loc}.relation.references",
+                "unknown-column",
+                f"{rel.references!r}: {rel.target_table!r} has no column {rel.target_column!r} "
+                f"(its primary key is {target.primary_key!r})",
+            )
     try:
         chain_to_consumer(system, tname)
     except RelationError as exc:
@@ -599,6 +795,8 @@ def _store_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
                 "missing-identity",
                 "a log store needs at least one identity field",
             )
+        if isinstance(store, LogStore):
+            yield from _log_path_issues(loc, store)
         if (
             isinstance(store, RecordingStore)
             and system is not None
@@ -608,6 +806,30 @@ def _store_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
                 f"{loc}.table",
                 "unknown-table",
                 f"table {store.table!r} is not mapped in system {store.system!r}",
+            )
+
+
+def _log_path_issues(loc: str, store: LogStore) -> Iterator[tuple[str, str, str]]:
+    """Every field of a log store is a path (`actor.email`, `recipients[].email`): a path that
+    does not parse would silently match nothing, and a receipt would claim what was never
+    searched. The tenant and timestamp fields name one value each, so no `[]` there."""
+    for fname in store.fields:
+        try:
+            paths.parse(fname)
+        except ValueError as exc:
+            yield (f"{loc}.fields.{fname}", "bad-path", f"{fname!r} is not a field path: {exc}")
+    for key in ("tenant_field", "timestamp_field"):
+        value = getattr(store, key)
+        try:
+            parsed = paths.parse(value)
+        except ValueError as exc:
+            yield (f"{loc}.{key}", "bad-path", f"{value!r} is not a field path: {exc}")
+            continue
+        if parsed.has_each:
+            yield (
+                f"{loc}.{key}",
+                "bad-path",
+                f"{value!r}: `{key}` names one value per line, so it cannot use `[]`",
             )
 
 

@@ -13,6 +13,11 @@ What covers a column:
   lists under `lifetime` (kept as long as the consumer, gone with it);
 - a `deidentify` rule listing the column, or a category rule for one of its categories.
 A children-only rule covers nothing on its own: adults' data would still be unbounded.
+
+A table with no time column and no dated table up its relation chain (possible only when the
+consumer table has none either) cannot be expired by age: no rule may target it (the policy check
+says `undated`) and category rules pass over it, so its columns are uncovered unless exempt, and
+the gate says why rather than just "uncovered".
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from compliance.datamap.graph import time_path
 from compliance.datamap.model import ColumnErase, DataMap, RecordingStore
 from compliance.datamap.validate import Issue
 from compliance.retention.policy import (
@@ -38,17 +44,10 @@ class Coverage:
     covered: dict[str, str] = field(default_factory=dict)
     uncovered: list[str] = field(default_factory=list)
     exempt_and_covered: list[tuple[str, str]] = field(default_factory=list)  # (item, rule)
+    undated: set[str] = field(default_factory=set)  # "system.table" items with no time at all
 
     def issues(self) -> list[Issue]:
-        out = [
-            Issue(
-                item,
-                "uncovered",
-                "no rule deletes, expires or de-identifies it and it is not exempt (R27): add a "
-                "rule or an `exempt` entry with a reason",
-            )
-            for item in self.uncovered
-        ]
+        out = [Issue(item, "uncovered", self._why_uncovered(item)) for item in self.uncovered]
         out += [
             Issue(
                 item,
@@ -59,6 +58,19 @@ class Coverage:
         ]
         return out
 
+    def _why_uncovered(self, item: str) -> str:
+        table = ".".join(item.split(".")[:2])
+        if table in self.undated:
+            return (
+                f"no rule can expire it by age: table {table} has no time_column and no table up "
+                "its relation chain has one (R27): exempt it with a reason, or add a time_column "
+                "to it or to a parent table"
+            )
+        return (
+            "no rule deletes, expires or de-identifies it and it is not exempt (R27): add a "
+            "rule or an `exempt` entry with a reason"
+        )
+
 
 def coverage(policy: Policy, dm: DataMap) -> Coverage:
     """Which personal-information items of the data map are covered, and by what."""
@@ -67,6 +79,12 @@ def coverage(policy: Policy, dm: DataMap) -> Coverage:
     for ex in policy.exempt:
         exempt[ex.column or ex.table or f"store:{ex.store}"] = f"exempt: {ex.reason.strip()}"
     cov = Coverage()
+    cov.undated = {
+        f"{sname}.{tname}"
+        for sname, system in dm.systems.items()
+        for tname in system.tables
+        if time_path(system, tname) is None
+    }
     for item, table_item in _items(dm):
         rule = by_rule.get(item) or (by_rule.get(table_item) if table_item else None)
         ex = exempt.get(item) or (exempt.get(table_item) if table_item else None)
@@ -113,6 +131,8 @@ def _rule_cover(policy: Policy, dm: DataMap) -> dict[str, str]:
                 if rule.system and sname != rule.system:
                     continue
                 for tname, table in system.tables.items():
+                    if time_path(system, tname) is None:
+                        continue  # undated: the sweep passes over it (policy.category_columns)
                     for cname, col in table.columns.items():
                         if rule.category in col.categories and col.erase is not ColumnErase.keep:
                             out.setdefault(f"{sname}.{tname}.{cname}", rule.id)

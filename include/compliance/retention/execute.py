@@ -174,7 +174,7 @@ def _batches(
     """The key ranges one rule's statements walk, one transaction each (sized by the policy)."""
     size = sweep.policy.batch_rows
     highs = _bounds(rows, table, pred, size)
-    return _spans(rows.pk(table), highs, size, sweep.policy.batch_seconds, progress)
+    return _spans(rows.pk_columns(table), highs, size, sweep.policy.batch_seconds, progress)
 
 
 def _bounds(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int) -> list[Any]:
@@ -186,28 +186,34 @@ def _bounds(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int) -> 
     (5 s at 22M rows). Rows that start matching later are the next sweep's.
     """
     owned = rows.owned(table)
-    pk = rows.pk(table)
+    cols = rows.pk_columns(table)  # several for a composite key: ranges of row values
     ranked = (
         sa.select(
-            pk.label("pk"),
-            sa.func.row_number().over(order_by=pk).label("n"),
+            *(c.label(f"pk{i}") for i, c in enumerate(cols)),
+            sa.func.row_number().over(order_by=cols).label("n"),
             sa.func.count().over().label("total"),
         )
         .select_from(owned.from_clause)
         .where(pred)
         .subquery()
     )
+    keys = [ranked.c[f"pk{i}"] for i in range(len(cols))]
     bounds = (
-        sa.select(ranked.c.pk)
+        sa.select(*keys)
         .where(sa.or_(ranked.c.n % size == 0, ranked.c.n == ranked.c.total))
-        .order_by(ranked.c.pk)
+        .order_by(*keys)
     )
     with rows.engine.connect() as conn:
-        return list(conn.execute(bounds).scalars())
+        found = conn.execute(bounds).all()
+    return [r[0] if len(cols) == 1 else tuple(r) for r in found]
 
 
 def _spans(
-    pk: sa.Column, highs: list[Any], size: int, seconds: float | None, progress: Progress
+    key: sa.ColumnElement | list[sa.Column],
+    highs: list[Any],
+    size: int,
+    seconds: float | None,
+    progress: Progress,
 ) -> Iterator[sa.ColumnElement]:
     """Key ranges as predicates, in pk order: the statements of a batch re-evaluate the rule's
     predicate inside the range in the database, so no id list travels through Python.
@@ -217,11 +223,21 @@ def _spans(
     from one batch to the next, at most MAX_BATCH_ROWS rows): per-batch overhead stops
     dominating on a fast database while a slow one keeps short transactions.
     """
+    # A composite key (a list of columns, highs are tuples) compares as a row value,
+    # `(a, b) > (1, 2)`: the key's index still serves (SQLite >= 3.15, PostgreSQL).
+    cols = key if isinstance(key, list) else [key]
+    pk = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
+
+    def bound(value: Any) -> Any:
+        if len(cols) == 1:
+            return value
+        return sa.tuple_(*(sa.literal(v, c.type) for v, c in zip(value, cols, strict=True)))
+
     steps, i, last = 1, 0, None
     while i < len(highs):
         j = min(i + steps, len(highs))
         hi = highs[j - 1]
-        yield pk <= hi if last is None else sa.and_(pk > last, pk <= hi)
+        yield pk <= bound(hi) if last is None else sa.and_(pk > bound(last), pk <= bound(hi))
         if seconds is not None and progress.last > 0:
             fit = int(seconds / (progress.last / (j - i)))
             steps = max(1, min(2 * (j - i), fit, MAX_BATCH_ROWS // size))
@@ -233,7 +249,6 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
     rows = sweep.rows(system)
     name = step.table or ""
     owned = rows.owned(name)
-    pk = rows.pk(name)
     pred = rows.row_pred(step)
     key = "aggregate" if step.rule.action is Action.aggregate else "delete"
     spec = sweep.datamap.systems[system]
@@ -254,7 +269,12 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
     table = rows.table(name)
     simple = agg_table is None and not children and owned.from_clause is table
     for span in _batches(sweep, rows, name, pred, progress):
-        batch = sa.select(pk).select_from(owned.from_clause).where(span, pred).correlate(None)
+        batch = (
+            sa.select(*rows.pk_columns(name))
+            .select_from(owned.from_clause)
+            .where(span, pred)
+            .correlate(None)
+        )
         for sname, store in audio.items():  # objects first: see the module docstring
             where = sa.and_(span, pred) if store.table == name else None
             keys = _keys(rows, store.table, store.key_column, name, batch, where)
@@ -288,7 +308,12 @@ def _delete_batch(
     name = step.table or ""
     pk = rows.pk(name)
     owned = rows.owned(name)
-    batch = sa.select(pk).select_from(owned.from_clause).where(span, pred).correlate(None)
+    batch = (
+        sa.select(*rows.pk_columns(name))
+        .select_from(owned.from_clause)
+        .where(span, pred)
+        .correlate(None)
+    )
     if agg_table is not None:
         _aggregate(conn, rows, step, agg_table, sa.and_(span, pred))
     for child in children:
@@ -327,7 +352,7 @@ def aggregates_table(name: str | None) -> sa.Table:
         sa.MetaData(),
         sa.Column("rule_id", sa.String(63), primary_key=True),
         sa.Column("source", sa.String(130), primary_key=True),
-        sa.Column("client_id", sa.BigInteger, primary_key=True),
+        sa.Column("client_id", sa.String(255), primary_key=True),  # the tenant id as text
         sa.Column("month", sa.String(7), primary_key=True),
         sa.Column("dims", sa.String(500), primary_key=True),
         sa.Column("row_count", sa.BigInteger, nullable=False),
@@ -347,18 +372,19 @@ def _aggregate(
     pg = conn.dialect.name == "postgresql"
     month = sa.func.to_char(when, "YYYY-MM") if pg else sa.func.strftime("%Y-%m", when)
     dims = _dims_json([(c, table.c[c]) for c in sorted(by)], pg)
+    tenant = _tenant_text(conn, agg, owned.tenant)
     counted = (
         sa.select(
             sa.literal(step.id, sa.String),
             sa.literal(f"{step.system}.{name}", sa.String),
-            owned.tenant,
+            tenant,
             month,
             dims,
             sa.func.count(),
         )
         .select_from(owned.from_clause)
         .where(where)
-        .group_by(owned.tenant, month, dims)
+        .group_by(tenant, month, dims)
     )
     if pg:
         from sqlalchemy.dialects.postgresql import insert
@@ -372,6 +398,18 @@ def _aggregate(
         set_={"row_count": agg.c.row_count + stmt.excluded.row_count},
     )
     conn.execute(stmt)
+
+
+def _tenant_text(conn: sa.Connection, agg: sa.Table, tenant: sa.ColumnElement) -> Any:
+    """The tenant as text for the counts' `client_id` (any-CRM tenant ids: integer, text, UUID).
+
+    A cast in the projection only, never in a WHERE clause, so no index is lost. A counts table
+    created before tenant ids became text keeps its integer column: the tenant goes in as is.
+    """
+    existing = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(agg.name)}
+    if isinstance(existing.get("client_id"), sa.Integer):
+        return tenant
+    return sa.cast(tenant, sa.String)
 
 
 def _dims_json(columns: list[tuple[str, sa.ColumnElement]], pg: bool) -> sa.ColumnElement:
@@ -396,14 +434,14 @@ def _deidentify(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for table, columns in step.columns:
         owned = rows.owned(table)
-        pk = rows.pk(table)
+        pk = rows.pk_columns(table)
         base, held = rows.deid_parts(step, table, columns)
         pred = sa.and_(base, ~held)
         spec = rows.column_spec(table, columns)
         counts[table]["deidentify"] = 0
         for span in _batches(sweep, rows, table, pred, progress):
             with progress.transaction(rows.engine) as conn:
-                chosen = sa.select(pk).select_from(owned.from_clause).where(span, pred)
+                chosen = sa.select(*pk).select_from(owned.from_clause).where(span, pred)
                 counts[table]["deidentify"] += _mask(
                     conn, rows.table(table), pk, spec, chosen, sweep.hash_key
                 )

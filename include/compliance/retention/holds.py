@@ -5,7 +5,9 @@ client (`contact_id` NULL) or one consumer, over everything (`scope: all`) or on
 A hold is active while `expires_at` is NULL (until released) or later than the as-of date's
 midnight; expired holds stop applying on the next sweep. Holds are few, so they are read into
 memory and written into each statement as literals: the same hold set then decides the plan and
-the execution, and the report can say how many holds applied.
+the execution, and the report can say how many holds applied. Client and consumer ids are text
+and are written in the CRM columns' own types (`sqlmap.typed_value`): a hold on a tenant the
+column cannot hold matches no row, and no column is ever cast (any-CRM, issue 14).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from compliance.holds import ALL, Hold, active_holds
+from compliance.sqlmap import KeyTypeError, typed_value, typed_values
 
 __all__ = ["ALL", "Hold", "active_holds", "held_clients", "held_expr", "relevant"]
 
@@ -38,22 +41,27 @@ def held_expr(
     """
     hs = relevant(holds, scopes)
     clients = sorted({h.client_id for h in hs if h.consumer_id is None})
-    people: dict[int, set[object]] = defaultdict(set)
+    people: dict[str, set[str]] = defaultdict(set)
     for h in hs:
         if h.consumer_id is not None and h.client_id not in clients:
             people[h.client_id].add(h.consumer_id)
     terms: list[sa.ColumnElement[bool]] = []
-    if clients:
-        terms.append(sa.and_(tenant.is_not(None), tenant.in_(clients)))
+    typed_clients = typed_values(tenant, clients)
+    if typed_clients:
+        terms.append(sa.and_(tenant.is_not(None), tenant.in_(typed_clients)))
     for client, ids in sorted(people.items()):
-        terms.append(
-            sa.and_(
-                tenant == client, consumer_key.is_not(None), consumer_key.in_(sorted(ids, key=str))
+        try:
+            typed_client = typed_value(tenant, client)
+        except KeyTypeError:
+            continue  # a tenant this column cannot hold: no row of it here
+        keys = typed_values(consumer_key, sorted(ids))
+        if keys:
+            terms.append(
+                sa.and_(tenant == typed_client, consumer_key.is_not(None), consumer_key.in_(keys))
             )
-        )
     return sa.or_(*terms) if terms else sa.false()
 
 
-def held_clients(holds: Iterable[Hold], scopes: Iterable[str]) -> set[int]:
+def held_clients(holds: Iterable[Hold], scopes: Iterable[str]) -> set[str]:
     """Clients with any active hold over `scopes` (objects mix consumers, so the whole client)."""
     return {h.client_id for h in relevant(holds, scopes)}

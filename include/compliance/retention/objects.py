@@ -35,6 +35,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from compliance import faults, recordings
+from compliance.datamap import paths as fpaths
 from compliance.datamap.model import BackupStore, LogStore
 from compliance.logs import day_prefixes
 from compliance.outputs import encryption_args
@@ -68,7 +69,7 @@ class StorePlan:
     noncurrent: list[Version] = field(default_factory=list)
     locked: list[Version] = field(default_factory=list)
     held_versions: int = 0
-    held_clients: list[int] = field(default_factory=list)
+    held_clients: list[str] = field(default_factory=list)  # tenant ids as text
     missing: bool = False  # the bucket does not exist
 
     def counts(self) -> dict[str, int]:
@@ -91,7 +92,7 @@ def plan_store(
     rule: Rule,
     as_of: date,
     now: datetime,
-    held_clients: set[int],
+    held_clients: set[str],
 ) -> StorePlan:
     """List the expired folders and versions of one store (reads only)."""
     cutoff = rule.period.before(as_of)
@@ -276,7 +277,10 @@ def _filter_object(
         if not line.strip():
             continue
         try:
-            tenant = json.loads(line).get(store.tenant_field)
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            tenant = fpaths.first(record, store.tenant_field)  # a path: `ctx.client` (issue 14)
         except (ValueError, AttributeError):
             kept.append(line)  # unreadable: whose it is is unknown, so the hold keeps it
             continue

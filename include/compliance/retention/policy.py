@@ -36,7 +36,7 @@ from pydantic import (
     ValidationError,
 )
 
-from compliance.datamap.graph import chain_to_consumer
+from compliance.datamap.graph import chain_to_consumer, time_path
 from compliance.datamap.model import (
     NAME_PATTERN,
     BackupStore,
@@ -65,6 +65,8 @@ RULES: dict[str, str] = {
     "overlap": "two rules may not delete the same table, expire the same consumers or "
     "de-identify the same column",
     "aggregate-identifying": "aggregates may only be grouped by columns that identify no one",
+    "undated": "a table rule needs a time: the table's own time_column or a dated table up its "
+    "relation chain (a table with neither cannot be expired by age)",
     "R22": "the request log is kept at least 24 months (R22)",
     "R26": "children's data has the shortest retention and never depends on activity (R26)",
     "exempt": "an exemption names one existing table, column or store, with a reason",
@@ -156,6 +158,17 @@ def _cutoffs(months: int, days: int) -> tuple[date, ...]:
 R22_MINIMUM = Period.parse(R22_MINIMUM_TEXT)
 
 PeriodValue = Annotated[Period, BeforeValidator(Period.parse), PlainSerializer(str)]
+
+
+def _client_key(value: Any) -> Any:
+    """A client id as the policy file spells it -> its text (any-CRM tenant ids: `17` and
+    `"acme-east"` alike); compared in the tenant column's own type at the SQL boundary."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+ClientKey = Annotated[str, BeforeValidator(_client_key)]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 RuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 TableRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$")]
@@ -206,7 +219,7 @@ class Rule(Strict):
     system: Name | None = None  # limits a category rule to one SQL system
     action: Action
     period: PeriodValue
-    overrides: dict[int, PeriodValue] = Field(default_factory=dict)  # client id -> period
+    overrides: dict[ClientKey, PeriodValue] = Field(default_factory=dict)  # client id -> period
     # expire_consumers
     consumers: Literal["all", "minors"] = "all"
     since: Literal["created", "last_activity"] | None = None
@@ -225,7 +238,7 @@ class Rule(Strict):
             return self.since
         return "created" if self.consumers == "minors" else "last_activity"
 
-    def periods(self) -> dict[int | None, Period]:
+    def periods(self) -> dict[str | None, Period]:
         """The default period (key None) and every client override."""
         return {None: self.period, **self.overrides}
 
@@ -319,6 +332,8 @@ def category_columns(
         if system and sname != system:
             continue
         for tname, table in sys_.tables.items():
+            if time_path(sys_, tname) is None:
+                continue  # undated: no age to de-identify by; the coverage gate reports it
             cols = tuple(
                 c
                 for c, col in table.columns.items()
@@ -494,7 +509,14 @@ def _rule_issues(loc: str, rule: Rule, dm: DataMap) -> Iterator[Found]:
         if period.is_zero:
             yield (f"{loc}.{key}", "period", f"{name}: a retention period must be longer than 0")
     for client in rule.overrides:
-        if client < 1:
+        if not client.strip() or client != client.strip() or not client.isprintable():
+            yield (
+                f"{loc}.overrides.{client.strip() or '?'}",
+                "structure",
+                f"{name}: a client id is the tenant id as the CRM spells it, without blanks or "
+                "control characters",
+            )
+        elif re.fullmatch(r"-[0-9]+", client):
             yield (f"{loc}.overrides.{client}", "structure", f"{name}: client ids are positive")
     yield from _misplaced_keys(loc, rule)
     kind = targets[0]
@@ -582,6 +604,15 @@ def _table_rule_issues(loc: str, rule: Rule, dm: DataMap) -> Iterator[Found]:
         return
     spec = system.tables[tname]
     is_consumer = tname == system.consumer_table
+    if time_path(system, tname) is None:
+        yield (
+            f"{loc}.table",
+            "undated",
+            f"{name}: {sname}.{tname} has no time_column and no table up its relation chain has "
+            "one, so its rows cannot be expired by age: add a time_column (to it or a parent), "
+            "or exempt it with a reason (R27)",
+        )
+        return
     if rule.action is Action.expire_consumers:
         if not is_consumer:
             yield (

@@ -20,13 +20,15 @@ levels without SQLAlchemy correlating it away.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from types import SimpleNamespace
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.datamap.graph import chain_to_consumer
+from compliance.datamap.graph import chain_to_consumer, time_path
 from compliance.datamap.model import DataMap, SqlSystem, TableErase
 
 # One implementation of "is this column still in its unerased form": erasure's own.
@@ -42,7 +44,7 @@ from compliance.retention.policy import (
     descendants,
     recording_stores,
 )
-from compliance.sqlmap import MappedSql, Owned
+from compliance.sqlmap import KeyTypeError, MappedSql, Owned, typed_value
 
 
 class RetentionError(Exception):
@@ -93,11 +95,29 @@ class SystemRows:
         self.table(name)
         return self.sql.owned(name)
 
-    def pk(self, name: str) -> sa.Column:
-        return self.table(name).c[self.system.tables[name].primary_key]
+    def pk_columns(self, name: str) -> list[sa.Column]:
+        """The primary key's columns (several for a composite key)."""
+        table = self.table(name)
+        return [table.c[c] for c in self.system.tables[name].key_columns]
 
-    def time(self, name: str) -> sa.Column:
-        return self.table(name).c[self.system.tables[name].time_column]
+    def pk(self, name: str) -> sa.ColumnElement:
+        """The primary key as one expression: the column, or the row value `(a, b)` of a
+        composite key (`IN (SELECT a, b ...)` and row comparisons: SQLite >= 3.15, PostgreSQL)."""
+        cols = self.pk_columns(name)
+        return cols[0] if len(cols) == 1 else sa.tuple_(*cols)
+
+    def time(self, name: str) -> sa.ColumnElement:
+        """When a row of `name` was collected: its own time column, or the nearest dated
+        ancestor's (a child expires when its parent's time is past the period). The ancestor is
+        joined into `owned(name).from_clause`, so statements using this select from that."""
+        when = self.owned(name).time
+        if when is None:  # the policy check refuses such rules; a guard, never a crash in SQL
+            raise RetentionError(
+                "undated-table",
+                f"table {self.name}.{name} has no time column and no table up its relation "
+                "chain has one, so no rule can expire its rows by age (docs/retention.md)",
+            )
+        return when
 
     @property
     def consumer(self) -> str:
@@ -107,21 +127,11 @@ class SystemRows:
 
     def older(self, rule: Rule, tenant: sa.ColumnElement, when: sa.ColumnElement):
         """`when` is before the cutoff of the row's client (override) or the rule's default."""
-        default = when < rule.period.cutoff(self.as_of)
-        if not rule.overrides:
-            return default
-        ids = sorted(rule.overrides)
-        terms = [sa.and_(tenant == c, when < rule.overrides[c].cutoff(self.as_of)) for c in ids]
-        return sa.or_(*terms, sa.and_(tenant.not_in(ids), default))
+        return by_tenant(rule, tenant, lambda period: when < period.cutoff(self.as_of))
 
     def recent(self, rule: Rule, tenant: sa.ColumnElement, when: sa.ColumnElement):
         """`when` is at or after the cutoff (activity that keeps a consumer)."""
-        default = when >= rule.period.cutoff(self.as_of)
-        if not rule.overrides:
-            return default
-        ids = sorted(rule.overrides)
-        terms = [sa.and_(tenant == c, when >= rule.overrides[c].cutoff(self.as_of)) for c in ids]
-        return sa.or_(*terms, sa.and_(tenant.not_in(ids), default))
+        return by_tenant(rule, tenant, lambda period: when >= period.cutoff(self.as_of))
 
     # -- hold scopes -------------------------------------------------------------------------
 
@@ -152,8 +162,11 @@ class SystemRows:
         if rule.effective_since == "last_activity":
             names = rule.activity if rule.activity is not None else list(self.system.tables)
             for name in sorted(set(names) - {c}):
-                if name not in self.present:
+                dated = time_path(self.system, name)
+                if name not in self.present or dated is None:
                     continue
+                if any(hop.target_table == c for hop in dated[0]):
+                    continue  # dated by the consumer row itself: no activity beyond `base`
                 owned = self.sql.owned(name)
                 recent = (
                     sa.select(sa.literal(1))
@@ -174,7 +187,7 @@ class SystemRows:
     def consumer_ids(self, step: Step) -> sa.Select:
         """The consumers `step` expires (one-column select, uncorrelated)."""
         c = self.consumer
-        return sa.select(self.pk(c)).where(self.consumer_pred(step)).correlate(None)
+        return sa.select(*self.pk_columns(c)).where(self.consumer_pred(step)).correlate(None)
 
     # -- row rules (delete, aggregate) ---------------------------------------------------------
 
@@ -201,7 +214,7 @@ class SystemRows:
         name = step.table or ""
         owned = self.owned(name)
         return (
-            sa.select(self.pk(name))
+            sa.select(*self.pk_columns(name))
             .select_from(owned.from_clause)
             .where(self.row_pred(step))
             .correlate(None)
@@ -233,7 +246,9 @@ class SystemRows:
         else:
             keys = sa.select(anc.c[last.target_column]).where(anc_pk.in_(ancestor_ids))
             cond = current.c[last.column].in_(keys.correlate(None))
-        return sa.select(self.pk(table)).select_from(from_clause).where(cond).correlate(None)
+        return (
+            sa.select(*self.pk_columns(table)).select_from(from_clause).where(cond).correlate(None)
+        )
 
     # -- deidentify ----------------------------------------------------------------------------
 
@@ -294,15 +309,32 @@ def request_log_pred(requests: sa.Table, rule: Rule, as_of: date) -> sa.ColumnEl
     tenant = requests.c.client_id
 
     def before(col: sa.ColumnElement) -> sa.ColumnElement:
-        default = col < rule.period.cutoff(as_of)
-        if not rule.overrides:
-            return default
-        ids = sorted(rule.overrides)
-        terms = [sa.and_(tenant == c, col < rule.overrides[c].cutoff(as_of)) for c in ids]
-        return sa.or_(*terms, sa.and_(tenant.not_in(ids), default))
+        return by_tenant(rule, tenant, lambda period: col < period.cutoff(as_of))
 
     return sa.and_(
         requests.c.status.in_(TERMINAL),
         before(requests.c.received_at),
         sa.or_(requests.c.completed_at.is_(None), before(requests.c.completed_at)),
     )
+
+
+def by_tenant(
+    rule: Rule, tenant: sa.ColumnElement, test: Callable[[Any], sa.ColumnElement]
+) -> sa.ColumnElement:
+    """`test(period)` with each client's override for its rows, the default for the others.
+
+    Overrides are keyed by the tenant id as text and compared in the tenant column's own type
+    (`sqlmap.typed_value`, never a cast, so the CRM's tenant index serves); an override for a
+    tenant the column cannot hold (a text id against an integer column) matches no row.
+    """
+    default = test(rule.period)
+    typed = []
+    for client, period in sorted(rule.overrides.items()):
+        try:
+            typed.append((typed_value(tenant, client), period))
+        except KeyTypeError:
+            continue
+    if not typed:
+        return default
+    terms = [sa.and_(tenant == value, test(period)) for value, period in typed]
+    return sa.or_(*terms, sa.and_(tenant.not_in([v for v, _ in typed]), default))

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from compliance.datamap.model import TenantRegistry
+from compliance.sqlmap import key_text
 from compliance.stats.config import EventSource
 
 UNKNOWN = "unknown"  # the label of a NULL dimension or campaign
@@ -157,7 +158,9 @@ def _tidy(df: pd.DataFrame, labels: list[str], tenant: bool) -> pd.DataFrame:
     df = df[columns].copy()
     for col in labels:
         df[col] = df[col].where(df[col].notna(), UNKNOWN).astype(str)
-    for col in [*(["client_id"] if tenant else []), *MEASURES]:
+    if tenant:  # tenant ids are text (integer, text or UUID in the CRM: any-CRM)
+        df["client_id"] = df["client_id"].map(key_text).astype(object)
+    for col in MEASURES:
         df[col] = df[col].astype("int64")
     return df.reset_index(drop=True)
 
@@ -190,13 +193,13 @@ def aggregate(engine: Engine, src: EventSource, lo: datetime, hi: datetime) -> A
     )
 
 
-def tenant_industries(engine: Engine, registry: TenantRegistry) -> dict[int, str]:
+def tenant_industries(engine: Engine, registry: TenantRegistry) -> dict[str, str]:
     """client id -> industry label, from the data map's tenant registry."""
     assert registry.industry_column is not None
     t = sa.table(registry.table, sa.column(registry.key), sa.column(registry.industry_column))
     query = sa.select(t.c[registry.key], t.c[registry.industry_column])
     with engine.connect() as conn:
         return {
-            int(key): (str(ind) if ind not in (None, "") else UNKNOWN)
+            key_text(key): (str(ind) if ind not in (None, "") else UNKNOWN)
             for key, ind in conn.execute(query)
         }

@@ -149,7 +149,15 @@ def check_against_datamap(cfg: StatsConfig, dm: DataMap, source: str = "statisti
                     f"the data map says {src.table}'s tenant column is {table.tenant_column!r}",
                 )
             )
-        if table.time_column != src.time_column:
+        if table.time_column is None:
+            problems.append(
+                (
+                    "source.table",
+                    f"{src.table} has no time_column in the data map: statistics count events "
+                    "per period and need the table's own time column",
+                )
+            )
+        elif table.time_column != src.time_column:
             problems.append(
                 (
                     "source.time_column",

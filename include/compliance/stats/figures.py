@@ -21,6 +21,7 @@ from datetime import date, datetime, time, timedelta
 import pandas as pd
 from sqlalchemy import Engine
 
+from compliance.sqlmap import key_text
 from compliance.stats import aggregate, rollup
 from compliance.stats.aggregate import EVENTS, UNIQUES
 from compliance.stats.config import EventSource
@@ -120,6 +121,7 @@ def _campaigns(parts: pd.DataFrame) -> pd.DataFrame:
     out["uniques"] = grouped["part"].nunique().map(lambda n: "exact" if n == 1 else "sum_of_weeks")
     out["lb"] = grouped["consumers"].max()
     out = out.reset_index()
-    for col in ("client_id", *EVENTS, *UNIQUES, "lb"):
+    out["client_id"] = out["client_id"].map(key_text).astype(object)  # tenant ids are text
+    for col in (*EVENTS, *UNIQUES, "lb"):
         out[col] = out[col].astype("int64")
     return out[columns]

@@ -32,6 +32,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance.sqlmap import by_key_order, key_order, key_text
 from compliance.stats.config import Ccpa
 
 R23_TYPE = {"delete": "delete", "access": "know"}
@@ -82,6 +83,7 @@ def load_requests(engine: Engine) -> pd.DataFrame | None:
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     df = pd.DataFrame(rows, columns=REQUEST_COLUMNS)
+    df["client_id"] = df["client_id"].map(key_text).astype(object)  # tenant ids are text
     for col in ("received_at", "completed_at"):
         df[col] = pd.to_datetime(df[col], utc=True)
     for col in ("response_due", "extended_due"):
@@ -138,8 +140,9 @@ def ccpa_metrics(
         return out
 
     records: list[dict] = []
-    for client, frame in rows.groupby("client_id", sort=True):  # per client, not per request
-        records += summarise(frame, int(client))
+    per_client = dict(list(rows.groupby("client_id")))  # per client, not per request
+    for client in sorted(per_client, key=key_order):
+        records += summarise(per_client[client], key_text(client))
     records += summarise(rows, "all")
     metrics = pd.DataFrame(records, columns=METRIC_COLUMNS)
 
@@ -151,6 +154,8 @@ def ccpa_metrics(
         .size()
         .rename("denied")
         .reset_index()
+        .sort_values(["client_id"], key=by_key_order, kind="stable")
+        .reset_index(drop=True)
     )
     denials.insert(0, "year", year)
     return metrics, denials
@@ -198,6 +203,8 @@ def operations_view(requests: pd.DataFrame, as_of: date) -> tuple[pd.DataFrame, 
             next_due=("due", "min"),
         )
         .reset_index()
+        .sort_values(["client_id"], key=by_key_order, kind="stable")
+        .reset_index(drop=True)
     )
     summary.insert(0, "as_of", as_of.isoformat())
     return live, summary

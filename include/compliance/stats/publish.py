@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from compliance.datamap.model import DataMap
 from compliance.outputs import put_bytes, put_json, put_summary
+from compliance.sqlmap import key_order
 from compliance.stats import aggregate, charts, figures, metrics, rollup
 from compliance.stats.config import StatsConfig, check_against_datamap, tenant_registry
 from compliance.stats.period import Period, week_start, weeks_between
@@ -147,7 +148,7 @@ def publish_ccpa_metrics(
         "ccpa_operations": _put_csv(s3, bucket, f"{prefix}ccpa_operations.csv", operations),
     }
     # Each client receives its own figures only (R23 is the client's publication).
-    clients = sorted(c for c in per_client["client_id"].unique() if c != "all")
+    clients = sorted((c for c in per_client["client_id"].unique() if c != "all"), key=key_order)
     for client in clients:
         mine = per_client[per_client["client_id"] == client]
         _put_csv(s3, bucket, f"{prefix}clients/{client}/ccpa_metrics.csv", mine)

@@ -30,6 +30,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import BigInteger, Column, Date, DateTime, Engine, MetaData, String, Table
 
+from compliance.sqlmap import key_text
 from compliance.stats import aggregate
 from compliance.stats.aggregate import MEASURES, Aggregates
 from compliance.stats.config import EventSource
@@ -42,7 +43,8 @@ cj_stats_weekly = Table(
     Column("source_key", String(16), primary_key=True),
     Column("week", Date, primary_key=True),  # the Monday
     Column("grain", String(8), primary_key=True),  # week (marker) | reach | campaign | device
-    Column("client_id", BigInteger, primary_key=True),  # 0 where the grain has no tenant
+    # The tenant id as text (any-CRM); "" where the grain has no tenant.
+    Column("client_id", String(255), primary_key=True),
     Column("key", String(255), primary_key=True),  # campaign, or dimension values joined
     *(Column(m, BigInteger, nullable=False) for m in MEASURES),
     Column("computed_at", DateTime, nullable=False),
@@ -67,6 +69,16 @@ class RollupRun:
 
 def ensure_table(state: Engine) -> None:
     metadata.create_all(state, checkfirst=True)
+    if state.dialect.name == "postgresql":  # a table from when tenant ids were integers
+        kinds = {c["name"]: c["type"] for c in sa.inspect(state).get_columns(cj_stats_weekly.name)}
+        if isinstance(kinds.get("client_id"), sa.Integer):
+            with state.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "ALTER TABLE cj_stats_weekly ALTER COLUMN client_id TYPE VARCHAR(255) "
+                        "USING (CASE WHEN client_id = 0 THEN '' ELSE client_id::text END)"
+                    )
+                )
 
 
 def is_complete(monday: date, today: date) -> bool:
@@ -83,11 +95,11 @@ def _rows(source_key: str, monday: date, agg: Aggregates, dims: list[str]) -> li
     now = datetime.now(UTC).replace(tzinfo=None)
     base = {"source_key": source_key, "week": monday, "computed_at": now}
     zero = dict.fromkeys(MEASURES, 0)
-    rows = [{**base, "grain": "week", "client_id": 0, "key": "", **zero}]
+    rows = [{**base, "grain": "week", "client_id": "", "key": "", **zero}]
 
     def add(grain: str, df: pd.DataFrame, client: pd.Series | None, key: pd.Series) -> None:
         measures = df[MEASURES].astype("int64").to_dict("records")
-        clients = [0] * len(df) if client is None else client.astype("int64").tolist()
+        clients = [""] * len(df) if client is None else [key_text(c) for c in client.tolist()]
         for c, k, m in zip(clients, key.tolist(), measures, strict=True):  # groups, not events
             rows.append({**base, "grain": grain, "client_id": c, "key": k, **m})
 
@@ -167,7 +179,9 @@ def _load(
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy().reset_index(drop=True)
-    for col in ("client_id", *MEASURES):
+    if "client_id" in df:  # text; an old SQLite table may hand back integers
+        df["client_id"] = df["client_id"].map(key_text).astype(object)
+    for col in MEASURES:
         if col in df:
             df[col] = df[col].astype("int64")
     return df

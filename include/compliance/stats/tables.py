@@ -18,6 +18,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
+from compliance.sqlmap import by_key_order
 from compliance.stats.aggregate import EVENTS, UNIQUES, UNKNOWN
 from compliance.stats.figures import PeriodFigures
 from compliance.stats.period import Period, week_label
@@ -111,7 +112,7 @@ def _events_of(df: pd.DataFrame) -> list[float]:
 
 
 def audience_tables(
-    fig: PeriodFigures, industries: dict[int, str], k: int
+    fig: PeriodFigures, industries: dict[str, str], k: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, TreeView]:
     """Industry, client and campaign tables: one tree, total -> industry -> client -> campaign."""
     clients = fig.reach[["client_id", *COUNTS, "lb"]].copy()
@@ -122,24 +123,25 @@ def audience_tables(
         filler = pd.DataFrame({"client_id": missing, **{c: 0 for c in [*COUNTS, "lb"]}})
         clients = pd.concat([clients, filler], ignore_index=True)
     clients["industry"] = clients["client_id"].map(industries).fillna(UNKNOWN)
-    clients = clients.sort_values(["industry", "client_id"], kind="stable").reset_index(drop=True)
+    clients = clients.sort_values(["industry", "client_id"], key=by_key_order, kind="stable")
+    clients = clients.reset_index(drop=True)
     camps = fig.campaigns.merge(clients[["client_id", "industry"]], on="client_id", how="left")
     camps["industry"] = camps["industry"].fillna(UNKNOWN)
     camps["_num"] = pd.to_numeric(camps["campaign"], errors="coerce")
-    camps = camps.sort_values(["client_id", "_num", "campaign"], kind="stable")
+    camps = camps.sort_values(["client_id", "_num", "campaign"], key=by_key_order, kind="stable")
     camps = camps.drop(columns="_num").reset_index(drop=True)
     inds = clients.groupby("industry", sort=True)[[*COUNTS, "lb"]].sum().reset_index()
     total = inds[[*COUNTS, "lb"]].sum()
 
     n_ind, n_cli = len(inds), len(clients)
     ind_node = {name: 1 + i for i, name in enumerate(inds["industry"])}
-    client_node = {int(c): 1 + n_ind + i for i, c in enumerate(clients["client_id"])}
+    client_node = {str(c): 1 + n_ind + i for i, c in enumerate(clients["client_id"])}
     campaign_keys = zip(camps["client_id"], camps["campaign"], strict=True)
     keys: list[tuple] = [
         ("total",),
         *(("industry", name) for name in inds["industry"]),
-        *(("client", int(c)) for c in clients["client_id"]),
-        *(("campaign", int(c), camp) for c, camp in campaign_keys),
+        *(("client", str(c)) for c in clients["client_id"]),
+        *(("campaign", str(c), camp) for c, camp in campaign_keys),
     ]
     parent = [
         -1,
