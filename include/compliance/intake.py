@@ -952,10 +952,28 @@ def _phone(value: object, region: str | None = None) -> tuple[str, tuple[str, ..
     if not phonenumbers.is_valid_number(number):
         raise _Reject(Reason.malformed_phone, "identities.phone", problem)
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
-    spellings = [value, re.sub(r"[^0-9]", "", value), re.sub(r"[^0-9]", "", national)]
+    spellings = [value, re.sub(r"[^0-9]", "", value), *_written_forms(number)]
     variants = tuple(dict.fromkeys(v for v in spellings if v and v != e164))
     return e164, variants
+
+
+def _written_forms(number: phonenumbers.PhoneNumber) -> list[str]:
+    """The ways a CRM commonly stores one number as typed: national and international digit
+    groups joined by nothing, '-', '.', ' ', and the national '(415) 555-0134' form. A resolver
+    compares phone columns as stored (so the CRM's indexes serve), so the request carries each
+    spelling instead of the column being normalised (any-CRM)."""
+    fmt = phonenumbers.PhoneNumberFormat
+    national = phonenumbers.format_number(number, fmt.NATIONAL)
+    groups = re.findall(r"[0-9]+", national)
+    world = re.findall(r"[0-9]+", phonenumbers.format_number(number, fmt.INTERNATIONAL))
+    forms = [national, phonenumbers.format_number(number, fmt.INTERNATIONAL)]
+    for sep in ("", "-", ".", " "):
+        forms.append(sep.join(groups))
+        forms.append(sep.join(world))
+        forms.append("+" + sep.join(world))
+    if len(groups) > 1:
+        forms.append(f"({groups[0]}) {'-'.join(groups[1:])}")
+    return forms
 
 
 def _contact_id(value: object) -> str:
