@@ -32,6 +32,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m compliance datamap check config/datamap.yaml
 	$(BIN)/python -m compliance retention check config/retention.yaml
+	$(BIN)/python -m compliance datamap check tests/second_world/datamap.yaml
+	COMPLIANCE_DATAMAP=tests/second_world/datamap.yaml \
+	  $(BIN)/python -m compliance retention check tests/second_world/retention.yaml
 
 format: venv
 	$(BIN)/ruff format .

@@ -45,8 +45,12 @@ class MappedSql:
     def table(self, name: str) -> sa.Table:
         return self.metadata.tables[name]
 
-    def owned(self, name: str) -> Owned:
-        """`name` joined toward the consumer far enough to know the consumer key and tenant."""
+    def owned(self, name: str, *, aliased: bool = False) -> Owned:
+        """`name` joined toward the consumer far enough to know the consumer key and tenant.
+
+        `aliased` joins the ancestors under aliases: a subquery correlated with an outer
+        consumer row must not join the consumer table under its own name, or the subquery's copy
+        shadows the outer row and the correlation silently vanishes."""
         hops = chain_to_consumer(self.system, name)
         tenant_hops, tenant_col = tenant_path(self.system, name)
         base = self.table(name)
@@ -59,8 +63,10 @@ class MappedSql:
         from_clause: sa.FromClause = base
         current = base
         joined = {name: base}
-        for hop in hops[:needed]:
-            target = self.table(hop.target_table)
+        for i, hop in enumerate(hops[:needed]):
+            target: sa.FromClause = self.table(hop.target_table)
+            if aliased:
+                target = target.alias(f"cj_up{i}_{hop.target_table}")
             from_clause = from_clause.join(
                 target, current.c[hop.column] == target.c[hop.target_column]
             )

@@ -167,13 +167,15 @@ class SystemRows:
                     continue
                 if any(hop.target_table == c for hop in dated[0]):
                     continue  # dated by the consumer row itself: no activity beyond `base`
-                owned = self.sql.owned(name)
+                # Aliased ancestors: a tenant or time join through the consumer table must not
+                # shadow the outer consumer row this subquery is correlated with.
+                owned = self.sql.owned(name, aliased=True)
+                if owned.time is None:
+                    continue
                 recent = (
                     sa.select(sa.literal(1))
                     .select_from(owned.from_clause)
-                    .where(
-                        owned.consumer_key == self.pk(c), self.recent(rule, tenant, self.time(name))
-                    )
+                    .where(owned.consumer_key == self.pk(c), self.recent(rule, tenant, owned.time))
                     .correlate(table)
                 )
                 base = sa.and_(base, ~sa.exists(recent))
