@@ -386,6 +386,7 @@ def test_extension_form_records_one_and_refuses_a_second_or_a_late_one(stack, ch
     assert len(subjects) == 2 and all("request_extension.record failed" in s for s in subjects)
     assert "Error: AirflowFailException (already_extended)" in bodies[0]
     assert "Error: AirflowFailException (notice_too_late)" in bodies[1]
-    late_row = state.find_requests(engine, [(6, "EXT-LATE", "delete")])[(6, "EXT-LATE", "delete")]
+    late_key = ("6", "EXT-LATE", "delete")
+    late_row = state.find_requests(engine, [late_key])[late_key]
     assert late_row.extended_due is None
     engine.dispose()
