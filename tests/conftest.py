@@ -19,7 +19,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _AF_HOME = Path(tempfile.mkdtemp(prefix="cj-airflow-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AF_HOME))
+# Each pytest-xdist worker gets its own Airflow home (and so its own metadata DB): workers inherit
+# the controller's environment, and two workers resetting one SQLite metadata DB break each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["AIRFLOW_HOME"] = str(_AF_HOME)
+else:
+    os.environ.setdefault("AIRFLOW_HOME", str(_AF_HOME))
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
