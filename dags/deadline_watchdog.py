@@ -12,11 +12,20 @@ Daily, alerts compliance staff before a request's legal deadline passes (R2-R4, 
    `deadlines/<day>/watchdog.json` in the workspace bucket.
 2. **notify**: one digest to the configured alert channels (e-mail, Slack, SNS); nothing is
    sent when nothing reached a level.
+3. **chase_notices** (R16.3, R16.4): sends every due deletion notice of the outbox (retries with
+   backoff, give-up), re-issues receipts whose notice status changed, and lists notices still
+   unacknowledged after `COMPLIANCE_NOTICE_ALERT_DAYS` (3), give-ups since the last run, and
+   sub-processors or recipients whose channel is not configured here, to
+   `deadlines/<day>/notices.json`; **notify_notices** sends that list as a second digest.
+4. **check_holds** (R19): legal holds ending within 7 days (the next deletion run then erases
+   what they keep), and holds with an exception code that is not R19's or a scope the data map
+   does not know (honoured conservatively until fixed), to `deadlines/<day>/holds.json`;
+   **notify_holds** sends them as a third digest (registry keys, clients, scopes; no consumer).
 
 **Trigger form** (all optional): *as of* (the day to check, default the run's day), *last
 check* (report what reached a level after this time; default the previous successful run;
 set it far back to list everything at a level), *thresholds* (days left, one per line; default
-`COMPLIANCE_DEADLINE_THRESHOLDS` or 7, 2). Read-only: it changes no request.
+`COMPLIANCE_DEADLINE_THRESHOLDS` or 7, 2). It changes no request; only the notice outbox moves.
 To record an extension use the DAG `request_extension`. Logic: `compliance.deadlines`;
 what each alert means: docs/operations.md.
 """
@@ -27,7 +36,7 @@ from datetime import date, datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from compliance import alerts, deadlines, runtime
+from compliance import alerts, deadlines, hold_watch, outbox, runtime
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 FORM = {
@@ -59,6 +68,12 @@ FORM = {
         section="Alerts",
     ),
 }
+
+
+def _previous_success() -> datetime | None:
+    """When the last successful run started (give-ups after it are new); lazy, may wrap None."""
+    prev = get_current_context().get("prev_start_date_success")
+    return prev if isinstance(prev, datetime) else None
 
 
 @dag(
@@ -108,7 +123,60 @@ def deadline_watchdog():
             raise RuntimeError("no alert channel accepted the deadline digest")
         return {"sent": sent}
 
+    @task
+    def chase_notices() -> dict:
+        cfg = runtime.settings()
+        return outbox.chase(  # R16.3, R16.4: send due notices; report what needs a person
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            runtime.datamap(),
+            runtime.state_engine(),
+            cfg.hash_key,
+            runtime.now(),
+            _previous_success(),
+            runtime.sns(),
+        )
+
+    @task
+    def notify_notices(summary: dict) -> dict:
+        cfg = runtime.settings()
+        return outbox.send_alerts(
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
+            summary,
+            runtime.now().date(),
+        )
+
+    @task
+    def check_holds(params: dict | None = None) -> dict:
+        params = params or {}
+        cfg = runtime.settings()
+        dm = runtime.datamap()
+        given = params.get("last_check")
+        found = hold_watch.check(  # R19: holds ending in 7 days, invalid codes and scopes
+            dm,
+            runtime.engines(dm),
+            runtime.now(),
+            datetime.fromisoformat(given) if given else _previous_success(),
+        )
+        day = params.get("as_of") or runtime.run_day()
+        s3 = runtime.s3(cfg.workspace_connection)
+        return hold_watch.write(s3, cfg.workspace_bucket, day, found)
+
+    @task
+    def notify_holds(summary: dict) -> dict:
+        message = hold_watch.digest(summary)
+        if message is None:
+            return {"sent": []}
+        settings = alerts.alert_settings()
+        sent = alerts.dispatch(message, settings)
+        if alerts.configured_channels(settings) and not sent:
+            raise RuntimeError("no alert channel accepted the legal-hold digest")
+        return {"sent": sent}
+
     notify(check())
+    notify_holds(check_holds())
+    notify_notices(chase_notices())
 
 
 deadline_watchdog()

@@ -9,7 +9,8 @@ Erases consumers' personal information on their business's verified request (R16
    each client's tenant, defers consumers under a legal hold (R19) and stores the plan;
 3. fans out, mapped: **erase_system** per SQL system, **scrub_logs** per log day,
    **erase_recordings** per recording store, **tombstone_backups** per backup store (R18), and
-   **notify_subprocessors** (R16.3);
+   **notify_subprocessors** (R16.3, R16.4): queues this batch's notices in the outbox and sends
+   every due notice of any earlier batch too (backoff, give-up; `compliance.outbox`);
 4. **verify_logs** per log day, after the scrub: an independent, deliberately naive search of
    every object's raw bytes for every target value and its variants (`residue_oracle`);
 5. **finalize**: re-checks every system for every target, with the eraser's own checks and the
@@ -33,7 +34,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from compliance import erasure, erasure_preview, runtime, subprocessors
+from compliance import erasure, erasure_preview, outbox, runtime
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 from compliance_forms import request_form
 
@@ -178,18 +179,17 @@ def deletion_requests():
 
     @task
     def notify_subprocessors(batch: dict) -> dict:
-        if not batch["batch_id"] or not batch["requests"] or batch.get("dry_run"):
-            return {}
+        if batch.get("dry_run"):
+            return {}  # a dry run tells nobody anything
         cfg = runtime.settings()
-        s3 = runtime.s3(cfg.workspace_connection)
-        targets = erasure.load_targets(s3, cfg.workspace_bucket, batch["batch_id"])
-        active = {r: targets.requests[r] for r in targets.active_refs()}
-        return subprocessors.notify_all(
+        return outbox.run(  # this batch's notices queued; every due one of any batch sent
+            runtime.s3(cfg.workspace_connection),
+            cfg.workspace_bucket,
             runtime.datamap(),
             runtime.state_engine(),
             cfg.hash_key,
-            active,
-            targets.identities,
+            batch["batch_id"] if batch["requests"] else "",
+            runtime.now(),
             runtime.sns(),
         )
 

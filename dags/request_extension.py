@@ -10,7 +10,8 @@ Refused, with the reason in the task log and in the failure alert, when:
 * the request is unknown, completed or rejected;
 * it was already extended (**second extension**);
 * the notice is missing, dated before receipt or **after the 45th day** (GDPR: after the
-  first month);
+  first month), counted in the business's local days like receipt (give its UTC offset);
+* the notice is dated **in the future** (record the extension once the notice has gone out);
 * the reason is blank or quotes an e-mail address or phone number (no personal data is kept).
 
 A refused extension changes nothing; the same form submitted twice is a no-op. An accepted one
@@ -30,7 +31,7 @@ from compliance_alerts import DEFAULT_ARGS
 
 FORM = {
     "client_id": Param(
-        type=["string", "integer"],
+        type="string",  # one text input in the form; integer ids are typed as digits
         minLength=1,
         title="Client id",
         description="The business client that forwarded the request, as our records spell "
@@ -56,7 +57,17 @@ FORM = {
         format="date-time",
         title="Notice sent at",
         description="When the extension notice (with its reason) went to the consumer. R4: within "
-        "the first 45 days (GDPR: the first month).",
+        "the first 45 days (GDPR: the first month), counted in the business's local days.",
+        section="Extension notice",
+    ),
+    "notice_utc_offset": Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^([+-](0[0-9]|1[0-4]):[0-5][0-9]|Z)$",
+        title="Business's UTC offset",
+        description="The business's offset on the day of the notice, e.g. -08:00 (as on the "
+        "request's received_at). The notice is dated by the business's local day, like receipt "
+        "(R4). Empty: the offset typed with the notice time.",
         section="Extension notice",
     ),
     "reason": Param(
@@ -96,6 +107,8 @@ def request_extension():
                 params["type"],
                 datetime.fromisoformat(params["notice_at"]),
                 params["reason"],
+                utc_offset=params.get("notice_utc_offset"),
+                now=runtime.now(),  # R4: a notice dated after this is refused
             )
         except state.ExtensionRefused as refused:
             # A refusal is an answer, not an outage: fail at once (no retry), reason first.

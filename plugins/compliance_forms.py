@@ -22,7 +22,11 @@ def request_form() -> dict[str, Param]:
             section=ONE,
         ),
         "client_id": Param(  # tenant ids may be integers, text or UUIDs (issue 14)
-            None, type=["null", "string", "integer"], title="Client id", section=ONE
+            None,
+            type=["null", "string"],
+            title="Client id",
+            description="As the CRM spells it, e.g. 6, acme-east or a UUID.",
+            section=ONE,
         ),
         "email": Param(
             None, type=["null", "string"], title="Consumer e-mail", format="email", section=ONE
@@ -55,5 +59,14 @@ def request_form() -> dict[str, Param]:
             section=ONE,
         ),
         "verified_by": Param(None, type=["null", "string"], title="Verified by", section=ONE),
+        "verification_level": Param(
+            "specific_pieces",
+            enum=["specific_pieces", "categories"],
+            title="Verified to the degree of",
+            description="R5: specific_pieces (the default) or categories, when the business could "
+            "verify the consumer only for categories. An access request is then answered with "
+            "categories only; a deletion is refused.",
+            section=ONE,
+        ),
         "jurisdiction": Param("ccpa", enum=["ccpa", "gdpr"], title="Jurisdiction", section=ONE),
     }

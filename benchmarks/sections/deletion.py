@@ -101,13 +101,12 @@ def stage_tombstone(ctx: dict[str, str], batch_id: str, store: str) -> dict[str,
 
 
 def stage_notify(ctx: dict[str, str], batch_id: str) -> dict[str, Any]:
-    from compliance import erasure, subprocessors
+    from compliance import outbox
 
-    targets = erasure.load_targets(C.s3(), ctx["ws"], batch_id)
-    active = {r: targets.requests[r] for r in targets.active_refs()}
-    return subprocessors.notify_all(
-        C.datamap(), C.engine(ctx["state"]), C.HASH_KEY, active, targets.identities, C.sns()
-    )
+    return outbox.run(
+        C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["state"]), C.HASH_KEY, batch_id, C.now(),
+        C.sns(),
+    )  # fmt: skip
 
 
 def stage_finalize(ctx: dict[str, str], batch_id: str, shards: list[dict]) -> dict[str, Any]:

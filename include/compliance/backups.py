@@ -16,13 +16,13 @@ import csv
 import gzip
 import io
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance import erase_sql, state
+from compliance import erase_sql, holds, state
 from compliance.datamap.model import BackupStore, DataMap, IdentityType
 from compliance.erasure import tombstone_hash
 from compliance.resolve import identity_columns
@@ -77,10 +77,12 @@ def reapply_tombstones(
         return 0
     sql = MappedSql(engine, system)
     doomed: set[str] = set()
+    tenant_of: dict[str, str] = {}  # consumer key -> tenant, both as text
     with engine.connect() as conn:
         consumer = sql.owned(system.consumer_table)
         for cid, tenant in conn.execute(sa.select(consumer.consumer_key, consumer.tenant)):
             kind = IdentityType.record_id.value
+            tenant_of[str(cid)] = key_text(tenant)
             if (key_text(tenant), kind, tombstone_hash(hash_key, kind, key_text(cid))) in stones:
                 doomed.add(str(cid))
         for tname, cname, kind in identity_columns(system):
@@ -94,7 +96,14 @@ def reapply_tombstones(
                 if stone in stones:
                     doomed.add(str(cid))
     if doomed:
-        erase_sql.execute_erasure(engine, system, doomed, hash_key)
+        # Holds in the restored registry still apply (R19): a consumer held whole is not erased,
+        # a scoped hold keeps its tables (the rest is erased, as the request did).
+        active = holds.active_holds(engine, system, datetime.now(UTC))
+        whole, held = holds.held_for_consumers(
+            dm, system_name, active, {c: tenant_of.get(c, "") for c in doomed}
+        )
+        doomed -= whole
+        erase_sql.execute_erasure(engine, system, doomed, hash_key, held=held or None)
     return len(doomed)
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Engine
@@ -300,6 +301,56 @@ def read_report(s3: Any, bucket: str, key: str) -> Report:
 
 # --------------------------------------------------------------------------- extensions
 
+# How far in the future a notice may be stamped (clocks differ), as intake allows for receipt.
+NOTICE_SKEW = timedelta(minutes=5)
+OFFSET_RE = re.compile(r"([+-])([01][0-9]):([0-5][0-9])")
+# Real-world UTC offsets run from -12:00 to +14:00; anything else is a typo.
+MIN_OFFSET, MAX_OFFSET = timedelta(hours=-12), timedelta(hours=14)
+
+
+def parse_offset(value: str | None) -> timezone | None:
+    """`"-08:00"` -> a fixed offset (None when blank); refused outside -12:00..+14:00 (R4)."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text.upper() in {"Z", "UTC"}:
+        return UTC
+    m = OFFSET_RE.fullmatch(text)
+    if m is None:
+        raise state.ExtensionRefused(
+            "bad_offset",
+            "R4: the business's UTC offset must read like -08:00 or +01:00",
+        )
+    sign = -1 if m.group(1) == "-" else 1
+    delta = sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
+    if not MIN_OFFSET <= delta <= MAX_OFFSET:
+        raise state.ExtensionRefused(
+            "bad_offset", "R4: the business's UTC offset must be between -12:00 and +14:00"
+        )
+    return timezone(delta)
+
+
+def local_notice(notice_at: datetime, utc_offset: str | None = None) -> datetime:
+    """The notice's moment on the business's clock, the clock its day is counted on (R4).
+
+    Receipt is dated by the business's local day (intake reads the offset the business reported
+    with `received_at`, R1), so the notice that must be sent "within the first 45 days" is dated
+    on the same clock: 23:30 in California on day 45 is in time, although it is already day 46
+    in UTC. The offset is the one staff give (`utc_offset`, the form's field), else the one the
+    notice time carries. A notice time without any offset is refused rather than guessed.
+    """
+    tz = parse_offset(utc_offset)
+    if notice_at.tzinfo is None or notice_at.utcoffset() is None:
+        if tz is None:
+            raise state.ExtensionRefused(
+                "notice_without_offset",
+                "R4: give the notice time with the business's UTC offset (e.g. "
+                "2026-03-15T23:30:00-08:00, or the offset field): its day is the business's "
+                "local day",
+            )
+        return notice_at.replace(tzinfo=tz)  # wall time on the business's clock
+    return notice_at.astimezone(tz) if tz is not None else notice_at
+
 
 @dataclass(frozen=True)
 class Extension:
@@ -308,7 +359,8 @@ class Extension:
     request_id: str
     type: str
     extended_due: date
-    notice_at: datetime
+    notice_at: datetime  # UTC
+    notice_day: date | None = None  # the business's local day of the notice (R4)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -318,6 +370,7 @@ class Extension:
             "type": self.type,
             "extended_due": self.extended_due.isoformat(),
             "notice_at": self.notice_at.isoformat(),
+            "notice_day": self.notice_day.isoformat() if self.notice_day else None,
         }
 
 
@@ -329,14 +382,19 @@ def extend(
     type_: str,
     notice_at: datetime | None,
     reason: str,
+    *,
+    utc_offset: str | None = None,
+    now: datetime | None = None,
 ) -> Extension:
     """Record the one extension R4 allows for a request, and a ledger entry; return it.
 
     Refused with `state.ExtensionRefused` (reason code + message) when: the request is unknown;
     the reason is blank or quotes an e-mail address or phone number (the state database holds
-    no personal data); or `record_extension` refuses it (second extension, notice missing or
-    outside the first 45 days / first month, request no longer open). A rerun of the same
-    extension is a no-op that returns the same due date.
+    no personal data); the notice is dated in the future (`notice_in_future`: an extension is
+    recorded after its notice went out, R4) or carries no offset; or `record_extension` refuses
+    it (second extension, notice missing or outside the first 45 days / first month, request no
+    longer open). The notice is dated by the business's local day (`local_notice`), like
+    receipt. A rerun of the same extension is a no-op that returns the same due date.
     """
     client_id = state.client_text(client_id)  # tenant ids are text (an int is accepted)
     key = (client_id, request_id, type_)
@@ -355,8 +413,17 @@ def extend(
         ) from None
     if notice_at is None:  # state refuses it too; checked here so `notice` is a datetime
         raise state.ExtensionRefused("notice_missing", "R4: an extension needs its notice date")
-    due = state.record_extension(engine, row.id, notice_at, text)
-    notice = state.to_utc(notice_at)
+    local = local_notice(notice_at, utc_offset)
+    now = state.to_utc(now) if now is not None else datetime.now(UTC)
+    if local > now + NOTICE_SKEW:
+        raise state.ExtensionRefused(
+            "notice_in_future",
+            f"R4: the notice is dated {local.isoformat()}, in the future; record the extension "
+            "after the notice with its reason has been sent",
+        )
+    # `record_extension` counts the notice by the day of the offset it carries: the local one.
+    due = state.record_extension(engine, row.id, local, text)
+    notice = state.to_utc(local)
     ref = keyed_hash(hash_key, "request", f"{client_id}\x1f{request_id}\x1f{type_}")  # as inbox
     ledger.append(
         engine,
@@ -369,11 +436,11 @@ def extend(
                     "client_id": client_id,
                     "type": type_,
                     "extended_due": due.isoformat(),
-                    "notice_day": notice.date().isoformat(),
+                    "notice_day": local.date().isoformat(),
                     "rules": ["R4"],
                 },
                 f"extension:{row.id}",
             )
         ],
     )
-    return Extension(row.id, client_id, request_id, type_, due, notice)
+    return Extension(row.id, client_id, request_id, type_, due, notice, local.date())

@@ -69,8 +69,13 @@ def preview(
                 "request_id": targets.requests[ref]["request_id"],
                 "client_id": targets.requests[ref]["client_id"],
                 "source": "new" if ref.startswith("new-") else "open",
-                "action": "defer" if ref in targets.deferred else "erase",
-                "reason_code": targets.deferred.get(ref),
+                # R19: `erase_partly` keeps what a scoped hold covers (`kept` says what and
+                # why); `wait`: a partial erasure whose holds are unchanged, nothing to do
+                "action": _action(targets, ref),
+                "reason_code": targets.deferred.get(ref)
+                or targets.partial.get(ref)
+                or targets.waiting.get(ref),
+                "kept": targets.kept.get(ref, []),
                 "consumers": {s: len(per.get(ref, [])) for s, per in targets.consumers.items()},
                 "counts": counts.get(ref, {}),
                 "ref": ref,
@@ -98,7 +103,7 @@ def scan_log_shard(
     """Count the lines a scrub of one day folder would erase, per request; read only."""
     store_name, prefix = shard.split("|", 1)
     store = dm.stores[store_name]
-    wanted = erasure.load_targets(s3, bucket, batch_id).log_targets()
+    wanted = erasure.load_targets(s3, bucket, batch_id).log_targets(store_name)  # holds: R19
     per_ref: Counter[str] = Counter()
     objects = 0
     for obj in list_keys(store_s3, store.bucket, prefix):
@@ -136,11 +141,20 @@ def report(
         "dry_run": True,
         "would_erase": sum(r["action"] == "erase" for r in doc["requests"]),
         "would_defer": sum(r["action"] == "defer" for r in doc["requests"]),
+        "would_erase_partly": sum(r["action"] == "erase_partly" for r in doc["requests"]),
         "rejected": doc["intake"]["rejected"],
         "report": f"s3://{bucket}/{base}index.html",
     }
     put_summary(s3, bucket, "deletion_requests", summary)
     return summary
+
+
+def _action(targets: erasure.Targets, ref: str) -> str:
+    if ref in targets.deferred:
+        return "defer"
+    if ref in targets.waiting:
+        return "wait"
+    return "erase_partly" if ref in targets.partial else "erase"
 
 
 def _e(value: Any) -> str:
@@ -156,7 +170,11 @@ def render_html(doc: dict[str, Any]) -> str:
             + "</div>"
             for where, per in sorted(r["counts"].items())
         )
-        action = "erase" if r["action"] == "erase" else f"defer ({_e(r['reason_code'])}, R19)"
+        action = {
+            "erase": "erase",
+            "erase_partly": f"erase all but what a legal hold keeps ({_e(r['reason_code'])}, R19)",
+            "wait": f"wait: partly erased, hold unchanged ({_e(r['reason_code'])}, R19)",
+        }.get(r["action"], f"defer ({_e(r['reason_code'])}, R19)")
         rows.append(
             f"<tr><td>{_e(r['client_id'])}</td><td><code>{_e(r['request_id'])}</code></td>"
             f"<td>{_e(r['source'])}</td><td>{action}</td><td>{counts or '&ndash;'}</td></tr>"

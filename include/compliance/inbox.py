@@ -5,7 +5,9 @@ file for, spelt as the tenant registry spells it: `inbox/7/`, `inbox/acme-east/`
 submissions from the UI land under `inbox/ui/`. One pass:
 
 1. read every inbox object (bounded size) and validate it (`compliance.intake`);
-2. drop duplicates of requests already open or finished (keyed hashes in the state DB, R7);
+2. drop duplicates of requests still open (keyed hashes in the state DB, R7); a request id is
+   processed once; a consumer erased before may ask again (a new request linked to the earlier
+   ones by keyed refs, R20);
 3. write each accepted request, normalised, to `accepted/<client>/<request_id>.<type>.json`, and
    each document with rejections to `rejected/<day>/` beside a `.reasons.json` naming the field
    and rule of every rejection;
@@ -30,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance import intake, ledger, state
+from compliance import intake, ledger, request_records, state
 from compliance.datamap.model import SqlSystem
 from compliance.hashing import keyed_hash
 from compliance.outputs import (
@@ -99,6 +101,8 @@ def form_document(params: dict[str, Any], type_: str) -> dict[str, Any] | None:
     }
     if type_ == "access" and params.get("look_back"):
         doc["look_back"] = params["look_back"]
+    if params.get("verification_level"):  # R5: absent = verified for specific pieces
+        doc["verification"]["level"] = params["verification_level"]
     return doc
 
 
@@ -192,20 +196,25 @@ def examine(
     flat = [r for _, _, rs in documents for r in rs]
     replays = _replays(state_engine, flat, hash_key)
     fresh = [r for r in flat if id(r) not in replays]
-    candidate_keys = {
-        k for r in fresh if isinstance(r, intake.Accepted) for k in intake.dedupe_key(r, hash_key)
+    new = [r for r in fresh if isinstance(r, intake.Accepted)]
+    # Identities deduplicate only against requests still being worked on (open, deferred...):
+    # a consumer erased before whose data was collected again may ask to be erased again, and
+    # that is a new request (R16, R20); one who asks to know again is R7's repeat, flagged by
+    # the access run. A request id, though, is processed once, whatever became of it.
+    existing = state.existing_dedupe_keys(
+        state_engine, {k for r in new for k in intake.identity_keys(r, hash_key)}
+    ) | state.existing_dedupe_keys(
+        state_engine, {intake.request_key(r, hash_key) for r in new}, state.ACCEPTED_STATUSES
+    )
+    # ...refused ones included (they hold no keys): the log keeps one row per (client, request
+    # id, type), so a corrected resend under a refused id would be swallowed; it is refused as
+    # a duplicate instead, and the business resends it under a new id (R22).
+    logged = state.find_requests(state_engine, [(r.client_id, r.request_id, r.type) for r in new])
+    existing |= {
+        intake.request_key(r, hash_key)
+        for r in new
+        if (r.client_id, r.request_id, r.type.value) in logged
     }
-    existing = state.existing_dedupe_keys(state_engine, candidate_keys)
-    # R7: a consumer may ask to know again (the access run flags a third request in 12 months),
-    # so a finished access request never makes a new one a duplicate; an open one still does.
-    again = existing & {
-        k
-        for r in fresh
-        if isinstance(r, intake.Accepted) and r.type is intake.RequestType.access
-        for k in intake.identity_keys(r, hash_key)
-    }
-    if again:
-        existing -= again - state.existing_dedupe_keys(state_engine, again, ("open", "deferred"))
     checked = {
         id(orig): res
         for orig, res in zip(fresh, intake.find_duplicates(fresh, existing, hash_key), strict=True)
@@ -229,11 +238,16 @@ def ingest(
     new_rows: list[state.NewRequest] = []
     entries: list[ledger.Entry] = []
     accepted_docs: dict[str, dict[str, Any]] = {}
+    taken = [r for r, _ in exam.results if isinstance(r, intake.Accepted)]
+    holders = state.requests_holding_keys(
+        state_engine, {k for r in taken for k in intake.identity_keys(r, hash_key)}
+    )
+    previous = request_records.previous(taken, holders, hash_key)
     for result, _replay in exam.results:
         idem = f"intake:{result.source}:{result.line or 0}"
         if isinstance(result, intake.Accepted):
             accepted_docs[accepted_key(result)] = _accepted_doc(result)
-            new_rows.append(_new_request(result, hash_key))
+            new_rows.append(_new_request(result, hash_key, now, previous[id(result)]))
             entries.append(
                 ledger.Entry(
                     "request_accepted",
@@ -339,11 +353,21 @@ def _accepted_doc(item: intake.Accepted) -> dict[str, Any]:
         "look_back": item.look_back.value if item.look_back else None,
         "collected_since": item.collected_since.isoformat() if item.collected_since else None,
         "under_13": item.under_13,
+        # R5: "categories" = verified only for categories; the access run then gathers nothing
+        # for it and answers with the categories page (compliance.access.batch).
+        "verification_level": item.verification.level,
         "source": item.source,
     }
 
 
-def _new_request(item: intake.Accepted, hash_key: bytes) -> state.NewRequest:
+def _new_request(
+    item: intake.Accepted, hash_key: bytes, now: datetime, previous: str | None = None
+) -> state.NewRequest:
+    """The request as registered. `accepted_at` is when it reached our records: the watchdog
+    treats a request accepted after its last check as new and reports it at whatever level it
+    is already at, so one forwarded late with its acknowledgement overdue alerts on the next
+    run (R2, R3). R1/R5/R24's records are stored as codes, times and keyed hashes
+    (`request_records`); `previous` links earlier requests for the same identities (R20)."""
     first = next(iter(item.identities.items()))
     return state.NewRequest(
         client_id=item.client_id,
@@ -359,6 +383,9 @@ def _new_request(item: intake.Accepted, hash_key: bytes) -> state.NewRequest:
             hash_key, f"subject:{first[0].value}", f"{item.client_id}\x1f{first[1]}"
         ),
         look_back=item.look_back.value if item.look_back else None,
+        accepted_at=now,
+        previous_requests=previous,
+        **request_records.columns(item, hash_key),
         keys=tuple(sorted(intake.dedupe_key(item, hash_key))),
     )
 
@@ -368,10 +395,15 @@ def _rejected_request(
 ) -> state.NewRequest | None:
     """A refusal is part of the request log (R22) when it names a known client and request.
 
-    Duplicates are not logged again: the original request is the one on record.
+    The type, receipt time and jurisdiction are the document's own, each read on its own
+    (`intake.Rejected`): what it does not give readably is `unknown` (null for the receipt),
+    never guessed from the S3 key, the clock or a default (R22, R23). The refusal is the
+    response, dated now, with its reason code as the basis (R21). Not logged: duplicates (the
+    original request is the one on record) and a document naming a client other than the
+    folder it came from (that client never sent it, R6).
     """
     if (
-        item.reason is intake.Reason.duplicate
+        item.reason in (intake.Reason.duplicate, intake.Reason.client_mismatch)
         or item.client_id not in clients
         or not item.request_id
     ):
@@ -379,10 +411,11 @@ def _rejected_request(
     return state.NewRequest(
         client_id=item.client_id,
         request_id=item.request_id,
-        type="delete" if "access" not in item.source else "access",
-        jurisdiction="ccpa",
-        received_at=now,
+        type=item.type or state.UNKNOWN,
+        jurisdiction=item.jurisdiction or state.UNKNOWN,
+        received_at=item.received_at,
         source=item.source,
         status="rejected",
         reason_code=item.reason.value,
+        completed_at=now,
     )

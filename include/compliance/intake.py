@@ -16,7 +16,9 @@ Design choices (cite rule ids from the requirements digest):
   hides identities and notes. What must leave a task (dedupe keys) is a keyed hash
   (`compliance.hashing.keyed_hash`).
 * R1: every due date is computed from `received_at` (the business's receipt), see `deadlines`.
-* R5: only verified requests are accepted; R24: under-13 subjects need a guardian verification.
+* R5: only verified requests are accepted; an access request verified only for categories
+  (`verification.level: categories`) is accepted and answered with categories only, a deletion
+  so verified is refused. R24: under-13 subjects need a guardian verification.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from compliance.datamap.model import IdentityType
 from compliance.hashing import keyed_hash
 
 __all__ = [
+    "INVALID_SUBMISSION",
     "Accepted",
     "Deadlines",
     "Identities",
@@ -56,6 +59,7 @@ __all__ = [
     "identity_keys",
     "parse_documents",
     "received_day",
+    "request_key",
     "validate_request",
 ]
 
@@ -109,7 +113,42 @@ class Reason(StrEnum):
     malformed_phone = "malformed_phone"
     malformed_contact_id = "malformed_contact_id"
     bad_look_back = "bad_look_back"
+    bad_verification_level = "bad_verification_level"
     duplicate = "duplicate"
+
+
+# Refusals that are invalid submissions, not denials (R23 counts them apart): the document is
+# not a well-formed request from the business that filed it (bytes, JSON, shape, a field's
+# format, implausible dates, another client's folder), so nothing was decided about the
+# consumer's request. The other refusals are denials of a readable request on a substantive
+# basis: unverifiable (R5, R24) or a contract no longer active (R6, R27). `duplicate` is never
+# logged (the original request is the one on record).
+INVALID_SUBMISSION = frozenset(
+    {
+        Reason.too_large,
+        Reason.encoding,
+        Reason.invalid_json,
+        Reason.not_an_object,
+        Reason.unknown_field,
+        Reason.missing_field,
+        Reason.wrong_type,
+        Reason.bad_text,
+        Reason.bad_request_id,
+        Reason.unknown_client,
+        Reason.client_mismatch,
+        Reason.unknown_type,
+        Reason.unknown_jurisdiction,
+        Reason.bad_date,
+        Reason.received_in_future,
+        Reason.received_too_old,
+        Reason.no_identity,
+        Reason.malformed_email,
+        Reason.malformed_phone,
+        Reason.malformed_contact_id,
+        Reason.bad_look_back,
+        Reason.bad_verification_level,
+    }
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +203,13 @@ TOP_FIELDS = frozenset(
 )
 IDENTITY_FIELDS = (IdentityType.email, IdentityType.phone, IdentityType.contact_id)
 VERIFICATION_FIELDS = ("method", "verified_at", "verified_by")
+# R5: how far the business could verify the consumer. "specific_pieces" (the default, and every
+# document written before the field existed): to the degree a request for specific pieces
+# needs. "categories": only to the reasonable degree a request for categories needs, so an
+# access request is answered with categories only (Reg 7024(a)-(b)); a deletion is refused.
+LEVEL_SPECIFIC = "specific_pieces"
+LEVEL_CATEGORIES = "categories"
+VERIFICATION_LEVELS = (LEVEL_SPECIFIC, LEVEL_CATEGORIES)
 SUBJECT_FIELDS = ("is_minor", "under_13")
 # Names used by OpenDSR/OpenCompliance (and common variants): a hint in the unknown_field message.
 ALIASES = {
@@ -244,6 +290,12 @@ class Verification:
     method: str
     verified_at: datetime  # aware, UTC
     verified_by: str
+    level: str = LEVEL_SPECIFIC  # R5: "specific_pieces" or "categories" (verification only)
+
+    @property
+    def categories_only(self) -> bool:
+        """R5: verified only for categories; an access request gets no specific pieces."""
+        return self.level == LEVEL_CATEGORIES
 
 
 @dataclass(frozen=True)
@@ -280,6 +332,11 @@ class Rejected:
     message: str
     request_id: str | None = None  # only when it could be read and is in the safe charset
     client_id: str | None = None  # only when it could be read as a client id (safe text)
+    # What the document says it is, read field by field whatever else failed, for the request
+    # log (R22, R23); None when that field cannot be read (logged as unknown, never guessed).
+    type: str | None = None
+    jurisdiction: str | None = None
+    received_at: datetime | None = None  # aware, UTC; only a plausible receipt (R1 checks)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -743,7 +800,9 @@ def _verification(
         )
     if not isinstance(value, dict):
         raise _wrong_type(path, "an object {method, verified_at, verified_by}", value, rule)
-    _check_fields(value, VERIFICATION_FIELDS, f"{path}.")
+    # `level` is the business's R5 statement about the consumer; a guardian is verified or not.
+    levels = ("level",) if rule == "R5" else ()
+    _check_fields(value, (*VERIFICATION_FIELDS, *levels), f"{path}.")
     for key in VERIFICATION_FIELDS:
         if value.get(key) is None:
             raise _Reject(
@@ -765,7 +824,45 @@ def _verification(
             f"{path}.verified_at is more than {int(ORDER_TOLERANCE.total_seconds() // 3600)} "
             f"hours before received_at; a verification must be of this request ({rule})",
         )
-    return Verification(method=method, verified_at=verified_at, verified_by=verified_by)
+    level = value.get("level")
+    if level is None:
+        level = LEVEL_SPECIFIC  # back-compatible: documents before the field were full checks
+    elif not isinstance(level, str):
+        raise _wrong_type(f"{path}.level", '"specific_pieces" or "categories"', level, rule)
+    elif level not in VERIFICATION_LEVELS:
+        raise _Reject(
+            Reason.bad_verification_level,
+            f"{path}.level",
+            f'{path}.level must be "specific_pieces" or "categories" (exact, lower case); it '
+            f"says how far the business verified the consumer ({rule})",
+        )
+    return Verification(
+        method=method, verified_at=verified_at, verified_by=verified_by, level=level
+    )
+
+
+def _check_level(verification: Verification, kind: RequestType, jurisdiction: Jurisdiction) -> None:
+    """R5: a request verified only for categories is acted on only as a CCPA access request
+    for categories (Reg 7024(a)-(b)). A deletion needs the consumer verified (Reg 7022(a)) and
+    is refused as today: we never erase on a partial verification, the business decides. The
+    GDPR has no categories-only answer (Art. 12(2), (6): the controller verifies or refuses)."""
+    if not verification.categories_only:
+        return
+    if kind is RequestType.delete:
+        raise _Reject(
+            Reason.not_verified,
+            "verification.level",
+            'verification.level is "categories": a deletion needs the consumer verified, '
+            "not only to the degree a request for categories needs; the business may deny it "
+            "or verify further (R5)",
+        )
+    if jurisdiction is not Jurisdiction.ccpa:
+        raise _Reject(
+            Reason.not_verified,
+            "verification.level",
+            'verification.level "categories" is the CCPA\'s answer to a request it could not '
+            "verify for specific pieces (R5); a GDPR request is verified or refused (Art. 12)",
+        )
 
 
 def _subject(doc: dict[str, Any]) -> tuple[bool, bool]:
@@ -1114,6 +1211,7 @@ def validate_request(
     # Read before any check, for the report back to the client; only safe values are kept.
     safe_id = _request_id_or_none(doc.get("request_id"))
     client = _client_id_value(doc.get("client_id"))
+    logged = _as_logged(doc, now)
     try:
         _check_fields(doc, TOP_FIELDS, "")
         request_id = _request_id(doc)
@@ -1126,6 +1224,7 @@ def validate_request(
         verification = _verification(
             doc.get("verification"), "verification", received, now, "R5", Reason.not_verified
         )
+        _check_level(verification, kind, jurisdiction)  # R5 categories-only: access, CCPA
         is_minor, under_13 = _subject(doc)
         guardian: Verification | None = None
         if under_13 or doc.get("guardian_verification") is not None:
@@ -1142,7 +1241,7 @@ def validate_request(
         look_back = _look_back(doc, kind, jurisdiction)
         notes = _notes(doc)
     except _Reject as exc:
-        return Rejected(source, line, exc.reason, exc.field, exc.message, safe_id, client)
+        return Rejected(source, line, exc.reason, exc.field, exc.message, safe_id, client, *logged)
     due = deadlines(received_local, jurisdiction)
     return Accepted(
         source=source,
@@ -1165,6 +1264,24 @@ def validate_request(
         due=due,
         notes=notes,
     )
+
+
+def _as_logged(
+    doc: dict[str, Any], now: datetime
+) -> tuple[str | None, str | None, datetime | None]:
+    """(type, jurisdiction, received_at) as the document gives them, each read on its own so a
+    refusal for another field still logs what the request was (R22, R23). A field that is
+    absent, of another shape or fails its own check is None (the log says unknown): the type is
+    never guessed, and the receipt is never replaced by the time we read it. An absent
+    jurisdiction is the format's documented default, the CCPA; an unreadable one is unknown."""
+    found: list[Any] = []
+    for read in (_type, _jurisdiction, lambda d: _received_at(d, now).astimezone(UTC)):
+        try:
+            value = read(doc)
+        except _Reject:
+            value = None
+        found.append(value.value if isinstance(value, StrEnum) else value)
+    return found[0], found[1], found[2]
 
 
 def _request_id_or_none(value: object) -> str | None:
@@ -1247,6 +1364,13 @@ def identity_keys(accepted: Accepted, hash_key: bytes) -> set[str]:
     return _identity_keys(accepted, hash_key)
 
 
+def request_key(accepted: Accepted, hash_key: bytes) -> str:
+    """The request-id part of `dedupe_key`: a client's request id is processed once, whatever
+    became of the request (the inbox checks it against every accepted request, finished ones
+    included)."""
+    return _request_key(accepted.client_id, accepted.request_id, hash_key)
+
+
 def dedupe_key(accepted: Accepted, hash_key: bytes) -> set[str]:
     """Keyed hashes (never the values) by which a request is recognised again (R7, R20).
 
@@ -1288,8 +1412,8 @@ def find_duplicates(
         elif identity_keys <= seen:
             reason_field = "identities"
             message = (
-                f"a {item.type.value} request for the same identities is already open or "
-                "finished for this client (R7)"
+                f"a {item.type.value} request for the same identities is already open for "
+                "this client; it will be answered (R7)"
             )
         if message:
             out.append(

@@ -39,7 +39,12 @@ Kept is not residue (R18, R19): tables with `erase: keep` and `erase: keep` colu
 tables are not searched (listed in the receipt with their exception codes), the rest of a kept
 row is (R16.2); backups are not
 searched (R18: kept, tombstoned, re-applied on restore); deferred requests (legal holds) are not
-in the batch's erased scope, so their values are not searched. One more thing is not residue: an
+in the batch's erased scope, so their values are not searched. A scoped legal hold (R19) keeps
+part of a request: the held tables' rows of the held consumers are not searched (the rows of the
+tables below a held table too: they are part of the held records), the parent rows they need are
+searched like any other row (their personal columns must be erased, R16.2), a held consumer's
+key in a held or parent table is not residue, and the request's values are not searched in a log
+store the hold keeps. One more thing is not residue: an
 identity found on a target's rows (not one the request gave), sitting in a mapped identity column
 of a row owned by a consumer outside the batch, is that other consumer's own identity (a shared
 household phone, resolved one step only on purpose, see `compliance.resolve`). Everything else is
@@ -180,10 +185,14 @@ class Value:
         return {self.text.strip().lower()} if searchable_id(self.text) else set()
 
 
-def wanted_values(targets: TargetsLike) -> list[Value]:
-    """Every identity value of every request in the batch's erased scope (deferred excluded)."""
+def wanted_values(targets: TargetsLike, store: str | None = None) -> list[Value]:
+    """Every identity value of every request in the batch's erased scope (deferred excluded;
+    for a log `store`, requests a legal hold keeps there excluded, R19)."""
     found: dict[tuple[str, IdentityType, str], Value] = {}
+    held_stores: dict[str, list[str]] = getattr(targets, "held_stores", {}) or {}
     for ref in targets.active_refs():
+        if store is not None and store in held_stores.get(ref, []):
+            continue
         tenant = str(targets.requests[ref]["client_id"])
         given = {
             (IdentityType(k), _norm(IdentityType(k), v))
@@ -473,13 +482,15 @@ def verify_logs(
     values: list[Value],
     shard_verdicts: list[dict[str, Any]],
     verdict: Verdict,
+    per_store: dict[str, list[Value]] | None = None,
 ) -> None:
     """Every log store, whole: reuse a shard verdict whose objects are unchanged, search the
-    rest (changed shards, new folders, objects outside day folders) here."""
-    needles = _Needles(values)
+    rest (changed shards, new folders, objects outside day folders) here. `per_store`: the
+    values to look for in a store when they differ (a legal hold keeps a request's lines)."""
     for name, store in sorted(dm.stores.items()):
         if not isinstance(store, LogStore):
             continue
+        needles = _Needles(per_store[name] if per_store and name in per_store else values)
         s3 = store_clients[name]
         everything = _versions(s3, store.bucket, store.prefix)
         mine = sorted(
@@ -614,11 +625,22 @@ def verify_system(
     values: list[Value],
     consumers: dict[str, set[str]],
     verdict: Verdict,
+    held: dict[str, list[str]] | None = None,
 ) -> None:
     """Text columns of every mapped table, per tenant; then the short ids by key (module doc).
 
-    `consumers`: tenant -> the erased consumers' keys (text) of this system.
+    `consumers`: tenant -> the erased consumers' keys (text) of this system. `held`: consumer
+    key -> tables a legal hold keeps whole of it (R19): those rows are not searched, and the
+    consumer's key in them and in the parent rows they need is not residue.
     """
+    kept_of: dict[str, set[str]] = defaultdict(set)  # table -> consumers whose rows are kept
+    exempt: dict[str, set[str]] = defaultdict(set)  # table -> consumers whose key may stay
+    for consumer, tables in (held or {}).items():
+        for t in tables:
+            kept_of[t].add(consumer)
+            exempt[t].add(consumer)
+            for hop in chain_to_consumer(system, t):
+                exempt[hop.target_table].add(consumer)
     inspector = sa.inspect(engine)
     present = set(inspector.get_table_names())
     missing = sorted(set(system.tables) - present)
@@ -638,6 +660,7 @@ def verify_system(
         "shared_identity": 0,
         "kept_tables": [],
         "kept_columns": [],
+        "held_tables": sorted(kept_of),
     }
     verdict.sql[sname] = report
     with engine.connect() as conn:
@@ -661,15 +684,28 @@ def verify_system(
             columns = [c for c in joined.base.columns if _text_like(c) and c.name not in kept]
             report["tables"] += 1
             report["columns"] += len(columns)
+            unheld = _not_held(joined, kept_of.get(tname, set()))
             if columns and every:
                 _search_table(
-                    conn, sname, tname, spec, joined, columns, by_tenant, consumers, verdict
+                    conn, sname, tname, spec, joined, columns, by_tenant, consumers, verdict, unheld
                 )
-            _key_check(conn, sname, tname, spec, joined, consumers, verdict)
-        _short_contact_ids(conn, md, sname, system, values, verdict)
+            checked = {t: ks - exempt.get(tname, set()) for t, ks in consumers.items()}
+            _key_check(conn, sname, tname, spec, joined, checked, verdict)
+        _short_contact_ids(conn, md, sname, system, values, verdict, kept_of)
 
 
-def _search_table(conn, sname, tname, spec, joined, columns, by_tenant, consumers, verdict):
+def _not_held(joined: _Joined, consumers: set[str]) -> sa.ColumnElement:
+    """Rows not kept under a legal hold (R19): not owned by one of the held consumers. Never
+    NULL (an orphan, whose consumer cannot be told, is searched)."""
+    typed = typed_values(joined.consumer, sorted(consumers))
+    if not typed:
+        return sa.true()
+    return sa.or_(joined.consumer.is_(None), joined.consumer.not_in(typed))
+
+
+def _search_table(
+    conn, sname, tname, spec, joined, columns, by_tenant, consumers, verdict, unheld=None
+):
     """Rows of each tenant holding one of its values; then rows whose tenant cannot be told
     (an orphan whose parent is gone), against every tenant's values."""
     low = _haystack(columns)
@@ -688,6 +724,7 @@ def _search_table(conn, sname, tname, spec, joined, columns, by_tenant, consumer
                 sa.select(joined.consumer, *columns)
                 .select_from(joined.from_clause)
                 .where(where)
+                .where(unheld if unheld is not None else sa.true())
                 .where(sa.or_(*(_term(v, low, digits) for v in chunk)))
             )
             for row in conn.execute(stmt):
@@ -733,7 +770,7 @@ def _key_check(conn, sname, tname, spec, joined, consumers, verdict) -> None:
             verdict.residue[f"{sname}:{tname}.{joined.consumer.name}"] += n
 
 
-def _short_contact_ids(conn, md, sname, system, values, verdict) -> None:
+def _short_contact_ids(conn, md, sname, system, values, verdict, kept_of=None) -> None:
     """Contact ids too short to search as text: no mapped contact_id column may still equal
     one in its tenant (erase: keep tables and kept columns excepted)."""
     short = [v for v in values if v.kind is IdentityType.contact_id and not v.spellings]
@@ -756,6 +793,7 @@ def _short_contact_ids(conn, md, sname, system, values, verdict) -> None:
                     sa.select(sa.func.count())
                     .select_from(joined.from_clause)
                     .where(_tenant_filter(joined, value.tenant))
+                    .where(_not_held(joined, (kept_of or {}).get(tname, set())))
                     .where(column == typed)
                 )
                 n = int(conn.execute(stmt).scalar() or 0)
@@ -779,13 +817,21 @@ def verify(
     active = targets.active_refs()
     if not active:
         return verdict  # every request deferred (R19): nothing was erased, nothing to verify
+    held: dict[str, dict[str, list[str]]] = getattr(targets, "held", {}) or {}
     for sname, system in sorted(dm.systems.items()):
         consumers: dict[str, set[str]] = defaultdict(set)
         for ref in active:
             tenant = str(targets.requests[ref]["client_id"])
             consumers[tenant] |= {str(c) for c in targets.consumers.get(sname, {}).get(ref, [])}
-        verify_system(engines[sname], sname, system, values, consumers, verdict)
-    verify_logs(dm, store_clients, values, list(shard_verdicts or []), verdict)
+        verify_system(
+            engines[sname], sname, system, values, consumers, verdict, held.get(sname) or None
+        )
+    per_store = {
+        name: wanted_values(targets, store=name)
+        for name, store in dm.stores.items()
+        if isinstance(store, LogStore)
+    }
+    verify_logs(dm, store_clients, values, list(shard_verdicts or []), verdict, per_store)
     return verdict
 
 
@@ -828,7 +874,11 @@ def statement(dm: DataMap, verdict: Verdict, values: list[Value]) -> dict[str, A
                 "skipped": [
                     {**k, "why": "erase: keep", "rule": "R19"} for k in report["kept_tables"]
                 ]
-                + [{**k, "why": "erase: keep", "rule": "R19"} for k in report["kept_columns"]],
+                + [{**k, "why": "erase: keep", "rule": "R19"} for k in report["kept_columns"]]
+                + [
+                    {"table": t, "why": "rows kept under a legal hold", "rule": "R19"}
+                    for t in report.get("held_tables", [])
+                ],
                 "other_consumers_identity": report["shared_identity"],
             }
         )

@@ -20,9 +20,16 @@ Request statuses (deliberately few; see style.md on Fides' sixteen):
 - `completed`: done (erasure or access delivery finished); `completed_at` is the response date
   (R22) and never moves on a rerun.
 - `rejected`: refused at intake or later, with a `reason_code` (R5 unverified, R6 direct request,
-  duplicate, malformed...; the basis R21/R14 ask for).
-Transitions: open <-> deferred, open|deferred -> completed|rejected; completed and rejected are
-terminal. The table doubles as the per-tenant request log R22 asks for (request date =
+  duplicate, malformed...; the basis R21/R14 ask for) and `completed_at`, the response date. A
+  document refused at intake is logged with the type, receipt time and jurisdiction it gives;
+  what it does not give readably is `unknown` (type, jurisdiction) or null (`received_at`),
+  never guessed (R22). The R23 metrics tell invalid submissions from denials by `reason_code`.
+- `partial`: erased except what a scoped legal hold keeps (R16.2, R19, R21); `reason_code` is
+  the hold's exception code. Re-examined on every run: when the hold ends the request is planned
+  again (`open`), the rest is erased and it completes. It counts for dedupe.
+Transitions: open <-> deferred, open <-> partial, deferred|partial -> open, open|deferred|partial
+-> completed|rejected; completed and rejected are terminal. The table doubles as the
+per-tenant request log R22 asks for (request date =
 `received_at`, nature = `type`, manner = `source`, response date = `completed_at`, response
 nature = `status`, denial basis = `reason_code`).
 """
@@ -50,6 +57,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     bindparam,
     func,
@@ -60,23 +68,45 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
 
 STATE_CONN_ID = "compliance_db"
 
 REQUEST_TYPES = ("delete", "access")
 JURISDICTIONS = ("ccpa", "gdpr")
-STATUSES = ("open", "deferred", "completed", "rejected")
+STATUSES = ("open", "deferred", "partial", "completed", "rejected")
 BATCH_KINDS = ("delete", "access", "retention")
 BATCH_STATUSES = ("planned", "done")
-NOTICE_STATUSES = ("sent", "acknowledged", "failed", "not_configured")
+NOTICE_STATUSES = (
+    "pending",  # queued in the outbox, not tried yet (compliance.outbox)
+    "sent",
+    "acknowledged",
+    "failed",
+    "not_configured",
+    "given_up",  # the give-up time passed unacknowledged (R16.3; alerted, ledgered)
+    "exempt",  # R16.4 recipient not told: impossible or disproportionate, justification kept
+)
+# Notices that are finished: never sent again (`compliance.outbox`).
+NOTICE_FINAL = ("acknowledged", "given_up", "exempt")
 
-# Statuses whose dedupe keys make a new request a duplicate (rejected ones never do).
-DEDUPE_STATUSES = ("open", "deferred", "completed")
+# What the request log records for a rejected document whose type or jurisdiction could not
+# be read from it (R22): never a guess from the S3 key or a default (issue 15).
+UNKNOWN = "unknown"
+
+# Statuses of requests still being worked on. Only these make a new request with the same
+# identities a duplicate: a consumer whose data was erased and collected again may ask again,
+# and that is a new request (R16, R20); a finished access request is R7's repeat, flagged by
+# the access run, not refused. Any non-terminal status added later counts too.
+DEDUPE_STATUSES = tuple(s for s in STATUSES if s not in ("completed", "rejected"))
+# Statuses of requests accepted from the business (not refused): they keep their request id
+# (a request id is processed once) and count for R7's "twice in 12 months".
+ACCEPTED_STATUSES = tuple(s for s in STATUSES if s != "rejected")
 
 _TRANSITIONS: dict[str, frozenset[str]] = {
-    "open": frozenset({"deferred", "completed", "rejected"}),
+    "open": frozenset({"deferred", "partial", "completed", "rejected"}),
     "deferred": frozenset({"open", "completed", "rejected"}),
+    "partial": frozenset({"open", "deferred", "completed", "rejected"}),
     "completed": frozenset(),
     "rejected": frozenset(),
 }
@@ -163,7 +193,9 @@ cj_requests = Table(
     Column("jurisdiction", String(8), nullable=False),
     Column("status", String(16), nullable=False),
     Column("reason_code", String(64)),
-    Column("received_at", UTCDateTime, nullable=False),  # R1: the business's receipt
+    # R1: the business's receipt. Null only for a rejected document that gave no readable
+    # receipt time (R22: recorded as unknown, never guessed); accepted requests always have it.
+    Column("received_at", UTCDateTime),
     # Day 1 of the deadlines as intake computed it (`intake.received_day`: the earlier of the
     # business's local day and the UTC day); the offset is gone once received_at is UTC.
     Column("received_on", Date),
@@ -178,6 +210,18 @@ cj_requests = Table(
     Column("source", String(512), nullable=False),  # S3 key of the accepted document, or "ui"
     Column("subject_hash", String(64)),  # keyed hash of the first identity (R7 repeats)
     Column("look_back", String(16)),  # R9 scope chosen by the consumer (access requests)
+    # Records R1, R5 and R24 ask for, as intake checked them (issue 15): codes, times and keyed
+    # hashes only, never a name or an identity (`compliance.request_records`).
+    Column("forwarded_at", UTCDateTime),  # R1: when the business forwarded it to us
+    Column("verification_method", String(64)),  # R5: a method code ("email_link"), or "other"
+    Column("verified_at", UTCDateTime),  # R5
+    Column("verified_by_hash", String(64)),  # R5: keyed hash of who verified
+    Column("guardian_method", String(64)),  # R24: the parent's or guardian's verification
+    Column("guardian_verified_at", UTCDateTime),
+    Column("guardian_verified_by_hash", String(64)),
+    # Keyed refs of earlier requests of the same type for the same identities (a repeat
+    # deletion after data was collected again, R20; R7 repeats), space-separated.
+    Column("previous_requests", Text),
     UniqueConstraint("client_id", "request_id", "type", name="uq_cj_requests_client_request"),
 )
 Index("ix_cj_requests_status_type", cj_requests.c.status, cj_requests.c.type)
@@ -250,6 +294,13 @@ cj_notices = Table(
     Column("last_error_kind", String(64)),  # an error class/code, never a message with PII
     Column("sent_at", UTCDateTime),
     Column("acked_at", UTCDateTime),
+    # The outbox (compliance.outbox, R16.3/R16.4); nullable so rows from before it still load.
+    Column("kind", String(16)),  # subprocessor | recipient (None: a sub-processor, before)
+    Column("queued_at", UTCDateTime),  # the give-up and the alert age count from here
+    Column("last_attempt_at", UTCDateTime),
+    Column("next_attempt_at", UTCDateTime),  # exponential backoff; None when final
+    Column("given_up_at", UTCDateTime),
+    Column("reported_status", String(16)),  # the status the request's receipt last showed
     UniqueConstraint("request_pk", "subprocessor", name="uq_cj_notices"),
 )
 
@@ -259,8 +310,36 @@ def create_state_schema(engine: Engine) -> None:
     from compliance import ledger  # registers cj_ledger on `metadata`; imports this module
 
     metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
     _client_ids_as_text(engine)
+    _received_at_nullable(engine)
     ledger.seed_lock_row(engine)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer release declares to a state DB created before them
+    (`create_all` creates missing tables only). Idempotent: only absent columns are added, and
+    only nullable ones without a server default, so old rows load unchanged. Safe when several
+    tasks start at once: PostgreSQL adds `IF NOT EXISTS`, and on SQLite a concurrent task having
+    added the column first is not an error."""
+    inspector = inspect(engine)
+    exists = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have or not col.nullable or col.primary_key:
+                continue
+            kind = col.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN {exists}"{col.name}" {kind}')
+                    )
+            except OperationalError as exc:
+                if "duplicate column" not in str(exc).lower():
+                    raise
 
 
 def _client_ids_as_text(engine: Engine) -> None:
@@ -280,6 +359,50 @@ def _client_ids_as_text(engine: Engine) -> None:
                         "TYPE VARCHAR(255) USING client_id::text"
                     )
                 )
+
+
+def _received_at_nullable(engine: Engine) -> None:
+    """`cj_requests.received_at` became nullable (issue 15: a rejected document whose receipt
+    time cannot be read is logged with an unknown one, R22). PostgreSQL drops the constraint in
+    place; SQLite cannot, so the table is rebuilt under its own name (SQLite's documented
+    12-step procedure, foreign keys off for the swap), rows and ids kept."""
+    columns = {c["name"]: c for c in inspect(engine).get_columns("cj_requests")}
+    if columns["received_at"]["nullable"]:
+        return
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE cj_requests ALTER COLUMN received_at DROP NOT NULL"))
+        return
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    names = ", ".join(f'"{c.name}"' for c in cj_requests.columns if c.name in columns)
+    create = str(CreateTable(cj_requests).compile(dialect=engine.dialect)).replace(
+        "CREATE TABLE cj_requests", "CREATE TABLE cj_requests_rebuilt", 1
+    )
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction, as required
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # one writer: a concurrent task waits
+            info = conn.exec_driver_sql("PRAGMA table_info(cj_requests)").all()
+            if any(r[1] == "received_at" and not r[3] for r in info):  # done meanwhile
+                conn.exec_driver_sql("COMMIT")
+                return
+            conn.exec_driver_sql(create)
+            conn.exec_driver_sql(
+                f"INSERT INTO cj_requests_rebuilt ({names}) SELECT {names} FROM cj_requests"
+            )
+            conn.exec_driver_sql("DROP TABLE cj_requests")
+            conn.exec_driver_sql("ALTER TABLE cj_requests_rebuilt RENAME TO cj_requests")
+            for index in cj_requests.indexes:
+                conn.exec_driver_sql(str(CreateIndex(index).compile(dialect=engine.dialect)))
+            if conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise RuntimeError("cj_requests rebuild broke a foreign key; rolled back")
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        finally:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 def client_text(value: object) -> str:
@@ -319,26 +442,41 @@ class NewRequest:
     request_id: str
     type: str
     jurisdiction: str
-    received_at: datetime
+    received_at: datetime | None  # None only for a rejected document without one (R22)
     source: str
     status: str = "open"
     reason_code: str | None = None
     received_on: date | None = None
-    accepted_at: datetime | None = None
+    accepted_at: datetime | None = None  # when intake registered it (the watchdog's "new")
     ack_due: date | None = None
     response_due: date | None = None
     subject_hash: str | None = None
     look_back: str | None = None
+    forwarded_at: datetime | None = None
+    verification_method: str | None = None
+    verified_at: datetime | None = None
+    verified_by_hash: str | None = None
+    guardian_method: str | None = None
+    guardian_verified_at: datetime | None = None
+    guardian_verified_by_hash: str | None = None
+    previous_requests: str | None = None
+    completed_at: datetime | None = None  # a refusal at intake: the response date (R22)
     keys: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "client_id", client_text(self.client_id))
-        _check_choice("type", self.type, REQUEST_TYPES)
-        _check_choice("jurisdiction", self.jurisdiction, JURISDICTIONS)
         _check_choice("status", self.status, STATUSES)
+        # A rejected document may not say what it is (R22): `unknown`, never a guess.
+        rejected = self.status == "rejected"
+        _check_choice("type", self.type, (*REQUEST_TYPES, *((UNKNOWN,) if rejected else ())))
+        _check_choice(
+            "jurisdiction", self.jurisdiction, (*JURISDICTIONS, *((UNKNOWN,) if rejected else ()))
+        )
+        if self.received_at is None and not rejected:
+            raise ValueError("received_at is required (R1); only a refusal may lack it")
         if not self.request_id or len(self.request_id) > 64:
             raise ValueError("request_id must be 1..64 characters")
-        if self.status in {"rejected", "deferred"} and not self.reason_code:
+        if self.status in {"rejected", "deferred", "partial"} and not self.reason_code:
             raise ValueError(f"a {self.status} request needs a reason_code")
 
 
@@ -351,7 +489,7 @@ class RequestRow:
     jurisdiction: str
     status: str
     reason_code: str | None
-    received_at: datetime
+    received_at: datetime  # None only on a rejected row (R22, unknown receipt)
     received_on: date | None
     accepted_at: datetime | None
     ack_due: date | None
@@ -364,6 +502,14 @@ class RequestRow:
     source: str
     subject_hash: str | None
     look_back: str | None
+    forwarded_at: datetime | None = None
+    verification_method: str | None = None
+    verified_at: datetime | None = None
+    verified_by_hash: str | None = None
+    guardian_method: str | None = None
+    guardian_verified_at: datetime | None = None
+    guardian_verified_by_hash: str | None = None
+    previous_requests: str | None = None
 
     @property
     def receipt_day(self) -> date:
@@ -405,6 +551,12 @@ class NoticeRow:
     last_error_kind: str | None
     sent_at: datetime | None
     acked_at: datetime | None
+    kind: str | None = None  # the outbox's columns (R16.3, R16.4); None on rows from before
+    queued_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    given_up_at: datetime | None = None
+    reported_status: str | None = None
 
 
 def _row(cls: type, mapping: Mapping[str, Any]) -> Any:
@@ -471,8 +623,8 @@ def insert_requests(
 def existing_dedupe_keys(
     engine: Engine, keys: Iterable[str], statuses: Sequence[str] = DEDUPE_STATUSES
 ) -> set[str]:
-    """The subset of `keys` already held by a request in `statuses` (default: open, deferred or
-    completed)."""
+    """The subset of `keys` already held by a request in `statuses` (default: the requests still
+    being worked on, `DEDUPE_STATUSES`)."""
     wanted = sorted(set(keys))
     found: set[str] = set()
     with engine.connect() as conn:
@@ -487,6 +639,27 @@ def existing_dedupe_keys(
             )
             found.update(conn.execute(q).scalars())
     return found
+
+
+def requests_holding_keys(
+    engine: Engine, keys: Iterable[str], statuses: Sequence[str] = ACCEPTED_STATUSES
+) -> dict[str, list[tuple[int, RequestKey]]]:
+    """key -> (pk, (client_id, request_id, type)) of every request in `statuses` holding it,
+    earliest first: what a repeat request links to (R20, R7)."""
+    wanted = sorted(set(keys))
+    out: dict[str, list[tuple[int, RequestKey]]] = {}
+    t, k = cj_requests, cj_request_keys
+    with engine.connect() as conn:
+        for chunk in _chunks(wanted):
+            q = (
+                select(k.c.key, t.c.id, t.c.client_id, t.c.request_id, t.c.type)
+                .join(t, t.c.id == k.c.request_pk)
+                .where(k.c.key.in_(chunk), t.c.status.in_(tuple(statuses)))
+                .order_by(t.c.id)
+            )
+            for key, pk, client, rid, typ in conn.execute(q):
+                out.setdefault(key, []).append((pk, (client_text(client), rid, typ)))
+    return out
 
 
 def open_requests(engine: Engine, type: str) -> list[RequestRow]:
@@ -517,11 +690,14 @@ def request_keys(engine: Engine, pks: Iterable[int]) -> dict[int, set[str]]:
 
 
 def actionable_requests(engine: Engine, type: str) -> list[RequestRow]:
-    """Open and deferred requests of one type: deferrals are re-examined on every run (R19)."""
+    """Open, deferred and partial requests of one type: deferrals and partial erasures are
+    re-examined on every run (R19: an ended hold releases them)."""
     _check_choice("type", type, REQUEST_TYPES)
     q = (
         select(cj_requests)
-        .where(cj_requests.c.status.in_(("open", "deferred")), cj_requests.c.type == type)
+        .where(
+            cj_requests.c.status.in_(("open", "deferred", "partial")), cj_requests.c.type == type
+        )
         .order_by(cj_requests.c.id)
     )
     with engine.connect() as conn:
@@ -568,7 +744,7 @@ def subject_request_count(
         cj_requests.c.client_id == client_text(client_id),
         cj_requests.c.subject_hash == subject_hash,
         cj_requests.c.type == type,
-        cj_requests.c.status.in_(DEDUPE_STATUSES),
+        cj_requests.c.status.in_(ACCEPTED_STATUSES),
         cj_requests.c.received_at >= to_utc(since),
     )
     with engine.connect() as conn:
@@ -591,7 +767,7 @@ def set_status(
     ones. `rejected` and `deferred` need a reason code (R21: the basis of a denial).
     """
     _check_choice("status", status, STATUSES)
-    if status in {"rejected", "deferred"} and not reason_code:
+    if status in {"rejected", "deferred", "partial"} and not reason_code:
         raise TransitionRefused("reason_required", f"a {status} request needs a reason code")
     if reason_code is not None and not _TOKEN.match(reason_code):
         raise ValueError("reason_code must be a short lowercase code (no free text)")
@@ -628,7 +804,7 @@ def set_status(
                 values["reason_code"] = reason_code  # reopening clears a deferral reason
             if batch_id is not None:
                 values["batch_id"] = batch_id
-            if status == "completed":
+            if status in ("completed", "rejected"):  # the response date (R22); a denial too
                 values["completed_at"] = done or when
             same[tuple(values.items())].append(pk)
         for values_key, group in same.items():  # one UPDATE per chunk of equal changes
@@ -666,12 +842,15 @@ def record_extension(engine: Engine, pk: int, notice_at: datetime | None, reason
     Refused (ExtensionRefused) when: the notice date is missing, before receipt or after the
     45th day (received_on + 44d); the reason is blank; the request is already extended; or it
     is no longer open/deferred. Day 1 is `received_on` (as intake computed it) or else the
-    UTC day of `received_at`; the notice counts by its UTC day. The notice deadline is never
+    UTC day of `received_at`; the notice counts by its day in the offset it carries, which
+    `deadlines.extend` sets to the business's, so it is dated like receipt (R4; a UTC notice
+    counts by its UTC day). The notice deadline is never
     later than the stored `response_due` (the end of the first period, R3).
     Rerunning with the same notice and reason is a no-op that returns the same date.
     """
     if notice_at is None:
         raise ExtensionRefused("notice_missing", "R4: an extension needs the date of its notice")
+    notice_day = notice_at.date()  # R4: the business's local day when the offset is its own
     notice_at = to_utc(notice_at)
     reason = (reason or "").strip()
     with engine.begin() as conn:
@@ -694,9 +873,9 @@ def record_extension(engine: Engine, pk: int, notice_at: datetime | None, reason
         last_notice_day, extended_due = extension_window(row["jurisdiction"], received_on)
         if row["response_due"] is not None:
             last_notice_day = min(last_notice_day, row["response_due"])
-        if notice_at.date() < received_on:
+        if notice_day < received_on:
             raise ExtensionRefused("notice_before_receipt", "the notice predates the request")
-        if notice_at.date() > last_notice_day:
+        if notice_day > last_notice_day:
             raise ExtensionRefused(
                 "notice_too_late",
                 f"R4: the notice must be sent by {last_notice_day.isoformat()} "
@@ -930,10 +1109,15 @@ def record_notices(
     bind: Engine | Connection,
     outcomes: Mapping[int, Iterable[Outcome]],
     at: datetime | None = None,
+    next_at: Mapping[tuple[int, str], datetime | None] | None = None,
 ) -> list[NoticeRow]:
     """Many requests' notice outcomes (rules of `record_notice`), recorded in one transaction
     with a handful of statements whatever their number: the notices of a chunk of requests are
-    recorded together right after they were sent."""
+    recorded together right after they were sent.
+
+    `next_at` ((request pk, sub-processor) -> when) is the outbox's next try (R16.3 backoff),
+    written in the same statement as the outcome; a finished notice (`NOTICE_FINAL`) is never
+    changed, and an acknowledged one has no next try."""
     todo = [(pk, *o) for pk, outs in outcomes.items() for o in outs]
     for _pk, _sp, _channel, status, error_kind, acked in todo:
         _check_choice("status", status, ("sent", "failed", "not_configured"))
@@ -957,19 +1141,32 @@ def record_notices(
         current = _notices_for_update(conn, keys)
         for pk, sp, channel, status, error_kind, acked in todo:  # in order, as separate calls
             cur = current[(pk, sp)]
-            if cur["status"] == "acknowledged":
+            if cur["status"] in NOTICE_FINAL:
                 continue
-            cur.update(status=status, channel=channel)
+            cur.update(status=status, channel=channel, last_attempt_at=when)
+            if next_at is not None and (pk, sp) in next_at:
+                cur["next_attempt_at"] = next_at[(pk, sp)]
             if status in {"sent", "failed"}:
                 cur["attempts"] += 1
             if status == "sent":
                 cur["sent_at"] = cur["sent_at"] or when
                 cur["last_error_kind"] = None
                 if acked:
-                    cur.update(status="acknowledged", acked_at=when)
+                    cur.update(status="acknowledged", acked_at=when, next_attempt_at=None)
             elif status == "failed":
                 cur["last_error_kind"] = error_kind or "unknown"
-        changed = ("status", "channel", "attempts", "sent_at", "last_error_kind", "acked_at")
+            else:
+                cur["last_error_kind"] = error_kind
+        changed = (
+            "status",
+            "channel",
+            "attempts",
+            "sent_at",
+            "last_error_kind",
+            "acked_at",
+            "last_attempt_at",
+            "next_attempt_at",
+        )
         conn.execute(
             update(t)
             .where(t.c.request_pk == bindparam("k_pk"), t.c.subprocessor == bindparam("k_sp"))
@@ -1009,7 +1206,11 @@ def acknowledge(
             conn.execute(
                 update(t)
                 .where(*where, t.c.status != "acknowledged")
-                .values(status="acknowledged", acked_at=to_utc(at) if at else utcnow())
+                .values(
+                    status="acknowledged",
+                    acked_at=to_utc(at) if at else utcnow(),
+                    next_attempt_at=None,  # the outbox stops (R16.3); a late ack after give-up
+                )  # counts too: the receipt is re-issued either way
             ).rowcount
         )
 

@@ -90,7 +90,15 @@ def _time(value) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _doc(request_id, client_id, received, jurisdiction=None, look_back=None, **identities):
+def _doc(
+    request_id,
+    client_id,
+    received,
+    jurisdiction=None,
+    look_back=None,
+    verification_level=None,
+    **identities,
+):
     doc = {
         "request_id": request_id,
         "client_id": client_id,
@@ -107,6 +115,8 @@ def _doc(request_id, client_id, received, jurisdiction=None, look_back=None, **i
         doc["jurisdiction"] = jurisdiction
     if look_back:
         doc["look_back"] = look_back
+    if verification_level:
+        doc["verification"]["level"] = verification_level
     return doc
 
 
@@ -418,6 +428,7 @@ def dropped(stack):
         "S3": NOW - timedelta(days=40),
         "T": NOW - timedelta(days=5),
         "U": NOW - timedelta(days=5),
+        "V": NOW - timedelta(days=4),
     }
     planted = _plant(stack, who, received)
     _, a, s_email, s_phone, s_ext = who["S"]
@@ -428,6 +439,8 @@ def dropped(stack):
         "S3": ((a, {"email": s_email, "contact_id": s_ext}), {}),
         "T": ((who["T"][1], {"phone": who["T"][3]}), {"look_back": "since_2022"}),
         "U": ((who["U"][1], {"contact_id": who["U"][4]}), {"jurisdiction": "gdpr"}),
+        # R5 (issue 15): T again, by e-mail, verified only for categories: categories page only
+        "V": ((who["T"][1], {"email": who["T"][2]}), {"verification_level": "categories"}),
     }
     docs: dict[int, list[dict]] = {}
     for name, ((client, idents), extra) in requests.items():
@@ -568,6 +581,53 @@ def test_access_bundles_hold_exactly_the_consumers_data(stack, dropped):
     assert receipts["S2"]["repeat"]["flagged"] is False
     assert receipts["S3"]["repeat"]["requests_in_12_months"] == 1
     assert receipts["U"]["rules"][-1] == "G2"
+    # issue 15: the receipt shows the stored records (R1, R5) and links the consumer's earlier
+    # requests by keyed ref (one intake, in document order: S2 follows S1, S3 both)
+    from compliance.request_records import request_ref
+
+    (s_client, _), _ = requests["S1"]
+    refs = {n: request_ref(b"e2e-test-key", str(s_client), f"ACC-{n}", "access") for n in requests}
+    assert receipts["S1"]["previous_requests"] == []
+    assert receipts["S3"]["previous_requests"] == [refs["S1"], refs["S2"]]
+    record = receipts["S2"]["request_record"]
+    assert record["verification"]["method"] == "account_login"
+    assert record["verification"]["verified_by_hash"] and "staff-7" not in json.dumps(record)
+
+    # R5: V (T verified only for categories) gets the categories page, no specific piece of T
+    (v_client, v_idents), _ = requests["V"]
+    zf, raw, receipts["V"] = _bundle(stack, v_client, "ACC-V")
+    assert sorted(zf.namelist()) == ["data.json", "index.html", "manifest.json"]
+    assert bundle.verify_manifest(zf) == []
+    v_data = json.loads(zf.read("data.json"))
+    assert v_data["scope"]["level"] == "categories" and v_data["scope"]["rule"] == "R5"
+    assert json.loads(zf.read("manifest.json"))["scope"]["level"] == "categories"
+    assert "Categories only." in zf.read("index.html").decode()
+    assert v_data["sources"] == v_data["recordings"] == v_data["withheld"] == []
+    assert v_data["request"]["identities"] == {}
+    cats = {c["category"] for c in v_data["categories"]}
+    assert {"identifiers", "commercial", "sensory"} <= cats
+    assert all(
+        c["sources"] and c["purposes"] and c["records"] is None for c in v_data["categories"]
+    )
+    t_exp = _expected(stack.db_url, v_client, v_idents, None, NOW + timedelta(days=1))
+    assert t_exp["rows"], "T has records that a full request would disclose"
+    crm = sa.create_engine(stack.db_url)
+    with crm.connect() as c:
+        row = (
+            c.execute(sa.text("select * from contacts where contact_id = :i"), {"i": who["T"][0]})
+            .one()
+            ._mapping
+        )
+    crm.dispose()
+    pieces = {who["T"][2], who["T"][3], who["T"][4], row["address_line"]} | {
+        f"{row['first_name']} {row['last_name']}"
+    }
+    pieces = {p for p in pieces if p}
+    for member in zf.namelist():
+        body = zf.read(member).decode("utf-8", "replace").lower()
+        assert not [p for p in pieces if p.lower() in body], member
+    assert receipts["V"]["scope"] == "categories" and receipts["V"]["counts"] == {}
+    assert receipts["V"]["rules"][0] == "R5"
 
     # state, ledger, clean-up, no PII outside the bundles
     from compliance import ledger

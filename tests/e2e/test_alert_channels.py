@@ -365,7 +365,7 @@ def test_extension_form_records_one_and_refuses_a_second_or_a_late_one(stack, ch
         ],
     )
     dag = _bag_dag("request_extension")
-    form = {"client_id": 6, "request_id": "EXT-OK", "type": "delete"}
+    form = {"client_id": "6", "request_id": "EXT-OK", "type": "delete"}
     notice = (today - timedelta(days=2)).isoformat()
     reason = "Volume: the request spans 6 systems and 3 sub-processors."
 

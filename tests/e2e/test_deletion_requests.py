@@ -414,7 +414,7 @@ def test_dry_run_changes_nothing_and_predicts_the_receipts(stack, requests_dropp
     notices = len(esp_webhook)
     form = {  # a form entry for a client that does not exist: refused in the report only
         "request_id": "FORM-1",
-        "client_id": 987654,
+        "client_id": "987654",
         "email": "someone@example.com",
         "received_at": (NOW - timedelta(days=1)).isoformat(),
         "verification_method": "email_link",

@@ -275,12 +275,12 @@ def test_viewer_cannot_trigger(ui, browser):
 @pytest.mark.parametrize(
     ("dag_id", "conf"),
     [
-        # R4 form: client id below 1, request id with a space, a notice that is not a date-time,
+        # R4 form: an empty client id, request id with a space, a notice that is not a date-time,
         # a reason too short to be one.
         (
             "request_extension",
             {
-                "client_id": 0,
+                "client_id": "",
                 "request_id": "A B",
                 "type": "delete",
                 "notice_at": "last week",

@@ -149,10 +149,10 @@ def _corpus_phase(demo: Demo, stack: Any, monkeypatch: Any) -> None:
         )
     dm = load_datamap(os.environ["COMPLIANCE_DATAMAP"])
     clients = inbox.load_clients(crm, dm.systems["crm"])
+    # Left open: only a request still being worked on makes another with the same identities
+    # a duplicate (issue 15; a finished one only keeps its request id). The corpus run below
+    # then answers it too (no consumer holds those identities: a receipt, nothing erased).
     inbox.ingest(stack.s3, stack.bucket, clients, state_engine, h.HASH_KEY, CORPUS_NOW)
-    with state_engine.begin() as c:
-        pks = [r[0] for r in c.execute(sa.text("select id from cj_requests"))]
-    state.set_status(state_engine, pks, "completed", completed_at=CORPUS_NOW)
 
     from tests.e2e import worldview
 

@@ -44,7 +44,10 @@ SEED = 7
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # first run; reruns are later the same day
 HASH_KEY = b"e2e-test-key"
 BUCKET = "cj-compliance"
-IDENTITY_PREFIXES = ("accepted/", "batches/", "inbox/")
+# Documents that hold identities. outbox/ keeps a notice's body until it is acknowledged or
+# given up (R16.3): the crash runs must leave exactly the clean run's there.
+# held/: a partial erasure's memory until its legal hold ends (R19).
+IDENTITY_PREFIXES = ("accepted/", "batches/", "inbox/", "outbox/", "held/")
 FIGURES: dict[str, Any] = {}  # what the suite measured, printed by conftest at the end
 _BATCH_ID = re.compile(r"del-\d{8}T\d{6}-[0-9a-f]{8}")
 
@@ -266,6 +269,15 @@ def deletion_inbox(crm_file: Path) -> dict[str, bytes]:
             ),
             {"now": T0.replace(tzinfo=None)},
         ).first()
+        # a consumer whose messages are under a scoped hold (R19): erased in part (issue 15)
+        scoped = c.execute(
+            sa.text(
+                "select h.client_id, c.email from legal_holds h join contacts c "
+                "on c.contact_id = h.contact_id where h.scope = 'messages' "
+                "and h.expires_at > :now and c.email is not null order by h.hold_id limit 1"
+            ),
+            {"now": T0.replace(tzinfo=None)},
+        ).first()
     eng.dispose()
     bad = _doc("BAD-1", mt_client, email="nobody@example.com")
     del bad["verification"]
@@ -277,6 +289,10 @@ def deletion_inbox(crm_file: Path) -> dict[str, bytes]:
     }
     if held is not None:
         docs[f"{held[0]}/held.json"] = json.dumps(_doc("DEL-HELD", held[0], contact_id=held[1]))
+    if scoped is not None:
+        docs[f"{scoped[0]}/scoped.json"] = json.dumps(
+            _doc("DEL-SCOPED", scoped[0], email=scoped[1])  # every row of the person
+        )
     return {k: v.encode() for k, v in docs.items()}
 
 
@@ -319,7 +335,7 @@ class DeletionJob(Job):
     dag_id = "deletion_requests"
 
     def tasks(self, now: datetime, xcom: dict[str, Any]) -> Iterator[Task]:
-        from compliance import erasure, inbox, subprocessors
+        from compliance import erasure, inbox, outbox
 
         w, dm, s3 = self.w, self.w.dm, self.w.s3
         crm = {name: w.engine(w.crm_url) for name in dm.systems}
@@ -360,12 +376,9 @@ class DeletionJob(Job):
                 lambda st=store: erasure.tombstone(s3, BUCKET, dm, state, bid, st, HASH_KEY),
             )
 
-        def notify() -> dict[str, Any]:
-            if not bid or not batch["requests"]:
-                return {}
-            targets = erasure.load_targets(s3, BUCKET, bid)
-            active = {r: targets.requests[r] for r in targets.active_refs()}
-            return subprocessors.notify_all(dm, state, HASH_KEY, active, targets.identities, w.sns)
+        def notify() -> dict[str, Any]:  # the outbox: this batch queued, every due one sent
+            queued = bid if batch["requests"] else ""
+            return outbox.run(s3, BUCKET, dm, state, HASH_KEY, queued, now, w.sns)
 
         yield "notify_subprocessors", notify
         shards = [xcom.get(f"scrub_logs[{s}]") for s in batch["shards"]]
@@ -677,8 +690,14 @@ def _workspace(w: World, norm: Callable[[str], str]) -> dict[str, Any]:
             elif key.endswith(".json") and key.startswith(("receipts/", "retention/")):
                 doc = json.loads(body)
                 if isinstance(doc, dict):
-                    for volatile in ("completed_at", "generated_at", "finished_at", "now"):
+                    volatile_keys = ("completed_at", "partially_erased_at", "generated_at")
+                    for volatile in (*volatile_keys, "finished_at", "now"):
                         doc.pop(volatile, None)
+                    for section in ("subprocessors", "recipients"):  # R16.3/R16.4 outbox:
+                        for entry in (doc.get(section) or {}).values():  # how many tries and
+                            if isinstance(entry, dict):  # when depend on how many runs it took
+                                for volatile in ("attempts", "acknowledged_at", "given_up_at"):
+                                    entry.pop(volatile, None)
                 value = json.loads(norm(json.dumps(doc, sort_keys=True)))
             else:
                 value = hashlib.sha256(norm(body.decode("utf-8", "replace")).encode()).hexdigest()

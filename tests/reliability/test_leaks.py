@@ -9,7 +9,8 @@ case-insensitively, in:
 - every XCom value of every run; every row of the state database (the ledger included);
 - every object the project wrote to the workspace bucket: receipts, summaries, reports,
   statistics, links, batch leftovers, except what holds client-sent documents by design
-  (inbox/, accepted/, rejected/) and the subject's own access bundle.
+  (inbox/, accepted/, rejected/), notice bodies waiting in the outbox (outbox/, R16.3) and the
+  subject's own access bundle.
 The demo runs every DAG in dags/ (tests/reliability/demo.py). A positive control proves the
 matcher finds identities where they are meant to be (the request documents).
 """
@@ -24,7 +25,11 @@ from . import harness as h
 
 pytestmark = pytest.mark.slow
 
-EXEMPT = ("inbox/", "accepted/", "rejected/")
+# outbox/: a deletion notice's body carries the identities the recipient needs to find the
+# consumer (R16.3, R16.4); it is kept, encrypted, only until the notice is finished.
+# held/: a partial erasure's consumers and identities, kept encrypted until its legal hold ends
+# and the rest is erased (R19, docs/deletion.md "Legal holds").
+EXEMPT = ("inbox/", "accepted/", "rejected/", "outbox/", "held/")
 
 
 def _matcher(demo) -> re.Pattern[str]:

@@ -242,3 +242,44 @@ def test_empty_report_still_builds():
     zf = zipfile.ZipFile(io.BytesIO(raw))
     assert sorted(zf.namelist()) == ["data.json", "index.html", "manifest.json"]
     assert "We hold no personal information about you" in zf.read("index.html").decode()
+
+
+# -- R5: verified for categories only (issue 15) --------------------------------------------------
+
+
+def _categories_report() -> dict:
+    return report.assemble_categories(
+        DM,
+        _request(),
+        retention=disclosure.Retention({}, available=False),
+        generated_at=WHEN,
+    )
+
+
+def test_categories_only_bundle_is_the_categories_page_and_says_why():
+    """R5 (Reg 7024(a)-(b)): a right-to-know request the business verified only for categories
+    is answered with the R8 categories (sources, purposes, third parties) and nothing else: no
+    record, no withheld statement, no CSV; index.html, data.json and the manifest say why."""
+    rep = _categories_report()
+    raw, _ = _zip(rep)
+    zf = zipfile.ZipFile(io.BytesIO(raw))
+    assert sorted(zf.namelist()) == ["data.json", "index.html", "manifest.json"]
+    data = json.loads(zf.read("data.json"))
+    assert data["scope"]["level"] == "categories" and data["scope"]["rule"] == "R5"
+    assert "7024(a)-(b)" in data["scope"]["basis"]
+    assert data["sources"] == [] and data["recordings"] == [] and data["withheld"] == []
+    assert data["request"]["identities"] == {}  # not even the identities the business gave
+    cats = {c["category"]: c for c in data["categories"]}
+    assert [c.value for c in disclosure.mapped_categories(DM)] == list(cats)
+    assert {"identifiers", "commercial", "sensory", "internet_activity"} <= set(cats)
+    assert all(c["sources"] and c["purposes"] and c["records"] is None for c in cats.values())
+    manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["scope"]["level"] == "categories" and "R5" in manifest["scope"]["text"]
+    html = zf.read("index.html").decode()
+    assert "Categories only." in html and "7024(a)-(b)" in html
+    assert "Records about you" not in html and "The information itself" not in html
+    assert "Nothing: categories only (R5)" in html
+    for cat in cats.values():
+        assert cat["title"].split(" (")[0].replace("'", "&#39;") in html
+    # a full report says what it is too
+    assert _report()["scope"]["level"] == "specific_pieces"

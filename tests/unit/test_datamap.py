@@ -232,6 +232,25 @@ BROKEN: dict[str, tuple[Mutation, set[tuple[str, str]]]] = {
         drop(f"{CRM}.payments.columns.card_brand.exception"),
         {("exception-required", f"{CRM}.payments.columns.card_brand.erase")},
     ),
+    # R17 (issue 15): deidentified data counts only with the three attestations
+    "deidentify-without-attestations": (
+        put(f"{CRM}.payments.columns.card_last4.erase", "deidentify"),
+        {("deidentify-unattested", f"{CRM}.payments.columns.card_last4.erase")},
+    ),
+    "deidentify-recipients-not-bound": (
+        both(
+            put(f"{CRM}.payments.columns.card_last4.erase", "deidentify"),
+            put(
+                "deidentification",
+                {
+                    "measures": "placeholder replaces the value; no key kept",
+                    "public_commitment": "https://example.com/privacy#deidentified",
+                    "recipients_bound": False,
+                },
+            ),
+        ),
+        {("deidentify-unattested", "deidentification.recipients_bound")},
+    ),
     # R8: categories
     "unknown-category-on-column": (
         put(f"{CRM}.leads.columns.source.categories", ["identifers"]),
@@ -293,6 +312,15 @@ BROKEN: dict[str, tuple[Mutation, set[tuple[str, str]]]] = {
     "unknown-store-kind": (
         put("stores.app_logs.kind", "logs"),
         {("structure", "stores.app_logs.kind")},
+    ),
+    # R16.4: a recipient is told, or says why it cannot be (the demo has a justification)
+    "recipient-neither-told-nor-justified": (
+        drop("recipients.0.impossible_or_disproportionate"),
+        {("recipient-notice", "recipients.0")},
+    ),
+    "recipient-justification-too-thin": (
+        put("recipients.0.impossible_or_disproportionate", "too hard"),
+        {("recipient-notice", "recipients.0.impossible_or_disproportionate")},
     ),
     # R16.3: sub-processors
     "duplicate-subprocessor": (
@@ -762,3 +790,21 @@ def test_doc_yaml_examples_parse():
     doc = DOC.read_text(encoding="utf-8")
     for block in re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL):
         yaml.safe_load(block)
+
+
+def test_deidentify_is_accepted_with_the_three_r17_attestations():
+    """R17: with measures, a public commitment and recipients bound, `deidentify` is valid."""
+    doc = demo()
+    doc["systems"]["crm"]["tables"]["payments"]["columns"]["card_last4"]["erase"] = "deidentify"
+    doc["deidentification"] = {
+        "measures": "the value is replaced by a fixed placeholder; no key or copy is kept",
+        "public_commitment": "https://example.com/privacy#deidentified-data",
+        "recipients_bound": True,
+    }
+    dm, issues = check_text(yaml.safe_dump(doc, sort_keys=False))
+    assert issues == [] and dm is not None
+    assert dm.deidentification is not None and dm.deidentification.recipients_bound is True
+    doc["deidentification"]["measures"] = "   "
+    _, issues = check_text(yaml.safe_dump(doc, sort_keys=False))
+    assert found(issues) == {("deidentify-unattested", "deidentification.measures")}
+    assert all("R17" in i.message for i in issues)

@@ -7,7 +7,7 @@ extensions must follow R4.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -367,3 +367,79 @@ def test_gdpr_extension_runs_to_three_months(engine):
         engine, KEY, 4, "G-1", "delete", RECEIVED + timedelta(days=20), "Volume"
     )
     assert done.extended_due == date(2026, 12, 1)
+
+
+# R4 (issue 15): the notice is dated by the business's local day, as receipt is (intake reads
+# the day of receipt in the offset the business reported), and a notice in the future is refused.
+# RECEIVED is 2026-09-01 08:00 in California (-07:00, PDT): day 45 is 2026-10-15.
+LATE_EVENING_DAY_45 = datetime(2026, 10, 15, 23, 30, tzinfo=timezone(timedelta(hours=-7)))
+
+
+def test_notice_at_2330_local_on_day_45_is_in_time_although_day_46_in_utc(engine):
+    _open_request(engine)
+    assert LATE_EVENING_DAY_45.astimezone(UTC).date() == date(2026, 10, 16)  # day 46 in UTC
+    done = deadlines.extend(
+        engine, KEY, 4, "EXT-1", "delete", LATE_EVENING_DAY_45, "Complex search", now=NOW_R4
+    )
+    assert done.extended_due == RECEIVED.date() + timedelta(days=89)
+    assert done.notice_day == date(2026, 10, 15)
+    assert done.notice_at == LATE_EVENING_DAY_45.astimezone(UTC)  # stored as the UTC instant
+    (entry,) = ledger.entries(engine, kind="request_extended")
+    assert entry.payload["notice_day"] == "2026-10-15"
+
+
+def test_the_form_s_utc_notice_is_dated_with_the_business_s_offset(engine):
+    """The form may send the notice in UTC; the offset field puts it on the business's clock."""
+    _open_request(engine)
+    utc = LATE_EVENING_DAY_45.astimezone(UTC)
+    with pytest.raises(ExtensionRefused) as err:  # read in UTC it is day 46: too late
+        deadlines.extend(engine, KEY, 4, "EXT-1", "delete", utc, "Complex search", now=NOW_R4)
+    assert err.value.reason_code == "notice_too_late"
+    done = deadlines.extend(
+        engine, KEY, 4, "EXT-1", "delete", utc, "Complex search", utc_offset="-07:00", now=NOW_R4
+    )
+    assert done.notice_day == date(2026, 10, 15)
+    # a wall time without an offset is read on the business's clock given beside it
+    assert deadlines.local_notice(utc.replace(tzinfo=None), "-07:00").utcoffset() == timedelta(
+        hours=-7
+    )
+
+
+@pytest.mark.parametrize(
+    ("notice", "offset", "code"),
+    [
+        (datetime(2026, 10, 1, 12, 0), None, "notice_without_offset"),
+        (RECEIVED + timedelta(days=5), "-25:00", "bad_offset"),
+        (RECEIVED + timedelta(days=5), "PST", "bad_offset"),
+        (RECEIVED + timedelta(days=5), "+14:30", "bad_offset"),
+    ],
+)
+def test_notice_offset_must_be_given_and_real(engine, notice, offset, code):
+    pk = _open_request(engine)
+    with pytest.raises(ExtensionRefused) as err:
+        deadlines.extend(
+            engine, KEY, 4, "EXT-1", "delete", notice, "Volume", utc_offset=offset, now=NOW_R4
+        )
+    assert err.value.reason_code == code
+    assert "R4" in err.value.message
+    assert state.get_requests(engine, [pk])[pk].extended_due is None
+
+
+def test_a_notice_dated_in_the_future_is_refused(engine):
+    pk = _open_request(engine)
+    now = RECEIVED + timedelta(days=10)
+    future = now + timedelta(hours=2)  # still inside the first 45 days, but not sent yet
+    with pytest.raises(ExtensionRefused) as err:
+        deadlines.extend(engine, KEY, 4, "EXT-1", "delete", future, "Volume", now=now)
+    assert err.value.reason_code == "notice_in_future"
+    assert "R4" in err.value.message and "future" in err.value.message
+    assert state.get_requests(engine, [pk])[pk].extended_due is None
+    assert ledger.entries(engine, kind="request_extended") == []
+    # within the clock skew (5 minutes) it is the present, not the future
+    done = deadlines.extend(
+        engine, KEY, 4, "EXT-1", "delete", now + timedelta(minutes=4), "Volume", now=now
+    )
+    assert done.extended_due == RECEIVED.date() + timedelta(days=89)
+
+
+NOW_R4 = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)

@@ -217,3 +217,59 @@ def test_erasure_exact_and_idempotent(crm):
     # a second run changes nothing
     assert execute_erasure(crm, system, [10, 11], KEY) == {}
     assert snapshot(crm) == after
+
+
+def _hashing_map():
+    """The demo map with payments' card_token masked by `erase: hash`."""
+    import yaml
+
+    from compliance.datamap.validate import check_text
+
+    doc = yaml.safe_load((REPO / "config/datamap.yaml").read_text())
+    doc["systems"]["crm"]["tables"]["payments"]["columns"]["card_token"]["erase"] = "hash"
+    dm, issues = check_text(yaml.safe_dump(doc))
+    assert not issues, issues
+    return dm.systems["crm"]
+
+
+def test_hash_masking_is_irreversible_a_random_key_per_run(crm):
+    """R17 (issue 15): a hash under a key the company keeps is a pseudonym, since anyone with the
+    key recomputes it from the value. Masking for deletion uses a random key per run, never
+    stored: equal values inside one run still hash alike (joins line up), the deployment's key
+    does not reproduce them, and the next run's key is another."""
+    from compliance.erase_sql import HASH_PREFIX
+    from compliance.hashing import keyed_hash
+
+    system = _hashing_map()
+    with crm.begin() as c:  # a second payment of the same consumer, same card; tenant 2 too
+        c.execute(sa.update(w.payments).values(card_token="tok1"))
+        c.execute(
+            sa.insert(w.payments),
+            [
+                {
+                    "payment_id": 3,
+                    "contact_id": 11,
+                    "client_id": 1,
+                    "card_token": "tok1",
+                    "card_last4": "4242",
+                    "card_brand": "visa",
+                    "amount_cents": 700,
+                    "paid_at": T0,
+                }
+            ],
+        )
+    assert execute_erasure(crm, system, [10, 11], KEY)["payments"] == 2
+    assert execute_erasure(crm, system, [20], KEY)["payments"] == 1  # another run: tenant 2
+    with crm.connect() as c:
+        token = dict(c.execute(sa.select(w.payments.c.payment_id, w.payments.c.card_token)).all())
+    assert all(v.startswith(HASH_PREFIX) for v in token.values())
+    assert token[1] == token[3]  # one run, one key: the two payments still join
+    assert token[2] != token[1]  # another run drew another key: no link across erasures
+    kept_key = HASH_PREFIX + keyed_hash(KEY, "payments.card_token", "tok1")[:24]
+    assert kept_key not in token.values()  # COMPLIANCE_HASH_KEY cannot recompute it
+    # hashed values are recognised as erased (residue) and left alone by a rerun
+    assert residue(crm, system, [10, 11]) == {} and residue(crm, system, [20]) == {}
+    assert execute_erasure(crm, system, [10, 11], KEY) == {}
+    with crm.connect() as c:
+        again = dict(c.execute(sa.select(w.payments.c.payment_id, w.payments.c.card_token)).all())
+    assert again == token

@@ -29,6 +29,7 @@ from compliance.intake import (
     identity_pairs,
     parse_documents,
     received_day,
+    request_key,
     validate_request,
 )
 from compliance.intake import identity_keys as intake_identity_keys
@@ -564,6 +565,11 @@ CASES: list[tuple[Reason, object, str | None]] = [
         make(type="access", jurisdiction="gdpr", look_back="since_2022"),
         "look_back",
     ),
+    (  # R5 (issue 15): "specific_pieces" or "categories", nothing else
+        Reason.bad_verification_level,
+        make(type="access", verification={**DELETE["verification"], "level": "some"}),
+        "verification.level",
+    ),
 ]
 
 
@@ -848,20 +854,57 @@ def test_find_duplicates_keeps_a_request_with_a_new_identity():
 
 
 def test_find_duplicates_against_existing_keys():
+    """Issue 15 (R16, R20, R7): identities deduplicate only against a request still open; once
+    it is finished only its request id still counts (`inbox.examine` passes those keys), so the
+    same consumer's new deletion, after data was collected again, is a new request."""
     old = accepted(make(request_id="old-1"))
-    existing = dedupe_key(old, KEY)
     replay = accepted(make(request_id="old-1", identities={"contact_id": "C-1"}))
     same_person = accepted(make(request_id="new-2"))
     other_client = accepted(make(request_id="new-3", client_id=2))
     other_type = accepted(make(request_id="new-4", type="access"))
-    out = find_duplicates([replay, same_person, other_client, other_type], existing, KEY)
+    batch = [replay, same_person, other_client, other_type]
+
+    still_open = dedupe_key(old, KEY)
+    out = find_duplicates(batch, still_open, KEY)
     assert [getattr(r, "reason", "ok") for r in out] == [
         Reason.duplicate,
         Reason.duplicate,
         "ok",
         "ok",
     ]
-    assert existing == dedupe_key(old, KEY)  # not mutated
+    assert "already open" in out[1].message
+    assert still_open == dedupe_key(old, KEY)  # not mutated
+
+    finished = {request_key(old, KEY)}  # completed: its identities no longer count
+    assert finished == dedupe_key(old, KEY) - intake_identity_keys(old, KEY)
+    out = find_duplicates(batch, finished, KEY)
+    assert [getattr(r, "reason", "ok") for r in out] == [Reason.duplicate, "ok", "ok", "ok"]
+
+
+def test_rejected_documents_say_what_they_are_for_the_request_log():
+    """R22/R23 (issue 15): a refusal carries the type, receipt time and jurisdiction the document
+    gives, each read on its own; what it does not give readably is None (logged `unknown`), never
+    a guess from the source name or the clock; an absent jurisdiction is the format's CCPA."""
+    unverified = make(type="access", jurisdiction="gdpr", look_back="all")
+    del unverified["verification"]
+    got = validate_request(unverified, "inbox/1/delete-me.json", now=NOW, clients=CLIENTS)
+    assert got.reason is Reason.not_verified
+    assert (got.type, got.jurisdiction) == ("access", "gdpr")
+    assert got.received_at == datetime(2025, 3, 1, 18, 0, tzinfo=UTC)  # the document's, in UTC
+
+    bad = make(type="erasure", jurisdiction="CCPA", received_at="yesterday")
+    got = validate_request(bad, "inbox/1/access.json", now=NOW, clients=CLIENTS)
+    assert got.reason is Reason.unknown_type
+    assert (got.type, got.jurisdiction, got.received_at) == (None, None, None)
+
+    future = make(received_at="2031-01-01T00:00:00Z", notes=7)
+    future.pop("jurisdiction", None)
+    got = validate_request(future, "inbox/1/x.json", now=NOW, clients=CLIENTS)
+    assert got.reason is Reason.received_in_future
+    assert (got.type, got.jurisdiction, got.received_at) == ("delete", "ccpa", None)
+
+    (garbage,) = parse_documents(b"{not json", "inbox/1/g.json", now=NOW, clients=CLIENTS)
+    assert (garbage.type, garbage.jurisdiction, garbage.received_at) == (None, None, None)
 
 
 def test_find_duplicates_passes_rejections_through_in_order():
@@ -892,3 +935,56 @@ def test_examples_in_docs_are_accepted():
     )
     assert child_access.under_13 and child_access.look_back is LookBack.since_2022
     assert gdpr.client_id == "2" and gdpr.due.response_due == date(2025, 2, 28)
+
+
+# --------------------------------------------------------------------------------------------
+# R5: verified for categories only (issue 15)
+
+
+def _verified_for(level, **changes) -> dict:
+    doc = make(**changes)
+    if level is not ...:
+        doc["verification"]["level"] = level
+    return doc
+
+
+def test_access_verified_for_categories_only_is_accepted_as_such():
+    """R5 second half: an access request the business could verify only for categories is no
+    longer refused whole; it is accepted and answered with categories (Reg 7024(a)-(b))."""
+    req = accepted(_verified_for("categories", type="access"))
+    assert req.verification.level == "categories" and req.verification.categories_only
+    full = accepted(_verified_for(..., type="access"))  # documents without the field: as before
+    assert full.verification.level == "specific_pieces" and not full.verification.categories_only
+    assert accepted(_verified_for("specific_pieces")).verification.level == "specific_pieces"
+
+
+def test_deletion_or_gdpr_verified_for_categories_only_is_refused():
+    """A deletion is never acted on with a categories-only verification (R5, Reg 7022(a)); the
+    GDPR has no categories-only answer. Both stay refused as `not_verified` (a denial)."""
+    for doc in (
+        _verified_for("categories"),
+        _verified_for(
+            "categories",
+            type="access",
+            jurisdiction="gdpr",
+            look_back="all",
+        ),
+    ):
+        res = rejected(doc)
+        assert (res.reason, res.field) == (Reason.not_verified, "verification.level")
+        assert "R5" in res.message
+
+
+@pytest.mark.parametrize("level", ["category", "CATEGORIES", "", "full"])
+def test_unknown_verification_level_is_an_invalid_submission(level):
+    res = rejected(_verified_for(level, type="access"))
+    assert (res.reason, res.field) == (Reason.bad_verification_level, "verification.level")
+    assert "R5" in res.message
+    assert rejected(_verified_for(2, type="access")).reason is Reason.wrong_type
+
+
+def test_a_guardian_verification_has_no_level():
+    doc = make(subject={"is_minor": True, "under_13": True})
+    doc["guardian_verification"] = {**DELETE["verification"], "level": "categories"}
+    res = rejected(doc)
+    assert (res.reason, res.field) == (Reason.unknown_field, "guardian_verification.level")

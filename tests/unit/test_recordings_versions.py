@@ -1,5 +1,5 @@
 """Recording erasure lists versions by folder or by key (recordings._versions_of); either way it
-must delete every version of exactly the asked keys (R6) and nothing else, byte for byte."""
+must delete every version of exactly the asked keys (R16.1) and nothing else, byte for byte."""
 
 from __future__ import annotations
 

@@ -108,7 +108,10 @@ def test_insert_requests_from_mappings(engine):
     assert list(pks) == [("7", "m1", "delete")]
 
 
-def test_dedupe_keys_ignore_rejected_requests(engine):
+def test_dedupe_keys_only_requests_being_worked_on(engine):
+    """Identities deduplicate against open and deferred requests only: a consumer erased before
+    whose data was collected again may ask again (issue 15, R16/R20); accepted statuses (finished
+    ones too) still hold a request id (processed once); rejected ones never count."""
     pks = state.insert_requests(
         engine,
         [
@@ -121,8 +124,17 @@ def test_dedupe_keys_ignore_rejected_requests(engine):
     state.set_status(engine, [pks[("7", "done1", "delete")]], "completed")
     state.set_status(engine, [pks[("7", "def1", "delete")]], "deferred", reason_code="legal_hold")
     wanted = ["k-open", "k-done", "k-deferred", "k-rejected", "k-new"]
-    assert state.existing_dedupe_keys(engine, wanted) == {"k-open", "k-done", "k-deferred"}
+    assert state.existing_dedupe_keys(engine, wanted) == {"k-open", "k-deferred"}
+    assert state.existing_dedupe_keys(engine, wanted, state.ACCEPTED_STATUSES) == {
+        "k-open",
+        "k-done",
+        "k-deferred",
+    }
     assert state.existing_dedupe_keys(engine, []) == set()
+    # what a repeat request links to: every accepted request holding the key, earliest first
+    assert state.requests_holding_keys(engine, ["k-done", "k-rejected", "k-new"]) == {
+        "k-done": [(pks[("7", "done1", "delete")], ("7", "done1", "delete"))]
+    }
 
 
 def test_dedupe_keys_many(engine):

@@ -32,6 +32,9 @@ BATCHES = "batches/"
 KIND = "access"
 AUDIO_ENV = "COMPLIANCE_ACCESS_INCLUDE_AUDIO"
 REPEAT_THRESHOLD = 3  # R7: the business need not answer a third request within 12 months
+# R5: an access request the business verified only for categories (`verification.level`).
+SCOPE_CATEGORIES = "categories"
+SCOPE_SPECIFIC = "specific_pieces"
 
 
 @dataclass
@@ -51,6 +54,16 @@ class AccessBatch:
     def refs(self) -> list[str]:
         return sorted(self.requests, key=int)
 
+    def categories_only(self, ref: str) -> bool:
+        """R5: the business verified this consumer only for categories: nothing is resolved,
+        gathered or scanned for it, and its bundle holds the categories page only."""
+        return self.requests[ref].get("scope") == SCOPE_CATEGORIES
+
+    @property
+    def gather_refs(self) -> list[str]:
+        """The requests whose specific pieces are gathered (all but categories-only ones)."""
+        return [r for r in self.refs if not self.categories_only(r)]
+
     def window(self, ref: str) -> tuple[datetime | None, datetime]:
         """(since, until) of one request, aware UTC; since None = no limit (G2)."""
         req = self.requests[ref]
@@ -59,16 +72,16 @@ class AccessBatch:
 
     def union_window(self) -> tuple[datetime | None, datetime | None]:
         """The smallest window covering every request's: what one pass over a store reads."""
-        if not self.requests:
+        if not self.gather_refs:  # categories-only requests read no store (R5)
             return None, None
-        windows = [self.window(r) for r in self.refs]
+        windows = [self.window(r) for r in self.gather_refs]
         since = None if any(s is None for s, _ in windows) else min(s for s, _ in windows)
         return since, max(u for _, u in windows)
 
     def log_targets(self) -> logs.Targets:
         """Every request's identities (given and found) by tenant, for the log scanner."""
         by_tenant: dict[str, list[tuple[IdentityType, str, str]]] = {}
-        for ref in self.refs:
+        for ref in self.gather_refs:
             tenant = str(self.requests[ref]["client_id"])
             for kind, values in self.identities.get(ref, {}).items():
                 by_tenant.setdefault(tenant, []).extend(
@@ -144,11 +157,20 @@ def _new_batch(
     for row in pending:
         ref = str(row.id)
         doc = json.loads(s3.get_object(Bucket=bucket, Key=row.source)["Body"].read())
-        idents = intake.identity_pairs(doc["identities"])  # a phone may have several spellings
-        subjects.append(Subject(ref, row.client_id, idents))
-        batch.given[ref] = intake.identity_lists(doc["identities"])
+        # R5: verified only for categories -> no identity is resolved, searched or echoed; the
+        # request's identities never enter the batch. Documents before the field: specific.
+        scope = (
+            SCOPE_CATEGORIES
+            if doc.get("verification_level") == intake.LEVEL_CATEGORIES
+            else SCOPE_SPECIFIC
+        )
+        if scope == SCOPE_SPECIFIC:
+            idents = intake.identity_pairs(doc["identities"])  # a phone: several spellings
+            subjects.append(Subject(ref, row.client_id, idents))
+            batch.given[ref] = intake.identity_lists(doc["identities"])
         since, until = request_window(row, doc, now)
         batch.requests[ref] = {
+            "scope": scope,
             "pk": row.id,
             "client_id": row.client_id,
             "request_id": row.request_id,
@@ -161,7 +183,8 @@ def _new_batch(
             "repeat": repeat(state_engine, row),
         }
     for sname, system in dm.systems.items():
-        resolved = resolve(engines[sname], system, subjects)
+        # categories-only requests are not subjects; with none else, no store is queried (R5)
+        resolved = resolve(engines[sname], system, subjects) if subjects else {}
         batch.consumers[sname] = {ref: sorted(res.consumer_ids) for ref, res in resolved.items()}
         for ref, res in resolved.items():
             per_kind = batch.identities.setdefault(ref, {})
@@ -227,6 +250,13 @@ def fanout(s3: Any, dm: DataMap, batch: AccessBatch) -> dict[str, Any]:
     """
     if not batch.batch_id or not batch.requests:
         return {"batch_id": batch.batch_id, "requests": 0, "systems": [], "shards": []}
+    if not batch.gather_refs:  # only categories-only requests (R5): no store is read
+        return {
+            "batch_id": batch.batch_id,
+            "requests": len(batch.requests),
+            "systems": [],
+            "shards": [],
+        }
     since, until = batch.union_window()
     first = (since - timedelta(days=1)).date() if since else None
     last = (until + timedelta(days=1)).date() if until else None

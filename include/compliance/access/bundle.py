@@ -174,6 +174,8 @@ def write_bundle(
             "generated_at": report["generated_at"],
             "generator": report["generator"],
             "schema": report["schema"],
+            # R5: "categories" when the consumer was verified only for categories, with why
+            "scope": report.get("scope"),
             "algorithm": "sha256",
             "files": [
                 {"name": name, "sha256": files[name], "bytes": sizes[name]}

@@ -38,6 +38,7 @@ from compliance.access.batch import AccessBatch, load, targets_key
 from compliance.datamap.model import DataMap, RecordingStore
 from compliance.hashing import keyed_hash
 from compliance.outputs import THREADS, delete_many, encryption_args, put_json, put_summary
+from compliance.request_records import receipt_fields as request_record_fields
 from compliance.stores.s3 import list_keys
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def build_bundles(
     def deliver(ref: str) -> Delivered:
         return _deliver_one(
             s3, bucket, dm, store_clients, batch, ref, gathered.get(ref, []), hash_key, now,
-            lifetime, policy,
+            lifetime, policy, rows[int(ref)],
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=THREADS) as pool:  # a dozen S3 round trips per bundle
@@ -170,19 +171,29 @@ def _deliver_one(
     now: datetime,
     lifetime: timedelta,
     policy: Any,
+    row: state.RequestRow | None = None,
 ) -> Delivered:
     req = batch.requests[ref]
     client_id, request_id = str(req["client_id"]), str(req["request_id"])
-    recordings, audio = _recordings(dm, store_clients, records, batch.include_audio)
-    body = report.assemble(
-        dm,
-        req,
-        batch.given.get(ref, {}),
-        records,
-        retention=disclosure.retention_lines(policy, dm, client_id),
-        generated_at=datetime.fromisoformat(batch.created_at),
-        recordings=recordings,
-    )
+    if batch.categories_only(ref):  # R5: verified for categories only; nothing was gathered
+        records, recordings, audio = [], {}, []
+        body = report.assemble_categories(
+            dm,
+            req,
+            retention=disclosure.retention_lines(policy, dm, client_id),
+            generated_at=datetime.fromisoformat(batch.created_at),
+        )
+    else:
+        recordings, audio = _recordings(dm, store_clients, records, batch.include_audio)
+        body = report.assemble(
+            dm,
+            req,
+            batch.given.get(ref, {}),
+            records,
+            retention=disclosure.retention_lines(policy, dm, client_id),
+            generated_at=datetime.fromisoformat(batch.created_at),
+            recordings=recordings,
+        )
     key = bundle_key(client_id, request_id)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
         info = bundle.write_bundle(spool, body, audio=audio)
@@ -242,10 +253,14 @@ def _deliver_one(
             "audio_included": sum(1 for a in body["recordings"] if a["file"]),
         },
         "not_searched": [n["store"] for n in body["not_searched"]],
+        "scope": body["scope"]["level"],  # R5: "categories" = the categories page only
         "repeat": req["repeat"],
+        **(request_record_fields(row) if row is not None else {}),  # R1, R5, R24; R7 links
         "rules": ["R7", "R8", "R9", "R10", "R12", "R13", "R15"]
         + (["G2"] if req["jurisdiction"] == "gdpr" else []),
     }
+    if batch.categories_only(ref):
+        receipt["rules"] = ["R5", *receipt["rules"]]
     rkey = receipt_key(client_id, request_id)
     put_json(s3, bucket, rkey, receipt)
     entry = ledger.Entry(

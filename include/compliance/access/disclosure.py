@@ -95,6 +95,24 @@ def category_info(dm: DataMap, category: Category) -> dict[str, Any]:
     }
 
 
+def mapped_categories(dm: DataMap) -> list[Category]:
+    """Every category the data map says we hold for the businesses' consumers (columns, log
+    fields, recordings), in the statute's order: the categories page of a request the business
+    verified only for categories (R5), where no record of the consumer is read (R8)."""
+    held: set[Category] = set()
+    for system in dm.systems.values():
+        for table in system.tables.values():
+            for col in table.columns.values():
+                held.update(col.categories)
+    for store in dm.stores.values():
+        if isinstance(store, LogStore):
+            for fld in store.fields.values():
+                held.update(fld.categories)
+        elif isinstance(store, RecordingStore):
+            held.update(store.categories)
+    return [c for c in Category if c in held]
+
+
 # -- retention (R27) ------------------------------------------------------------------------------
 
 

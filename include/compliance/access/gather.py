@@ -115,10 +115,12 @@ def gather_system(
     spec = dm.systems[system]
     per_ref = batch.consumers.get(system, {})
     owners: dict[str, list[str]] = defaultdict(list)  # consumer id (as text) -> refs
-    for ref in batch.refs:
+    # R5: a request verified only for categories has no consumers in the batch; skipped here
+    # too, so no row is ever read for it whatever the targets say.
+    for ref in batch.gather_refs:
         for cid in per_ref.get(ref, []):
             owners[str(cid)].append(ref)
-    ids = sorted({cid for ref in batch.refs for cid in per_ref.get(ref, [])}, key=str)
+    ids = sorted({cid for ref in batch.gather_refs for cid in per_ref.get(ref, [])}, key=str)
     out: dict[str, list[bytes]] = defaultdict(list)
     if ids:
         sql = MappedSql(engine, spec)
@@ -263,8 +265,8 @@ def gather_log_shard(
     for ref, line in logs.collect_shard(
         store_s3, store, prefix, batch.log_targets(), since=since, until=until
     ):
-        if ref not in batch.requests:
-            continue
+        if ref not in batch.requests or batch.categories_only(ref):
+            continue  # R5: no log line is kept for a categories-only request
         # the scanner's own parser, so "inside the window" means the same thing in both places
         moment = logs._timestamp(fpaths.first(line, store.timestamp_field))
         if not _inside(moment, *batch.window(ref)):

@@ -44,6 +44,30 @@ NOTES = {
     ),
 }
 
+# What a report covers (`scope` in data.json and the manifest). R5: a right-to-know request the
+# business could not verify for specific pieces is handled as a request for categories
+# (Reg 7024(a)-(b)).
+SPECIFIC_SCOPE = {"level": "specific_pieces", "rule": "R8", "basis": None, "text": None}
+CATEGORIES_SCOPE = {
+    "level": "categories",
+    "rule": "R5",
+    "basis": "Cal. Code Regs. tit. 11, 7024(a)-(b)",
+    "text": (
+        "The business could verify your identity only to the degree needed to tell you the "
+        "categories of personal information held, not to the higher degree needed to disclose "
+        "the specific pieces. As the law requires, your request is therefore answered as a "
+        "request for categories (R5; Cal. Code Regs. tit. 11, 7024(a)-(b)): this report lists "
+        "the categories of personal information we hold for this business's consumers, where "
+        "they come from, why they are used and who receives them. None of your records was "
+        "searched or copied for it, and it contains no specific piece of information about "
+        "you. To receive the specific pieces, ask the business to complete the verification."
+    ),
+}
+CATEGORIES_WINDOW_TEXT = (
+    "No records were searched: this report gives categories only, because the business "
+    "verified your identity only for categories (R5)."
+)
+
 
 def window_text(since: str | None, until: str, look_back: str | None, jurisdiction: str) -> str:
     day = until[:10]
@@ -147,12 +171,65 @@ def assemble(
             "rule": "G2" if since is None else "R9",
             "text": window_text(since, until, request.get("look_back"), request["jurisdiction"]),
         },
+        "scope": SPECIFIC_SCOPE,
         "categories": categories,
         "sold_or_shared": [],
         "sources": sources,
         "recordings": audio,
         "withheld": [withheld[k] for k in sorted(withheld)],
         "not_searched": disclosure.not_searched(dm),
+        "notes": NOTES,
+        "retention_policy": "available" if retention.available else disclosure.SEE_POLICY,
+    }
+
+
+def assemble_categories(
+    dm: DataMap,
+    request: dict[str, Any],
+    *,
+    retention: disclosure.Retention,
+    generated_at: datetime,
+) -> dict[str, Any]:
+    """The report of a request verified only for categories (R5): the categories page alone.
+
+    Same schema as `assemble`, so the bundle, HTML and receipt code is shared, but built without
+    a single record: each category the data map holds with its description, sources, purposes,
+    third parties and retention (R8, R27; `compliance.access.disclosure`), `records` None (not
+    counted: no record was read), and empty `sources`, `recordings` and `withheld`. The
+    identities the business gave are not echoed: a person verified only for categories gets no
+    specific piece, not even their own request's. `scope` says why (R5, Reg 7024(a)-(b)).
+    """
+    categories = []
+    for cat in disclosure.mapped_categories(dm):
+        info = disclosure.category_info(dm, cat)
+        info["retention"] = retention.for_category(dm, cat)
+        info["records"] = None
+        categories.append(info)
+    return {
+        "schema": SCHEMA,
+        "generator": GENERATOR,
+        "generated_at": generated_at.isoformat(),
+        "request": {
+            "request_id": request["request_id"],
+            "client_id": request["client_id"],
+            "jurisdiction": request["jurisdiction"],
+            "look_back": request.get("look_back"),
+            "received_at": request["received_at"],
+            "identities": {},
+        },
+        "window": {
+            "since": None,
+            "until": request["until"],
+            "rule": "R5",
+            "text": CATEGORIES_WINDOW_TEXT,
+        },
+        "scope": CATEGORIES_SCOPE,
+        "categories": categories,
+        "sold_or_shared": [],
+        "sources": [],
+        "recordings": [],
+        "withheld": [],
+        "not_searched": [],
         "notes": NOTES,
         "retention_policy": "available" if retention.available else disclosure.SEE_POLICY,
     }

@@ -71,7 +71,7 @@ class ColumnErase(StrEnum):
     """What erasure does to one column of a row that is kept (table `erase: mask`)."""
 
     nullify = "nullify"  # set to NULL
-    hash = "hash"  # keyed hash (HMAC): joins still work, the value is gone
+    hash = "hash"  # HMAC under a random per-run key, never stored (R17): irreversible
     deidentify = "deidentify"  # a fixed placeholder ("[deleted]")
     keep = "keep"  # kept under an exception code
 
@@ -159,6 +159,10 @@ class HoldRegistry(Strict):
     reason_column: Name = "reason"
     exception_column: Name = "exception_code"
     expires_column: Name = "expires_at"  # NULL: until released
+    # When the hold was placed: a law_enforcement_hold lapses 90 days after it (R19) unless a
+    # newer record renews it. Optional by default (a registry without it: expires_at as given);
+    # named explicitly, it must exist. null: the registry has none.
+    placed_column: Name | None = "created_at"
 
 
 class SqlSystem(Strict):
@@ -275,6 +279,26 @@ class SubProcessor(Strict):
     target: str = Field(min_length=1)  # URL, topic ARN or e-mail address
     categories: list[Category] = Field(min_length=1)
     purpose: str
+    # The outbox stops retrying an unacknowledged notice after this many days (R16.3);
+    # default COMPLIANCE_NOTICE_GIVE_UP_DAYS (30). See docs/operations.md.
+    give_up_after_days: int | None = Field(default=None, ge=1, le=365)
+
+
+class Recipient(Strict):
+    """Others who got the PI through us, not at the business's direction (R16.4).
+
+    Told to delete through the same outbox as a sub-processor (`channel` and `target`), or not
+    told, with the facts that make telling them impossible or a disproportionate effort
+    (`impossible_or_disproportionate`), which go into the receipt and the ledger. The validator
+    requires exactly one of the two (`recipient-notice`)."""
+
+    name: Name
+    categories: list[Category] = Field(min_length=1)
+    received: str = Field(min_length=1)  # how they got it, in plain words
+    channel: Literal["webhook", "sns", "email"] | None = None
+    target: str | None = None
+    impossible_or_disproportionate: str | None = None
+    give_up_after_days: int | None = Field(default=None, ge=1, le=365)
 
 
 class CategoryInfo(Strict):
@@ -286,9 +310,28 @@ class CategoryInfo(Strict):
     third_parties: list[str] = Field(default_factory=list)
 
 
+class Deidentification(Strict):
+    """R17's three conditions, attested once for every column the map masks with `deidentify`.
+
+    What `erase: deidentify` leaves (the row, with a placeholder for the value) counts as
+    deidentified, not personal, information only when the company (Stat 1798.140 "deidentified"):
+    takes reasonable measures so it cannot be associated with a consumer (`measures`), publicly
+    commits to keep it deidentified and not to re-identify it (`public_commitment`: the URL or
+    text of that commitment), and contractually obliges every recipient to do the same
+    (`recipients_bound: true`). The validator refuses `deidentify` without this block
+    (`deidentify-unattested`).
+    """
+
+    measures: str = Field(min_length=1)
+    public_commitment: str = Field(min_length=1)
+    recipients_bound: bool
+
+
 class DataMap(Strict):
     version: Literal[1]
     systems: dict[Name, SqlSystem] = Field(min_length=1)
     stores: dict[Name, Store] = Field(default_factory=dict)
     subprocessors: list[SubProcessor] = Field(default_factory=list)
+    recipients: list[Recipient] = Field(default_factory=list)  # R16.4
     categories: dict[Category, CategoryInfo] = Field(default_factory=dict)
+    deidentification: Deidentification | None = None  # R17, for `erase: deidentify`

@@ -58,10 +58,15 @@ RULES: dict[str, str] = {
     "missing-identity": "the consumer table and every log store need an identity column or field",
     "identity-unreachable": "identity columns must be on tables that reach the consumer",
     "exception-required": "data kept despite deletion needs an R19 exception code (and a reason)",
+    "deidentify-unattested": "`erase: deidentify` keeps deidentified data, which counts only with "
+    "R17's three attestations in `deidentification`: measures against re-association, a public "
+    "commitment not to re-identify, and recipients contractually bound (`recipients_bound: true`)",
     "category-undescribed": "every category used must be described in `categories` (R8)",
     "prefix-overlap": "two stores may not share a bucket prefix",
     "duplicate-name": "names must be unique (YAML keys, sub-processors, mapped vs ignored tables)",
     "bad-target": "a sub-processor target must fit its channel",
+    "recipient-notice": "a recipient that got data through us (R16.4) is told (`channel` and "
+    "`target`) or has an `impossible_or_disproportionate` justification, one of the two",
     "bad-path": "a log field path must follow the path syntax (dotted keys, `[]`, `\\` escapes)",
     "live-missing-table": "a mapped table must exist in the database",
     "live-missing-column": "a mapped column must exist in its table",
@@ -629,6 +634,8 @@ def _cross_reference_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
     yield from _store_issues(dm)
     yield from _category_issues(dm)
     yield from _subprocessor_issues(dm)
+    yield from _deidentification_issues(dm)
+    yield from _recipient_issues(dm)
 
 
 def _system_issues(base: str, system: SqlSystem) -> Iterator[tuple[str, str, str]]:
@@ -861,6 +868,47 @@ def _category_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
             )
 
 
+def _deidentification_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
+    """R17: a column erased by `deidentify` leaves deidentified data behind, which is no longer
+    personal information only if the company attests the three conditions of Stat 1798.140
+    "deidentified" (`DataMap.deidentification`). Without them it is personal information that
+    was never deleted, so the map is refused. Reported at every such column (each is a place to
+    fix), and at the block itself when an attestation is blank or `recipients_bound` is false."""
+    users = [
+        f"systems.{sname}.tables.{tname}.columns.{cname}.erase"
+        for sname, system in dm.systems.items()
+        for tname, table in system.tables.items()
+        for cname, col in table.columns.items()
+        if col.erase is ColumnErase.deidentify
+    ]
+    if not users:
+        return
+    block = dm.deidentification
+    if block is None:
+        for loc in users:
+            yield (
+                loc,
+                "deidentify-unattested",
+                "`erase: deidentify` needs R17's three attestations in a top-level "
+                "`deidentification` block (measures, public_commitment, recipients_bound: "
+                "true); without them the data kept is not deidentified (R17); or use nullify",
+            )
+        return
+    for key, what in (
+        ("measures", "the reasonable measures taken against re-association"),
+        ("public_commitment", "the URL or text of the public commitment not to re-identify"),
+    ):
+        if not getattr(block, key).strip():
+            yield (f"deidentification.{key}", "deidentify-unattested", f"give {what} (R17)")
+    if block.recipients_bound is not True:
+        yield (
+            "deidentification.recipients_bound",
+            "deidentify-unattested",
+            "R17: deidentified data counts only when every recipient is contractually bound "
+            "not to re-identify it; until they are, use nullify instead of deidentify",
+        )
+
+
 _SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+(\.fifo)?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _TARGET_HELP = {
@@ -877,6 +925,68 @@ def _target_ok(channel: str, target: str) -> bool:
     if channel == "sns":
         return _SNS_ARN.fullmatch(target) is not None
     return _EMAIL.fullmatch(target) is not None
+
+
+def _recipient_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
+    """R16.4: every recipient is either told (a channel and target, like a sub-processor) or
+    carries the facts that make telling it impossible or disproportionate, never both nor
+    neither. Names are unique across sub-processors and recipients: notices are keyed by name."""
+    first = {sp.name: f"subprocessors.{i}" for i, sp in enumerate(dm.subprocessors)}
+    described = {c.value for c in dm.categories}
+    for i, rc in enumerate(dm.recipients):
+        loc = f"recipients.{i}"
+        if rc.name in first:
+            yield (
+                f"{loc}.name",
+                "duplicate-name",
+                f"recipient {rc.name!r} is listed twice (first as {first[rc.name]}); names are "
+                "unique across sub-processors and recipients",
+            )
+        first.setdefault(rc.name, loc)
+        told = rc.channel is not None or rc.target is not None
+        why = (rc.impossible_or_disproportionate or "").strip()
+        if told and why:
+            yield (
+                loc,
+                "recipient-notice",
+                "R16.4: give either a channel and target or `impossible_or_disproportionate`, "
+                "not both",
+            )
+        elif not told and not why:
+            yield (
+                loc,
+                "recipient-notice",
+                "R16.4: a recipient must be told (channel and target) or have an "
+                "`impossible_or_disproportionate` justification",
+            )
+        elif told and (rc.channel is None or not rc.target):
+            yield (
+                f"{loc}.{'target' if rc.channel else 'channel'}",
+                "recipient-notice",
+                "R16.4: a recipient told to delete needs both `channel` and `target`",
+            )
+        elif told and rc.channel and rc.target and not _target_ok(rc.channel, rc.target):
+            yield (
+                f"{loc}.target",
+                "bad-target",
+                f"{rc.target!r} is not a valid {rc.channel} target: expected "
+                f"{_TARGET_HELP[rc.channel]}",
+            )
+        elif not told and len(why) < 20:
+            yield (
+                f"{loc}.impossible_or_disproportionate",
+                "recipient-notice",
+                "R16.4/R21: state the facts that make telling them impossible or a "
+                "disproportionate effort (at least 20 characters)",
+            )
+        for cat in rc.categories:
+            if cat.value not in described:
+                yield (
+                    f"{loc}.categories",
+                    "category-undescribed",
+                    f"category {cat.value!r} is used here but not described under `categories` "
+                    "(R8)",
+                )
 
 
 def _subprocessor_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:

@@ -34,7 +34,7 @@ from compliance.datamap.graph import chain_to_consumer
 from compliance.datamap.model import TableErase
 
 # Column erasure (nullify, placeholder, keyed hash) is erasure's own: one implementation.
-from compliance.erase_sql import _mask, execute_erasure
+from compliance.erase_sql import _mask, execute_erasure, new_mask_key
 from compliance.recordings import recording_keys
 from compliance.retention import objects
 from compliance.retention.plan import Sweep, describe, request_log_table, store_plan
@@ -140,6 +140,7 @@ def _expire_consumers(sweep: Sweep, step: Step, progress: Progress) -> dict[str,
         ids = list(conn.execute(sa.select(pk).where(pred).order_by(pk)).scalars())
     counts: dict[str, dict[str, int]] = {"consumers": {"expire": 0}}
     stores = recording_stores(sweep.datamap, system)
+    mask_key = new_mask_key()  # R17: one random key for the step, never stored
     for lo in range(0, len(ids), CONSUMER_BATCH):
         chunk = ids[lo : lo + CONSUMER_BATCH]
         with rows.engine.connect() as conn:  # still expiring? (a hold may have arrived)
@@ -154,7 +155,8 @@ def _expire_consumers(sweep: Sweep, step: Step, progress: Progress) -> dict[str,
                 objects.delete_keys(sweep.s3(store.connection), store.bucket, keys)
                 _add(counts, f"audio:{name}", "delete", len(keys))
                 faults.checkpoint("retention.after_audio", rule=step.id)
-        for table, affected in execute_erasure(rows.engine, spec, chunk, sweep.hash_key).items():
+        done = execute_erasure(rows.engine, spec, chunk, mask_key=mask_key)
+        for table, affected in done.items():
             kind = "delete" if spec.tables[table].erase is TableErase.delete else "mask"
             _add(counts, table, kind, affected)
         counts["consumers"]["expire"] += len(chunk)
@@ -439,11 +441,13 @@ def _deidentify(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict[
         pred = sa.and_(base, ~held)
         spec = rows.column_spec(table, columns)
         counts[table]["deidentify"] = 0
+        # R17: `hash` columns get this step's random key, never the kept COMPLIANCE_HASH_KEY.
+        mask_key = new_mask_key()
         for span in _batches(sweep, rows, table, pred, progress):
             with progress.transaction(rows.engine) as conn:
                 chosen = sa.select(*pk).select_from(owned.from_clause).where(span, pred)
                 counts[table]["deidentify"] += _mask(
-                    conn, rows.table(table), pk, spec, chosen, sweep.hash_key
+                    conn, rows.table(table), pk, spec, chosen, mask_key
                 )
             progress.committed(dict(counts))
     return dict(counts)

@@ -3,7 +3,12 @@
 The registry is the table the data map names (`systems.<s>.holds`): one row per hold, for a whole
 client (`contact_id` NULL) or one consumer, over everything (`scope: all`) or one table or store.
 A hold is active while `expires_at` is NULL (until released) or later than the as-of date's
-midnight; expired holds stop applying on the next sweep. Holds are few, so they are read into
+midnight; expired holds stop applying on the next sweep (a `law_enforcement_hold` lapses 90
+days after it was placed, `compliance.holds`). The scopes mean what they mean for deletion
+(docs/deletion.md "Legal holds"): a hold on a table keeps the rows below it too (the callers ask
+`holds.scopes_holding`), a scope the data map does not know keeps everything of its client or
+consumer (`honoured`), and a hold with an invalid exception code is honoured all the same
+(the watchdog alerts on it, R19). Holds are few, so they are read into
 memory and written into each statement as literals: the same hold set then decides the plan and
 the execution, and the report can say how many holds applied. Client and consumer ids are text
 and are written in the CRM columns' own types (`sqlmap.typed_value`): a hold on a tenant the
@@ -14,13 +19,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 
 import sqlalchemy as sa
 
-from compliance.holds import ALL, Hold, active_holds
+from compliance.datamap.model import DataMap
+from compliance.holds import ALL, Hold, active_holds, known_scope
 from compliance.sqlmap import KeyTypeError, typed_value, typed_values
 
-__all__ = ["ALL", "Hold", "active_holds", "held_clients", "held_expr", "relevant"]
+__all__ = ["ALL", "Hold", "active_holds", "held_clients", "held_expr", "honoured", "relevant"]
+
+
+def honoured(dm: DataMap, system_name: str, holds: Iterable[Hold]) -> list[Hold]:
+    """The holds as the sweep applies them: a scope the data map does not know covers
+    everything (never expire what someone put on hold because the scope is misspelt)."""
+    return [h if known_scope(dm, system_name, h.scope) else replace(h, scope=ALL) for h in holds]
 
 
 def relevant(holds: Iterable[Hold], scopes: Iterable[str]) -> list[Hold]:

@@ -24,7 +24,7 @@ from compliance.datamap.model import DataMap, TableErase
 from compliance.erase_sql import plan_erasure
 from compliance.recordings import recording_keys
 from compliance.retention import objects
-from compliance.retention.holds import Hold, active_holds, held_clients
+from compliance.retention.holds import Hold, active_holds, held_clients, honoured
 from compliance.retention.policy import (
     WAVE_ORDER,
     Action,
@@ -84,7 +84,8 @@ class Sweep:
     def holds(self, system: str) -> list[Hold]:
         if system not in self._holds:
             spec = self.datamap.systems[system]
-            self._holds[system] = active_holds(self.engine(spec.connection), spec, self.as_of)
+            found = active_holds(self.engine(spec.connection), spec, self.as_of)
+            self._holds[system] = honoured(self.datamap, system, found)  # R19
         return self._holds[system]
 
     def rows(self, system: str) -> SystemRows:

@@ -33,6 +33,7 @@ from compliance.datamap.model import DataMap, SqlSystem, TableErase
 
 # One implementation of "is this column still in its unerased form": erasure's own.
 from compliance.erase_sql import _unerased
+from compliance.holds import scopes_holding
 from compliance.retention.holds import Hold, held_expr
 from compliance.retention.policy import (
     WAVE_ORDER,
@@ -140,10 +141,11 @@ class SystemRows:
         return set(self.system.tables) | set(recording_stores(self.dm, self.name))
 
     def row_scopes(self, table: str) -> set[str]:
-        """Deleting a row deletes its children and its recording too."""
+        """Deleting a row deletes its children and its recording too; a hold on a table above
+        keeps it (a held row's descendants are part of the held records, R19, `holds`)."""
         tables = {table, *descendants(self.system, table)}
         stores = {n for n, s in recording_stores(self.dm, self.name).items() if s.table in tables}
-        return tables | stores
+        return scopes_holding(self.dm, self.name, tables | stores)
 
     # -- consumer rules ------------------------------------------------------------------------
 
@@ -263,7 +265,8 @@ class SystemRows:
             self.older(step.rule, owned.tenant, self.time(table)),
             _unerased(self.table(table), self.column_spec(table, columns)),
         )
-        held = held_expr(self.holds, {table}, owned.tenant, owned.consumer_key)
+        scopes = scopes_holding(self.dm, self.name, {table})  # held above: kept too (R19)
+        held = held_expr(self.holds, scopes, owned.tenant, owned.consumer_key)
         return base, held
 
     def column_spec(self, table: str, columns: tuple[str, ...]) -> SimpleNamespace:
@@ -306,7 +309,8 @@ def request_log_pred(requests: sa.Table, rule: Rule, as_of: date) -> sa.ColumnEl
     """Request records past the period (R22: never younger than 24 months, validated).
 
     Only finished requests go (open and deferred ones are live work), and the period runs from
-    the later of receipt and response, so a request answered late keeps its full period.
+    the later of receipt and response, so a request answered late keeps its full period. A
+    refused document whose receipt time was unknown (null, issue 15) counts from its response.
     """
     tenant = requests.c.client_id
 
@@ -315,7 +319,7 @@ def request_log_pred(requests: sa.Table, rule: Rule, as_of: date) -> sa.ColumnEl
 
     return sa.and_(
         requests.c.status.in_(TERMINAL),
-        before(requests.c.received_at),
+        before(sa.func.coalesce(requests.c.received_at, requests.c.completed_at)),
         sa.or_(requests.c.completed_at.is_(None), before(requests.c.completed_at)),
     )
 

@@ -5,14 +5,23 @@ complied with in whole or in part, and denied, and the median or mean days to re
 them to our clients, so they are computed per client (and for all clients together), for the
 requests received in that year:
 
-- received: every request row of the year (its `received_at`, the business's receipt, R1);
+- received: every request of the year (its `received_at`, the business's receipt, R1) except
+  invalid submissions: received = complied + denied + pending;
 - complied_whole_or_part: status `completed` (an erasure or export done, possibly with
   exceptions, R14/R19);
-- denied: status `rejected`, broken down by `reason_code` and by R23's optional categories
-  (unverifiable, not made by a consumer, exempt, other; `config/statistics.yaml` maps codes);
-- pending: still open or deferred when the metrics are computed (neither of the above);
+- denied: status `rejected` on a substantive basis (R5/R24 unverifiable, R6/R27, R19 exempt,
+  R21), with a response date (`completed_at`) and a reason (`reason_code`), broken down by
+  reason and by R23's optional categories (unverifiable, not made by a consumer, exempt, other;
+  `config/statistics.yaml` maps codes);
+- invalid: refused because the document was not a well-formed request (`intake.
+  INVALID_SUBMISSION`: bad JSON, a field's format...): counted apart, never as a denial (issue
+  15). Intake logs what the document says (R22); a jurisdiction it did not give readably is
+  `unknown`, counted here as invalid under the CCPA (it could be one), a type `unknown` gets its
+  own row, and a receipt time it did not give counts in the year of our refusal;
+- pending: still open or deferred when the metrics are computed (none of the above);
 - days to respond: `completed_at - received_at`, in days (elapsed time / 24 h), over the
-  requests with a response date; median and mean are both given, R23 asks for either.
+  requests complied with or denied by then (a denial is a substantive response); median and
+  mean are both given, R23 asks for either.
 
 R23 names our two types `delete` and `know` (our `access`). The other R23 types (correct,
 opt-out, limit) are not forwarded to a service provider and do not appear.
@@ -32,10 +41,13 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance.intake import INVALID_SUBMISSION
 from compliance.sqlmap import by_key_order, key_order, key_text
+from compliance.state import UNKNOWN
 from compliance.stats.config import Ccpa
 
 R23_TYPE = {"delete": "delete", "access": "know"}
+INVALID_CODES = sorted(r.value for r in INVALID_SUBMISSION)
 REQUEST_COLUMNS = [
     "id",
     "client_id",
@@ -56,6 +68,7 @@ METRIC_COLUMNS = [
     "received",
     "complied_whole_or_part",
     "denied",
+    "invalid",
     "pending",
     "responded",
     "median_days_to_respond",
@@ -102,19 +115,25 @@ def ccpa_metrics(
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
     lo = datetime(year, 1, 1, tzinfo=UTC)
     hi = min(datetime(year + 1, 1, 1, tzinfo=UTC), as_of)
+    # An invalid submission without a readable receipt counts in the year we refused it.
+    when = requests["received_at"].fillna(requests["completed_at"])
+    invalid = requests["status"].eq("rejected") & requests["reason_code"].isin(INVALID_CODES)
+    jurisdictions = set(cfg.jurisdictions) | ({UNKNOWN} if "ccpa" in cfg.jurisdictions else set())
     rows = requests[
-        requests["jurisdiction"].isin(cfg.jurisdictions)
-        & (requests["received_at"] >= lo)
-        & (requests["received_at"] < hi)
+        requests["jurisdiction"].isin(jurisdictions)
+        & (requests["jurisdiction"].ne(UNKNOWN) | invalid)
+        & (when >= lo)
+        & (when < hi)
     ].copy()
     rows["request_type"] = rows["type"].map(R23_TYPE).fillna(rows["type"])
     # Requests received in the year count, however late in the year; their responses count up
     # to when the metrics are computed (a response dated later did not exist yet).
     answered = rows["completed_at"].notna() & (rows["completed_at"] <= as_of)
-    rows["days"] = _days(rows).where(answered)
+    rows["invalid"] = rows["status"].eq("rejected") & rows["reason_code"].isin(INVALID_CODES)
     rows["complied"] = rows["status"].eq("completed") & answered
-    rows["denied"] = rows["status"].eq("rejected")
-    rows["pending"] = ~(rows["complied"] | rows["denied"])
+    rows["denied"] = rows["status"].eq("rejected") & ~rows["invalid"]
+    rows["pending"] = ~(rows["complied"] | rows["denied"] | rows["invalid"])
+    rows["days"] = _days(rows).where(answered & (rows["complied"] | rows["denied"]))
 
     def summarise(frame: pd.DataFrame, client: object) -> list[dict]:
         out = []
@@ -126,9 +145,10 @@ def ccpa_metrics(
                     "year": year,
                     "client_id": client,
                     "request_type": rtype,
-                    "received": len(part),
+                    "received": len(part) - int(part["invalid"].sum()),
                     "complied_whole_or_part": int(part["complied"].sum()),
                     "denied": int(part["denied"].sum()),
+                    "invalid": int(part["invalid"].sum()),
                     "pending": int(part["pending"].sum()),
                     "responded": len(days),
                     "median_days_to_respond": round(float(days.median()), 1)

@@ -267,13 +267,16 @@ def publish_report(
                 "received",
                 "complied_whole_or_part",
                 "denied",
+                "invalid",
                 "pending",
                 "median_days_to_respond",
                 "mean_days_to_respond",
             ],
             chart=_png(s3, bucket, cch["ccpa_requests"]),
             note=ccpa_result.get("note")
-            or "Requests received in the year; days to respond = completed_at - received_at.",
+            or "Requests received in the year; days to respond = completed_at - received_at "
+            "(complied or denied). Invalid: documents refused as malformed, not denials and not "
+            "in received.",
         ),
         table_section(
             "Denials by reason",

@@ -588,6 +588,8 @@ class _World:
     cl_phone: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     inactive: int = -1
     held_client: int = -1
+    # contacts owning a message of the first chunk: the demo's scoped hold picks one (R19)
+    msg_owners: np.ndarray | None = None
     # contacts (index i is contact_id i + 1; ids follow created_at)
     client: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     created: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -1323,7 +1325,8 @@ def _support(w: _World) -> tuple[pa.Table, pa.Table]:
 
 
 def _legal_holds(w: _World) -> pa.Table:
-    """Holds (R19): one live consumer hold, one expired, one client-wide; more at scale."""
+    """Holds (R19): one live consumer hold, one expired, one client-wide; a live consumer hold on
+    one table (`messages`, legal_claims) whose request the demo erases in part; more at scale."""
     rng = w.rng("legal_holds")
     ok = np.flatnonzero(~w.child & ~w.dup & (w.client != w.inactive) & (w.client != w.held_client))
     extra = w.plan.contacts // 50_000
@@ -1358,6 +1361,21 @@ def _legal_holds(w: _World) -> pa.Table:
             None,
         ),
     ]
+    owners = w.msg_owners if w.msg_owners is not None else ok
+    scoped = np.setdiff1d(np.intersect1d(ok, owners), people)
+    if len(scoped):  # the scoped hold: its consumer's messages stay, the rest is erasable
+        person = int(scoped[0])
+        rows.append(
+            (
+                int(w.client[person]),
+                person + 1,
+                "messages",
+                "Litigation hold on a disputed conversation",
+                "legal_claims",
+                now - 20 * DAY,
+                now + 60 * DAY,
+            )
+        )
     scopes = ["all", "messages", "payments", "call_recordings"]
     codes = ["legal_claims", "law_enforcement_hold", "legal_obligation"]
     for i, person in enumerate(people[2:]):
@@ -1613,6 +1631,8 @@ def seed_world(
         for lo, hi in _chunks(plan.count("messages"), plan.chunk_rows):
             t0 = time.perf_counter()
             msgs, atts = _messages(w, lo, hi)
+            if w.msg_owners is None:
+                w.msg_owners = np.unique(msgs.column("contact_id").to_numpy() - 1)
             ids = pa.array(np.arange(next_att, next_att + atts.num_rows))
             atts = atts.set_column(0, "attachment_id", ids)
             next_att += atts.num_rows

@@ -33,7 +33,8 @@ def _doc(
 def sample_inbox(
     engine: Engine, type_: str, count: int, now: datetime | None = None
 ) -> dict[str, bytes]:
-    """inbox key -> document bytes: `count` valid requests of `type_` spread over clients, and
+    """inbox key -> document bytes: `count` valid requests of `type_` spread over clients (for
+    deletion, plus one for a consumer under a scoped legal hold when the world has one), and
     five invalid ones. Deterministic for a given world."""
     now = now or datetime.now(UTC)
     received = now - timedelta(days=2)
@@ -48,8 +49,22 @@ def sample_inbox(
         inactive = conn.execute(
             sa.text("select min(client_id) from clients where not active")
         ).scalar()
+        # A consumer whose messages are under a legal hold (R19): the deletion run erases the
+        # rest and keeps the messages, with a receipt that says what was kept and why.
+        held = conn.execute(
+            sa.text(
+                "select c.client_id, c.email, c.phone, c.external_id from legal_holds h "
+                "join contacts c on c.contact_id = h.contact_id "
+                "join clients k on k.client_id = c.client_id where k.active "
+                "and h.scope = 'messages' and (h.expires_at is null or h.expires_at > :now) "
+                "and c.email is not null and c.is_child = false order by h.hold_id limit 1"
+            ),
+            {"now": now.replace(tzinfo=None)},
+        ).first()
     step = max(1, len(rows) // max(count, 1))
     chosen = rows[::step][:count]
+    if type_ == "delete" and held is not None and tuple(held) not in {tuple(r) for r in chosen}:
+        chosen.append(held)  # one more: the partial erasure
     by_client: dict[int, list[dict[str, Any]]] = {}
     for i, (client_id, email, phone, external_id) in enumerate(chosen):
         prefix = "DEL" if type_ == "delete" else "ACC"
