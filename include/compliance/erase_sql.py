@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 
 from compliance import faults
 from compliance.datamap.graph import chain_to_consumer, erase_order
-from compliance.datamap.model import ColumnErase, SqlSystem, TableErase
+from compliance.datamap.model import ColumnErase, SqlSystem, Table, TableErase
 from compliance.hashing import keyed_hash
 from compliance.sqlmap import MappedSql, key_text, typed_values
 
@@ -58,6 +58,17 @@ class TablePlan:
         return sum(self.per_consumer.values())
 
 
+def _new_plan(tname: str, spec: Table) -> TablePlan:
+    """An empty plan for one table, naming the columns a mask keeps under an R19 exception."""
+    plan = TablePlan(tname, spec.erase, exception=spec.exception and spec.exception.value)
+    plan.kept_columns = {
+        c: col.exception.value
+        for c, col in spec.columns.items()
+        if spec.erase is TableErase.mask and col.erase is ColumnErase.keep and col.exception
+    }
+    return plan
+
+
 def plan_erasure(
     engine: Engine, system: SqlSystem, consumer_ids: Iterable[object], held: Held | None = None
 ) -> list[TablePlan]:
@@ -71,12 +82,7 @@ def plan_erasure(
     with engine.connect() as conn:
         for tname in erase_order(system):
             spec = system.tables[tname]
-            plan = TablePlan(tname, spec.erase, exception=spec.exception and spec.exception.value)
-            plan.kept_columns = {
-                c: col.exception.value
-                for c, col in spec.columns.items()
-                if spec.erase is TableErase.mask and col.erase is ColumnErase.keep and col.exception
-            }
+            plan = _new_plan(tname, spec)
             owned = sql.owned(tname)
             for chunk in _chunks(typed_values(owned.consumer_key, ids)):
                 stmt = (
@@ -372,12 +378,7 @@ def _plan_held(engine: Engine, system: SqlSystem, ids: list[str], held: Held) ->
     with engine.connect() as conn:
         for tname in erase_order(system):
             spec = system.tables[tname]
-            plan = TablePlan(tname, spec.erase, exception=spec.exception and spec.exception.value)
-            plan.kept_columns = {
-                c: col.exception.value
-                for c, col in spec.columns.items()
-                if spec.erase is TableErase.mask and col.erase is ColumnErase.keep and col.exception
-            }
+            plan = _new_plan(tname, spec)
             owned = sql.owned(tname)
             for kept, texts, chunk in _held_chunks(owned.consumer_key, groups):
                 base = (
