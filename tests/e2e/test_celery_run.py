@@ -276,7 +276,7 @@ def test_deletion_dag_runs_on_two_celery_workers(tmp_path):
         conf = {
             "dry_run": False,
             "request_id": request_id,
-            "client_id": client_id,
+            "client_id": str(client_id),  # the form takes the id as text (any-CRM)
             "email": address,
             "received_at": received,
             "verification_method": "email_link",
