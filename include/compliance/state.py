@@ -804,7 +804,10 @@ def set_status(
                 values["reason_code"] = reason_code  # reopening clears a deferral reason
             if batch_id is not None:
                 values["batch_id"] = batch_id
-            if status in ("completed", "rejected"):  # the response date (R22); a denial too
+            # The response date (R22), kept once set: a denial is a response, and so is a partial
+            # erasure under a scoped hold (R23 "complied with in whole or in part"); the rest,
+            # erased when the hold ends, does not move the date of that first response.
+            if status in ("completed", "rejected", "partial"):
                 values["completed_at"] = done or when
             same[tuple(values.items())].append(pk)
         for values_key, group in same.items():  # one UPDATE per chunk of equal changes

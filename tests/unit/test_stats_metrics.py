@@ -46,8 +46,12 @@ HISTORY = [
     req(1, "g1", "access", "completed", "2025-05-01T10:00", "2025-05-02T10:00", jur="gdpr"),
     req(1, "x1", "delete", "completed", "2024-12-31T23:59", "2025-01-02T00:00"),
     req(1, "x2", "delete", "completed", "2026-01-01T10:00", "2026-01-20T10:00"),
-    # client 2: 1.5 days, an exempt denial, a deferral past its extended deadline
+    # client 2: 1.5 days, an exempt denial, a deferral past its extended deadline, a partial
+    # erasure under a scoped hold (complied with in part, R23) after 4 days
     req(2, "d5", "delete", "completed", "2025-04-01T00:00", "2025-04-02T12:00"),
+    req(
+        2, "d9", "delete", "partial", "2025-05-01T00:00", "2025-05-05T00:00", reason="legal_claims"
+    ),
     req(2, "d6", "delete", "rejected", "2025-04-03T00:00", reason="legal_hold"),
     req(
         2,
@@ -119,9 +123,9 @@ def test_r23_metrics_per_client_and_type(state_engine):
 
     check("1", "delete", 5, 3, 2, 0, 10.0, 14.0)  # client ids are text (issue 14)
     check("1", "know", 3, 2, 0, 1, 4.0, 4.0)
-    check("2", "delete", 3, 1, 1, 1, 1.5, 1.5)
+    check("2", "delete", 4, 2, 1, 1, 2.8, 2.8)  # days 1.5 and 4 (the partial erasure), 1 dp
     check("2", "know", 0, 0, 0, 0, None, None)
-    check("all", "delete", 8, 4, 3, 1, 6.0, 10.9)  # days 10, 30, 2, 1.5
+    check("all", "delete", 9, 5, 3, 1, 4.0, 9.5)  # days 10, 30, 2, 1.5, 4
     check("all", "know", 3, 2, 0, 1, 4.0, 4.0)
 
     got = {
@@ -169,7 +173,7 @@ def test_published_csvs_and_each_clients_own_files(state_engine, s3):
     cfg = config.load_config()
     period = parse_period("year:2025", None, None, AS_OF.date())
     out = publish.publish_ccpa_metrics(state_engine, s3, BUCKET, cfg, period, AS_OF)
-    assert (out["year"], out["received"], out["open_requests"], out["overdue"]) == (2025, 11, 4, 2)
+    assert (out["year"], out["received"], out["open_requests"], out["overdue"]) == (2025, 12, 4, 2)
 
     def read(key: str) -> pd.DataFrame:
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()

@@ -8,7 +8,8 @@ requests received in that year:
 - received: every request of the year (its `received_at`, the business's receipt, R1) except
   invalid submissions: received = complied + denied + pending;
 - complied_whole_or_part: status `completed` (an erasure or export done, possibly with
-  exceptions, R14/R19);
+  exceptions, R14/R19) or `partial` (erased but for what a scoped legal hold keeps, R16.2/R21;
+  its response date is the partial erasure's);
 - denied: status `rejected` on a substantive basis (R5/R24 unverifiable, R6/R27, R19 exempt,
   R21), with a response date (`completed_at`) and a reason (`reason_code`), broken down by
   reason and by R23's optional categories (unverifiable, not made by a consumer, exempt, other;
@@ -130,7 +131,7 @@ def ccpa_metrics(
     # to when the metrics are computed (a response dated later did not exist yet).
     answered = rows["completed_at"].notna() & (rows["completed_at"] <= as_of)
     rows["invalid"] = rows["status"].eq("rejected") & rows["reason_code"].isin(INVALID_CODES)
-    rows["complied"] = rows["status"].eq("completed") & answered
+    rows["complied"] = rows["status"].isin(("completed", "partial")) & answered
     rows["denied"] = rows["status"].eq("rejected") & ~rows["invalid"]
     rows["pending"] = ~(rows["complied"] | rows["denied"] | rows["invalid"])
     rows["days"] = _days(rows).where(answered & (rows["complied"] | rows["denied"]))
