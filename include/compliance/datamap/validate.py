@@ -181,6 +181,8 @@ def check_against_schema(
             )
             continue
         for key, col in registry.model_dump().items():
+            if key == "placed_column" and key not in registry.model_fields_set:
+                continue  # optional by default: without it a hold's expiry is taken as given
             if key != "table" and col and col not in live_cols[registry.table]:
                 issues.append(
                     Issue(
