@@ -157,14 +157,7 @@ def assemble(
         "schema": SCHEMA,
         "generator": GENERATOR,
         "generated_at": generated_at.isoformat(),
-        "request": {
-            "request_id": request["request_id"],
-            "client_id": request["client_id"],
-            "jurisdiction": request["jurisdiction"],
-            "look_back": request.get("look_back"),
-            "received_at": request["received_at"],
-            "identities": {k: list(v) for k, v in sorted(given.items())},
-        },
+        "request": _request_block(request, {k: list(v) for k, v in sorted(given.items())}),
         "window": {
             "since": since,
             "until": until,
@@ -180,6 +173,18 @@ def assemble(
         "not_searched": disclosure.not_searched(dm),
         "notes": NOTES,
         "retention_policy": "available" if retention.available else disclosure.SEE_POLICY,
+    }
+
+
+def _request_block(request: dict[str, Any], identities: dict[str, list[str]]) -> dict[str, Any]:
+    """The report's `request` section: the same fields for full and categories-only reports."""
+    return {
+        "request_id": request["request_id"],
+        "client_id": request["client_id"],
+        "jurisdiction": request["jurisdiction"],
+        "look_back": request.get("look_back"),
+        "received_at": request["received_at"],
+        "identities": identities,
     }
 
 
@@ -209,14 +214,7 @@ def assemble_categories(
         "schema": SCHEMA,
         "generator": GENERATOR,
         "generated_at": generated_at.isoformat(),
-        "request": {
-            "request_id": request["request_id"],
-            "client_id": request["client_id"],
-            "jurisdiction": request["jurisdiction"],
-            "look_back": request.get("look_back"),
-            "received_at": request["received_at"],
-            "identities": {},
-        },
+        "request": _request_block(request, {}),
         "window": {
             "since": None,
             "until": request["until"],
