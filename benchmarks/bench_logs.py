@@ -1,4 +1,4 @@
-"""Log scrub throughput (compliance.logs) against the shell pipeline it replaces.
+"""Log scrub throughput (compliance.deletion.logs) against the shell pipeline it replaces.
 
     .venv/bin/python benchmarks/bench_logs.py [--mb 150] [--identities 1000] [--repeat 3]
 
@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from compliance import logs
-from compliance.datamap.model import IdentityType, LogStore
+from compliance.core.datamap.model import IdentityType, LogStore
+from compliance.deletion import logs
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work"
@@ -177,7 +177,14 @@ class MotoProcess:
     def __enter__(self) -> str:
         self.port_file = Path(tempfile.mkdtemp(prefix="cj-bench-")) / "port"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "compliance", "local-s3", "--port-file", str(self.port_file)],
+            [
+                sys.executable,
+                "-m",
+                "compliance_dev",
+                "local-s3",
+                "--port-file",
+                str(self.port_file),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -193,7 +200,7 @@ class MotoProcess:
 
 
 def s3_runs(obj: Path, targets: logs.Targets, repeat: int) -> dict[str, float]:
-    from compliance.stores.s3 import s3_client
+    from compliance.core.stores.s3 import s3_client
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")

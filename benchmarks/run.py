@@ -95,8 +95,8 @@ def _datamap_copy(workdir: Path, webhook_port: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from compliance import localenv
-    from compliance.world.generate import Plan
+    from compliance_dev import localenv
+    from compliance_dev.world.generate import Plan
 
     plan = Plan.for_scale(args.scale)
     contacts = plan.contacts

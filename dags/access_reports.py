@@ -4,7 +4,8 @@
 Compiles everything we hold about a consumer into a bundle the business can hand over, when it
 forwards a verified "right to know" request (R8-R15, R7, R27; GDPR Art. 15, G2):
 
-1. **intake**: the same inbox as deletions (`compliance.inbox`): every document in the S3 inbox,
+1. **intake**: the same inbox as deletions (`compliance.requests.inbox`): every document in the S3
+inbox,
    plus the one entered in this form, is validated and moved to `accepted/` or `rejected/`;
 2. **plan**: one batch of every open access request: identities resolved within each client's
    tenant, each request's window (12 months before receipt, since 2022-01-01 on request, R9; no
@@ -26,6 +27,7 @@ from datetime import datetime
 from airflow.sdk import Param, dag, task
 
 from compliance import access, runtime
+from compliance.jobs import intake as intake_job
 from compliance_alerts import DEFAULT_ARGS
 from compliance_forms import ONE, request_form
 
@@ -84,7 +86,7 @@ def _form(params: dict) -> dict:
 def access_reports():
     @task
     def intake(params: dict | None = None) -> dict:
-        return runtime.intake(_form(params or {}), "access")
+        return intake_job.intake(runtime.context(), _form(params or {}), "access")
 
     @task
     def plan(_intake: dict, params: dict | None = None) -> dict:

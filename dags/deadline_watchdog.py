@@ -26,7 +26,7 @@ Daily, alerts compliance staff before a request's legal deadline passes (R2-R4, 
 check* (report what reached a level after this time; default the previous successful run;
 set it far back to list everything at a level), *thresholds* (days left, one per line; default
 `COMPLIANCE_DEADLINE_THRESHOLDS` or 7, 2). It changes no request; only the notice outbox moves.
-To record an extension use the DAG `request_extension`. Logic: `compliance.deadlines`;
+To record an extension use the DAG `request_extension`. Logic: `compliance.requests.deadlines`;
 what each alert means: docs/operations.md.
 """
 
@@ -36,7 +36,10 @@ from datetime import date, datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from compliance import alerts, deadlines, hold_watch, outbox, runtime
+from compliance import runtime
+from compliance.core import alerts
+from compliance.deletion import outbox
+from compliance.requests import deadlines, hold_watch
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 FORM = {

@@ -10,7 +10,7 @@ Erases consumers' personal information on their business's verified request (R16
 3. fans out, mapped: **erase_system** per SQL system, **scrub_logs** per log day,
    **erase_recordings** per recording store, **tombstone_backups** per backup store (R18), and
    **notify_subprocessors** (R16.3, R16.4): queues this batch's notices in the outbox and sends
-   every due notice of any earlier batch too (backoff, give-up; `compliance.outbox`);
+   every due notice of any earlier batch too (backoff, give-up; `compliance.deletion.outbox`);
 4. **verify_logs** per log day, after the scrub: an independent, deliberately naive search of
    every object's raw bytes for every target value and its variants (`residue_oracle`);
 5. **finalize**: re-checks every system for every target, with the eraser's own checks and the
@@ -24,8 +24,9 @@ thing, the log shards are scanned instead of scrubbed, and finalize writes a rep
 `deletion/dry-runs/<id>/` (index.html, report.json): what each request would erase or why it
 would be deferred, and which documents would be refused. Nothing is erased, moved or sent.
 
-Rerun = converge: a crashed batch is resumed from its stored plan. Logic: `compliance.erasure`
-(`compliance.erasure_preview` for dry runs).
+Rerun = converge: a crashed batch is resumed from its stored plan. Logic:
+`compliance.deletion.erasure`
+(`compliance.deletion.erasure_preview` for dry runs).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from compliance import erasure, erasure_preview, outbox, runtime
+from compliance import runtime
+from compliance.deletion import erasure, erasure_preview, outbox
+from compliance.jobs import intake as intake_job
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 from compliance_forms import request_form
 
@@ -67,7 +70,7 @@ def deletion_requests():
     def intake(params: dict | None = None) -> dict:
         if runtime.dry_run(get_current_context()):
             return {"dry_run": True}  # plan examines the inbox read-only
-        return {"dry_run": False, **runtime.intake(params or {}, "delete")}
+        return {"dry_run": False, **intake_job.intake(runtime.context(), params or {}, "delete")}
 
     @task
     def plan(intake: dict, params: dict | None = None) -> dict:
@@ -80,7 +83,7 @@ def deletion_requests():
                 dm,
                 runtime.engines(dm),
                 runtime.state_engine(),
-                runtime.examine(params or {}, "delete"),
+                intake_job.examine(runtime.context(), params or {}, "delete"),
                 runtime.now(),
             )
         return erasure.plan(

@@ -16,7 +16,7 @@ Refused, with the reason in the task log and in the failure alert, when:
 
 A refused extension changes nothing; the same form submitted twice is a no-op. An accepted one
 is written to the request (`extended_due`) and to the audit ledger (`request_extended`). The
-deadline watchdog then counts down to the new date. Logic: `compliance.deadlines.extend`.
+deadline watchdog then counts down to the new date. Logic: `compliance.requests.deadlines.extend`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from datetime import datetime
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from compliance import deadlines, runtime, state
+from compliance import runtime
+from compliance.requests import deadlines, state
 from compliance_alerts import DEFAULT_ARGS
 
 FORM = {

@@ -2,7 +2,7 @@
 
 Lives in `plugins/` because callbacks run in the workers (task failure callbacks), the
 dag-processor and the triggerer (Deadline Alerts' async callbacks), which all have the plugins
-folder on their path. What a message says and where it goes is `compliance.alerts` (plain
+folder on their path. What a message says and where it goes is `compliance.core.alerts` (plain
 Python, tested without Airflow); it never carries a consumer's data.
 """
 
@@ -16,13 +16,13 @@ from typing import Any
 
 from airflow.sdk import AsyncCallback, BaseNotifier, DeadlineAlert, DeadlineReference
 
-from compliance import alerts
+from compliance.core import alerts
 
 log = logging.getLogger(__name__)
 
 
 class FailureAlert(BaseNotifier):
-    """Sends a PII-free failure message to every channel configured (see compliance.alerts)."""
+    """Sends a PII-free failure message to every channel configured (see compliance.core.alerts)."""
 
     template_fields = ()
 

@@ -1,7 +1,8 @@
 """The trigger-form fields of one consumer request, shared by the request DAGs.
 
 Staff enter one request the same way for access and deletion; the document they make goes
-through the inbox like any client's (`compliance.inbox.form_document`), so the form cannot bypass
+through the inbox like any client's (`compliance.requests.inbox.form_document`), so the form cannot
+bypass
 a validation rule. Each DAG adds its own run options (dry run, look-back, link expiry...).
 """
 

@@ -14,7 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from compliance.localenv import (
+from compliance.core.settings import REPO_ROOT
+from compliance.core.stores.s3 import list_keys, s3_client
+from compliance.core.stores.sql import engine_from_url
+from compliance_dev.localenv import (
     airflow_env,
     prepare_workspace,
     seed_command,
@@ -22,10 +25,7 @@ from compliance.localenv import (
     start_webhook_receiver,
     stop_group,
 )
-from compliance.settings import REPO_ROOT
-from compliance.stores.s3 import list_keys, s3_client
-from compliance.stores.sql import engine_from_url
-from compliance.world.requests import sample_inbox
+from compliance_dev.world.requests import sample_inbox
 
 DEMO = REPO_ROOT / ".demo"
 HOME = DEMO / "demo"

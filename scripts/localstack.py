@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compliance.localenv import (
+from compliance.core.settings import REPO_ROOT
+from compliance_dev.localenv import (
     UI_PASSWORDS,
     UI_USERS,
     prepare_workspace,
@@ -24,7 +25,6 @@ from compliance.localenv import (
     ui_env,
     wait_http,
 )
-from compliance.settings import REPO_ROOT
 
 HOME = REPO_ROOT / ".demo" / "up"
 PIDS = HOME / "pids.json"

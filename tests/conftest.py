@@ -33,6 +33,12 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
+# The crash tests arm COMPLIANCE_FAULTS; the dev package's hook listens to the jobs' checkpoints
+# in every test process (the product never installs it).
+from compliance_dev import faults  # noqa: E402
+
+faults.enable()
+
 PG_ADMIN_URL = os.environ.get(
     "COMPLIANCE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
@@ -63,7 +69,7 @@ def need_postgres() -> None:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1, shared by the test session."""
-    from compliance import local_s3
+    from compliance_dev import local_s3
 
     server, url = local_s3.start()
     os.environ["COMPLIANCE_TEST_S3"] = url
@@ -74,7 +80,7 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def s3(s3_endpoint: str):
     """A boto3 client on the moto server; buckets are wiped after each test."""
-    from compliance.stores.s3 import s3_client
+    from compliance.core.stores.s3 import s3_client
 
     client = s3_client(endpoint_url=s3_endpoint, access_key="testing", secret_key="testing")
     yield client

@@ -190,7 +190,7 @@ def env() -> Env:
 
 @functools.cache
 def s3() -> Any:
-    from compliance.stores.s3 import s3_client
+    from compliance.core.stores.s3 import s3_client
 
     return s3_client(endpoint_url=env().s3_url, access_key="testing", secret_key="testing")
 
@@ -210,7 +210,7 @@ def sns() -> Any:
 
 @functools.cache
 def datamap() -> Any:
-    from compliance.datamap.validate import load_datamap
+    from compliance.core.datamap.validate import load_datamap
 
     return load_datamap(env().datamap_path)
 
@@ -218,7 +218,7 @@ def datamap() -> Any:
 def engine(db: str) -> Engine:
     """One engine per database and process (stage processes end with their stage)."""
     if db not in _ENGINES:
-        from compliance.stores.sql import engine_from_url
+        from compliance.core.stores.sql import engine_from_url
 
         _ENGINES[db] = engine_from_url(env().url(db))
     return _ENGINES[db]
@@ -243,9 +243,9 @@ PRELOAD = [
     "benchmarks.sections._common",
     "sqlalchemy.dialects.postgresql.psycopg2",
     "boto3",
-    "compliance.erasure",
-    "compliance.inbox",
-    "compliance.subprocessors",
+    "compliance.deletion.erasure",
+    "compliance.requests.inbox",
+    "compliance.deletion.subprocessors",
 ]
 
 
@@ -396,7 +396,7 @@ class Bench:
         self.results: dict[str, Any] = {}  # what one section leaves for another
         self._consumers: list[Consumer] | None = None
         self._taken = 0
-        from compliance.stores.s3 import s3_client
+        from compliance.core.stores.s3 import s3_client
 
         self.s3 = s3_client(endpoint_url=env_.s3_url, access_key="testing", secret_key="testing")
 
@@ -476,7 +476,7 @@ class Bench:
 
     def state_db(self, tag: str) -> str:
         """A fresh compliance state database (requests, batches, tombstones, ledger)."""
-        from compliance.state import create_state_schema
+        from compliance.requests.state import create_state_schema
 
         name = self.create_db(tag)
         eng = sa.create_engine(self.env.url(name), poolclass=NullPool)
@@ -498,22 +498,22 @@ class Bench:
     # buckets
     def workspace(self, tag: str) -> str:
         """A fresh workspace bucket (inbox, batches, receipts) and the sub-processors' topics."""
-        from compliance.localenv import prepare_workspace
+        from compliance_dev.localenv import prepare_workspace
 
         bucket = f"cjb-ws-{tag}".lower().replace("_", "-")[:63]
         prepare_workspace(self.env.s3_url, bucket, Path(self.env.datamap_path))
         return bucket
 
     def log_stores(self) -> dict[str, Any]:
-        from compliance.datamap.model import LogStore
-        from compliance.datamap.validate import load_datamap
+        from compliance.core.datamap.model import LogStore
+        from compliance.core.datamap.validate import load_datamap
 
         dm = load_datamap(self.env.datamap_path)
         return {n: s for n, s in dm.stores.items() if isinstance(s, LogStore)}
 
     def log_objects(self, bucket: str | None = None) -> list[tuple[str, str, int]]:
         """(bucket, key, size) of every log object (as seeded: from the pristine copy)."""
-        from compliance.stores.s3 import list_keys
+        from compliance.core.stores.s3 import list_keys
 
         out = []
         for store in self.log_stores().values():
@@ -532,7 +532,7 @@ class Bench:
 
     def snapshot_logs(self) -> tuple[int, int]:
         """Copy every log object to the pristine bucket (server-side); (objects, bytes)."""
-        from compliance.stores.s3 import ensure_bucket
+        from compliance.core.stores.s3 import ensure_bucket
 
         ensure_bucket(self.s3, PRISTINE)
         objs = self.log_objects()
@@ -629,7 +629,7 @@ class Bench:
         """Request documents (NDJSON per client) in the workspace inbox, as clients send them.
 
         Identities alternate e-mail (every fourth in upper case: matching is case-insensitive),
-        phone and the client's own contact id, as `compliance.world.requests` does.
+        phone and the client's own contact id, as `compliance_dev.world.requests` does.
         """
         received = datetime.fromisoformat(self.env.now) - timedelta(days=2)
         by_client: dict[int, list[str]] = {}

@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks.sections import _common as C
 
-IMPORTS = ["compliance.access", "compliance.inbox"]
+IMPORTS = ["compliance.access", "compliance.requests.inbox"]
 SECTION = "access"
 
 
@@ -26,7 +26,7 @@ def available() -> str | None:
 
 
 def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
-    from compliance import inbox
+    from compliance.requests import inbox
 
     dm = C.datamap()
     system = dm.systems[sorted(dm.systems)[0]]

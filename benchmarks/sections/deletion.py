@@ -26,12 +26,12 @@ from typing import Any
 from benchmarks.sections import _common as C
 
 IMPORTS = [
-    "compliance.erasure",
-    "compliance.inbox",
-    "compliance.subprocessors",
-    "compliance.resolve",
-    "compliance.erase_sql",
-    "compliance.logs",
+    "compliance.deletion.erasure",
+    "compliance.requests.inbox",
+    "compliance.deletion.subprocessors",
+    "compliance.requests.resolve",
+    "compliance.deletion.erase_sql",
+    "compliance.deletion.logs",
 ]
 SECTION = "deletion"
 STAGES = [
@@ -53,7 +53,7 @@ def _engines(ctx: dict[str, str]) -> dict[str, Any]:
 
 
 def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
-    from compliance import inbox
+    from compliance.requests import inbox
 
     dm = C.datamap()
     system = dm.systems[sorted(dm.systems)[0]]
@@ -63,7 +63,7 @@ def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
 
 
 def stage_plan(ctx: dict[str, str]) -> dict[str, Any]:
-    from compliance import erasure
+    from compliance.deletion import erasure
 
     return erasure.plan(
         C.s3(), ctx["ws"], C.datamap(), _engines(ctx), C.engine(ctx["state"]), C.HASH_KEY, C.now()
@@ -71,7 +71,7 @@ def stage_plan(ctx: dict[str, str]) -> dict[str, Any]:
 
 
 def stage_erase_system(ctx: dict[str, str], batch_id: str, system: str) -> dict[str, Any]:
-    from compliance import erasure
+    from compliance.deletion import erasure
 
     return erasure.erase_system(
         C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["crm"]), batch_id, system, C.HASH_KEY
@@ -79,7 +79,7 @@ def stage_erase_system(ctx: dict[str, str], batch_id: str, system: str) -> dict[
 
 
 def stage_scrub(ctx: dict[str, str], batch_id: str, shard: str) -> dict[str, Any]:
-    from compliance import erasure
+    from compliance.deletion import erasure
 
     return erasure.scrub_log_shard(
         C.s3(), ctx["ws"], C.datamap(), C.s3(), C.engine(ctx["state"]), batch_id, shard
@@ -87,13 +87,13 @@ def stage_scrub(ctx: dict[str, str], batch_id: str, shard: str) -> dict[str, Any
 
 
 def stage_recordings(ctx: dict[str, str], batch_id: str, store: str) -> dict[str, Any]:
-    from compliance import erasure
+    from compliance.deletion import erasure
 
     return erasure.erase_recordings(C.s3(), ctx["ws"], C.datamap(), C.s3(), batch_id, store)
 
 
 def stage_tombstone(ctx: dict[str, str], batch_id: str, store: str) -> dict[str, Any]:
-    from compliance import erasure
+    from compliance.deletion import erasure
 
     return erasure.tombstone(
         C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["state"]), batch_id, store, C.HASH_KEY
@@ -101,7 +101,7 @@ def stage_tombstone(ctx: dict[str, str], batch_id: str, store: str) -> dict[str,
 
 
 def stage_notify(ctx: dict[str, str], batch_id: str) -> dict[str, Any]:
-    from compliance import outbox
+    from compliance.deletion import outbox
 
     return outbox.run(
         C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["state"]), C.HASH_KEY, batch_id, C.now(),
@@ -110,7 +110,7 @@ def stage_notify(ctx: dict[str, str], batch_id: str) -> dict[str, Any]:
 
 
 def stage_finalize(ctx: dict[str, str], batch_id: str, shards: list[dict]) -> dict[str, Any]:
-    from compliance import erasure
+    from compliance.deletion import erasure
 
     dm = C.datamap()
     return erasure.finalize(
@@ -129,9 +129,9 @@ def stage_finalize(ctx: dict[str, str], batch_id: str, shards: list[dict]) -> di
 
 def naive_sql(ctx: dict[str, str], ref: str, client_id: int, kind: str, value: str) -> dict:
     """One request alone: resolve its consumer(s) in every system, erase them; the log targets."""
-    from compliance import erase_sql
-    from compliance.datamap.model import IdentityType
-    from compliance.resolve import Subject, resolve
+    from compliance.core.datamap.model import IdentityType
+    from compliance.deletion import erase_sql
+    from compliance.requests.resolve import Subject, resolve
 
     dm = C.datamap()
     subject = Subject(ref, client_id, ((IdentityType(kind), value),))
@@ -149,7 +149,7 @@ def naive_sql(ctx: dict[str, str], ref: str, client_id: int, kind: str, value: s
 
 
 def naive_scrub(shard: str, targets: dict[str, list], batch_id: str) -> dict[str, Any]:
-    from compliance import logs
+    from compliance.deletion import logs
 
     name, prefix = shard.split("|", 1)
     store = C.datamap().stores[name]
@@ -161,7 +161,7 @@ def naive_scrub(shard: str, targets: dict[str, list], batch_id: str) -> dict[str
 
 
 def shards(bench: C.Bench) -> list[str]:
-    from compliance import logs
+    from compliance.deletion import logs
 
     return [
         f"{name}|{prefix}"

@@ -2,7 +2,8 @@
 
 Same objects, same identities, same parallelism. The objects are every log object of the
 world (as seeded); the identities are those of the largest deletion batch's consumers, resolved
-and expanded exactly as the batch plan does (`compliance.resolve`). Three ways over them, each
+and expanded exactly as the batch plan does (`compliance.requests.resolve`). Three ways over them,
+each
 on `--workers` processes at once, best of `--repeat`, interleaved:
 
 - pipeline: `gzip -dc f | grep -v -F -f ids | gzip -1 > out` on local copies (no S3): the
@@ -34,14 +35,14 @@ from benchmarks.bench_logs import PIPELINE
 from benchmarks.sections import _common as C
 from benchmarks.sections.deletion import shards
 
-IMPORTS = ["compliance.logs", "compliance.resolve"]
+IMPORTS = ["compliance.deletion.logs", "compliance.requests.resolve"]
 SECTION = "logs"
 
 
 def resolve_targets(db: str, subjects: list[tuple[str, int, str, str]]) -> dict[str, list]:
     """Every request's identities (given and found on its rows), by tenant, as the plan does."""
-    from compliance.datamap.model import IdentityType
-    from compliance.resolve import Subject, resolve
+    from compliance.core.datamap.model import IdentityType
+    from compliance.requests.resolve import Subject, resolve
 
     dm = C.datamap()
     subs = [
@@ -63,7 +64,7 @@ def resolve_targets(db: str, subjects: list[tuple[str, int, str, str]]) -> dict[
 
 
 def scrub_stage(shard: str, targets: dict[str, list], batch_id: str) -> dict[str, Any]:
-    from compliance import logs
+    from compliance.deletion import logs
 
     name, prefix = shard.split("|", 1)
     store = C.datamap().stores[name]
@@ -78,8 +79,9 @@ def scrub_stage(shard: str, targets: dict[str, list], batch_id: str) -> dict[str
 
 
 def engine_stage(path: str, store_name: str, targets: dict[str, list]) -> dict[str, Any]:
-    """The rewrite engine of `compliance.logs` on a local file (its private entry points)."""
-    from compliance import logs
+    """The rewrite engine of `compliance.deletion.logs` on a local file (its private entry
+    points)."""
+    from compliance.deletion import logs
 
     store = C.datamap().stores[store_name]
     matcher = logs._Matcher.get(store, logs.Targets(targets))
@@ -94,7 +96,7 @@ def engine_stage(path: str, store_name: str, targets: dict[str, list]) -> dict[s
 
 def _pattern_file(bench: C.Bench, targets: dict[str, list], path: Path) -> int:
     """What a shell user would grep for: every value the log stores can hold."""
-    from compliance.datamap.model import IdentityType
+    from compliance.core.datamap.model import IdentityType
 
     fields: dict[IdentityType, set[str]] = {}
     for store in bench.log_stores().values():
@@ -252,7 +254,7 @@ def run(bench: C.Bench, n: int, workers: int, repeat: int) -> list[C.Row]:
             SECTION,
             "backup rewrite throughput",
             "backups are tombstoned, not rewritten (data map `rewrite: false`; "
-            "compliance.erasure.tombstone); no snapshot rewrite exists to measure",
+            "compliance.deletion.erasure.tombstone); no snapshot rewrite exists to measure",
         ),
     ]
     return rows

@@ -73,7 +73,7 @@ def batched(crm: str, state: str, as_of: str) -> dict[str, Any]:
 
 def _sweep_day(bench: C.Bench, rows: int) -> tuple[date, datetime, int, int, int]:
     """(as-of, cutoff, rows before the cutoff, all events, batch_rows) for >= `rows` expired."""
-    from compliance.datamap.validate import load_datamap
+    from compliance.core.datamap.validate import load_datamap
     from compliance.retention import load_policy
 
     loaded = load_policy(bench.env.retention_path, load_datamap(bench.env.datamap_path))

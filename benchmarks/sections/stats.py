@@ -31,7 +31,7 @@ IMPORTS = [
     "compliance.stats.aggregate",
     "compliance.stats.config",
     "compliance.stats.charts",
-    "compliance.world.schema",
+    "compliance_dev.world.schema",
 ]
 SECTION = "stats"
 BASELINE_SQL = """
@@ -108,7 +108,7 @@ def aggregate_only(db: str, lo: str, hi: str) -> dict[str, int]:
 def copy_recent(src: str, dst: str, since: str) -> dict[str, int]:
     """`dst` gets the world's schema, every client and campaign, and the events since `since`
     (COPY streamed between the two databases; indexes built after the load)."""
-    from compliance.world import schema
+    from compliance_dev.world import schema
 
     dst_engine = C.engine(dst)
     schema.metadata.create_all(dst_engine)

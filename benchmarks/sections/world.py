@@ -1,6 +1,6 @@
 """The world every figure is measured on: seeded once, then copied per run (issue 9).
 
-PostgreSQL CRM + the moto S3 server (its own process): `compliance.world.generate.seed_world`
+PostgreSQL CRM + the moto S3 server (its own process): `compliance_dev.world.generate.seed_world`
 at the requested scale (`large`: 1M contacts, ~20.8M e-mail events, ~3.6 GB of raw logs over
 35 days, 7 daily backups; `--log-days` changes only the number of log days). Then the identity
 indexes the jobs' lookups need (the documented setup, `index_stage`), then a server-side copy of
@@ -15,13 +15,13 @@ from typing import Any
 
 from benchmarks.sections import _common as C
 
-IMPORTS = ["compliance.world.generate"]
+IMPORTS = ["compliance_dev.world.generate"]
 SECTION = "world"
 
 
 def seed_stage(db: str, scale: str, seed: int, as_of: str, log_days: int) -> dict[str, Any]:
-    from compliance.world import generate
-    from compliance.world.generate import Plan, seed_world
+    from compliance_dev.world import generate
+    from compliance_dev.world.generate import Plan, seed_world
 
     plan = Plan.for_scale(scale)
     if log_days and log_days != plan.log_days:
@@ -47,15 +47,15 @@ def seed_stage(db: str, scale: str, seed: int, as_of: str, log_days: int) -> dic
 
 def index_stage(db: str) -> list[str]:
     """The identity indexes (documented setup): one per identity column of the data map whose
-    table holds its own tenant, on exactly the expressions `compliance.resolve` compares,
+    table holds its own tenant, on exactly the expressions `compliance.requests.resolve` compares,
     `(CAST(tenant AS VARCHAR), value)` with `lower(value)` for e-mails. Without them every
     lookup statement is a sequential scan testing each row against up to 500 (tenant, value)
     pairs."""
     import sqlalchemy as sa
     from sqlalchemy.schema import CreateIndex
 
-    from compliance.resolve import identity_columns, normalise_for_column
-    from compliance.sqlmap import MappedSql
+    from compliance.core.sqlmap import MappedSql
+    from compliance.requests.resolve import identity_columns, normalise_for_column
 
     made = []
     eng = C.engine(db)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _datamap_check(args: argparse.Namespace) -> int:
-    from compliance.datamap.validate import DataMapInvalid, check_against_schema, load_datamap
+    from compliance.core.datamap.validate import DataMapInvalid, check_against_schema, load_datamap
 
     try:
         dm = load_datamap(args.file)
@@ -22,8 +21,8 @@ def _datamap_check(args: argparse.Namespace) -> int:
         print(f"cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     if args.db:
-        from compliance.datamap.validate import live_schema
-        from compliance.stores.sql import engine_from_url
+        from compliance.core.datamap.validate import live_schema
+        from compliance.core.stores.sql import engine_from_url
 
         live = live_schema(engine_from_url(args.db))  # with types: live-column-type and friends
         issues = [i for name in dm.systems for i in check_against_schema(dm, name, live)]
@@ -43,21 +42,8 @@ def _datamap_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_s3(args: argparse.Namespace) -> int:
-    from compliance.local_s3 import serve_forever
-
-    serve_forever(Path(args.port_file), args.port)
-    return 0
-
-
-def _world_seed(args: argparse.Namespace) -> int:
-    from compliance.world.generate import seed_command
-
-    return seed_command(args)
-
-
 def _ledger_head(text: str) -> object:
-    from compliance.ledger import Head
+    from compliance.core.ledger import Head
 
     try:
         return Head.parse(text)
@@ -70,9 +56,9 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     from sqlalchemy import inspect
     from sqlalchemy.exc import SQLAlchemyError
 
-    from compliance.ledger import verify
-    from compliance.settings import DEV_HASH_KEY, Settings
-    from compliance.stores.sql import engine_from_url
+    from compliance.core.ledger import verify
+    from compliance.core.settings import DEV_HASH_KEY, Settings
+    from compliance.core.stores.sql import engine_from_url
 
     try:
         key = Settings.from_env().hash_key
@@ -108,8 +94,8 @@ def _ledger_verify(args: argparse.Namespace) -> int:
 
 def _retention_check(args: argparse.Namespace) -> int:
     """Exit 0 if the retention policy is valid and covers the data map (R22, R26, R27), 1 if not."""
+    from compliance.core.settings import Settings
     from compliance.retention import check_file
-    from compliance.settings import Settings
 
     datamap = args.datamap or Settings.from_env().datamap_path
     try:
@@ -130,11 +116,11 @@ def _backups_restore(args: argparse.Namespace) -> int:
     """Load a snapshot into a database with the CRM's schema, then re-apply deletions (R18)."""
     import json
 
-    from compliance.backups import restore
-    from compliance.datamap.validate import load_datamap
-    from compliance.settings import Settings
-    from compliance.stores.s3 import s3_client
-    from compliance.stores.sql import engine_from_url
+    from compliance.core.datamap.validate import load_datamap
+    from compliance.core.settings import Settings
+    from compliance.core.stores.s3 import s3_client
+    from compliance.core.stores.sql import engine_from_url
+    from compliance.deletion.backups import restore
 
     cfg = Settings.from_env()
     dm = load_datamap(args.datamap or cfg.datamap_path)
@@ -163,24 +149,6 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.add_argument("--db", help="also compare with a live database (SQLAlchemy URL)")
     check.set_defaults(func=_datamap_check)
-
-    s3 = sub.add_parser("local-s3", help="run a moto S3 server on 127.0.0.1 until killed")
-    s3.add_argument("--port-file", required=True)
-    s3.add_argument("--port", type=int)
-    s3.set_defaults(func=_local_s3)
-
-    world = sub.add_parser("world", help="synthetic world").add_subparsers(
-        dest="cmd", required=True
-    )
-    seed = world.add_parser("seed", help="generate a deterministic world into a CRM and S3")
-    seed.add_argument("--db", required=True, help="SQLAlchemy URL of the CRM")
-    seed.add_argument("--s3", required=True, help="S3 endpoint URL")
-    seed.add_argument("--scale", default="tiny", help="tiny | small | medium | large | <contacts>")
-    seed.add_argument("--seed", type=int, default=7)
-    seed.add_argument("--as-of", help="the world's 'today' (YYYY-MM-DD); default: today")
-    seed.add_argument("--datamap", help="data map naming the buckets (default: settings)")
-    seed.add_argument("--replace", action="store_true", help="drop and re-create a non-empty world")
-    seed.set_defaults(func=_world_seed)
 
     ledger = sub.add_parser("ledger", help="audit ledger commands").add_subparsers(
         dest="cmd", required=True

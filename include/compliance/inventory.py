@@ -24,12 +24,12 @@ import phonenumbers
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.datamap import paths as fpaths
-from compliance.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
-from compliance.datamap.validate import check_against_schema, live_schema
-from compliance.outputs import ensure_workspace, put_bytes, put_json, put_summary
-from compliance.sqlmap import MappedSql
-from compliance.stores.s3 import list_keys, list_prefixes, open_gzip_lines
+from compliance.core.datamap import paths as fpaths
+from compliance.core.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
+from compliance.core.datamap.validate import check_against_schema, live_schema
+from compliance.core.outputs import ensure_workspace, put_bytes, put_json, put_summary
+from compliance.core.sqlmap import MappedSql
+from compliance.core.stores.s3 import list_keys, list_prefixes, open_gzip_lines
 
 # Names that suggest personal information. Deliberately broad: a false alarm costs a line in
 # `ignore`, a miss costs an unmapped category.

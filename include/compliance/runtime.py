@@ -1,24 +1,26 @@
-"""The bridge from Airflow to the plain-Python jobs: connections in, engines and clients out.
+"""The bridge from Airflow to the plain-Python jobs: connections in, a `JobContext` out.
 
-DAG tasks call these to obtain what `compliance.*` functions take as arguments. This is the only
-module of `include/` that imports Airflow, and it does so lazily, so the domain logic stays
+Each DAG task calls `context()` once and hands it to its function in `compliance.jobs`. This is
+the only module of `include/` that imports Airflow, and it does so lazily, so the jobs stay
 testable without a scheduler.
 """
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from compliance.datamap.model import DataMap
-from compliance.datamap.validate import load_datamap
-from compliance.settings import Settings
-from compliance.stores.s3 import s3_client
-from compliance.stores.sql import engine_from_url, url_from_connection
+from compliance.core.context import JobContext, Workspace
+from compliance.core.datamap.model import DataMap
+from compliance.core.datamap.validate import load_datamap_with_digest
+from compliance.core.settings import Settings
+from compliance.core.stores.s3 import s3_client
+from compliance.core.stores.sql import engine_from_url, url_from_connection
 
 
 def settings() -> Settings:
@@ -26,7 +28,53 @@ def settings() -> Settings:
 
 
 def datamap() -> DataMap:
-    return load_datamap(settings().datamap_path)
+    return _parsed_datamap(settings().datamap_path)[0]
+
+
+def _parsed_datamap(path: Path) -> tuple[DataMap, str]:
+    """Parsed once per process and file version (a long-lived worker sees an edited map)."""
+    stat = path.stat()
+    return _parse_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _parse_cached(path: Path, _mtime_ns: int, _size: int) -> tuple[DataMap, str]:
+    return load_datamap_with_digest(path)
+
+
+def context(clock: Callable[[], datetime] | None = None) -> JobContext:
+    """Everything a task needs, from Airflow's connections and this run (one per task call).
+
+    One S3 client per distinct connection, shared by the stores that name it; engines are
+    cached per connection for the process (`sql_engine`)."""
+    cfg = settings()
+    dm, digest = _parsed_datamap(cfg.datamap_path)
+    clients: dict[str, Any] = {}
+
+    def client(conn_id: str) -> Any:
+        if conn_id not in clients:
+            clients[conn_id] = s3(conn_id)
+        return clients[conn_id]
+
+    return JobContext(
+        settings=cfg,
+        datamap=dm,
+        datamap_hash=digest,
+        workspace=Workspace(client(cfg.workspace_connection), cfg.workspace_bucket),
+        state=state_engine(),
+        engines=engines(dm),
+        stores={name: client(store.connection) for name, store in dm.stores.items()},
+        clock=clock or now,
+        run_day=_run_day_or_today(),
+        sns=sns(),
+    )
+
+
+def _run_day_or_today() -> date:
+    try:
+        return date.fromisoformat(run_day())
+    except RuntimeError:  # outside a task (a shell, a test): the wall clock's day
+        return now().date()
 
 
 def _connection(conn_id: str) -> Any:
@@ -72,7 +120,7 @@ def run_day() -> str:
 
 def state_engine() -> Engine:
     """The compliance state DB (requests, tombstones, ledger); schema created on first use."""
-    from compliance.state import STATE_CONN_ID, create_state_schema
+    from compliance.requests.state import STATE_CONN_ID, create_state_schema
 
     engine = sql_engine(STATE_CONN_ID)
     if engine not in _schema_ready:
@@ -116,48 +164,3 @@ def scheduled(context: Any) -> bool:
 def dry_run(context: Any) -> bool:
     """The form asks for a dry run (the default) and the run is not a scheduled one."""
     return bool(context["params"].get("dry_run", True)) and not scheduled(context)
-
-
-def intake(form_params: dict, type_: str) -> dict:
-    """The request DAGs' shared first task: the trigger form's document (if any) joins the S3
-    inbox, then the whole inbox is validated in one pass (`compliance.inbox.ingest`)."""
-    from compliance import inbox
-
-    cfg = settings()
-    client = s3(cfg.workspace_connection)
-    form = inbox.form_document(form_params, type_)
-    if form is not None:
-        inbox.submit(client, cfg.workspace_bucket, form, f"{type_}-{form['request_id']}")
-    summary = inbox.ingest(
-        client, cfg.workspace_bucket, _clients(), state_engine(), cfg.hash_key, now()
-    )
-    return summary.to_dict()
-
-
-def examine(form_params: dict, type_: str) -> Any:
-    """What `intake` would do, read only (a dry run): the form's document is examined in place."""
-    from compliance import inbox
-
-    cfg = settings()
-    form = inbox.form_document(form_params, type_)
-    extra = []
-    if form is not None:
-        key = inbox.submission_key(f"{type_}-{form['request_id']}")
-        extra.append((key, json.dumps(form).encode()))
-    return inbox.examine(
-        s3(cfg.workspace_connection),
-        cfg.workspace_bucket,
-        _clients(),
-        state_engine(),
-        cfg.hash_key,
-        now(),
-        extra,
-    )
-
-
-def _clients() -> dict[str, bool]:
-    from compliance import inbox
-
-    dm = datamap()
-    system = dm.systems[sorted(dm.systems)[0]]
-    return inbox.load_clients(sql_engine(system.connection), system)

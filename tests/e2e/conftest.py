@@ -101,9 +101,9 @@ def _conn_env(db_url: str, state_url: str, s3_url: str) -> dict[str, str]:
 def stack(db_url, state_url, s3, s3_endpoint, airflow_db, esp_webhook, monkeypatch) -> Stack:
     """A tiny seeded world on the parametrised SQL backend and the moto server, wired to Airflow."""
     from compliance import runtime
-    from compliance.datamap.validate import load_datamap
-    from compliance.stores.sql import engine_from_url
-    from compliance.world.generate import seed_world
+    from compliance.core.datamap.validate import load_datamap
+    from compliance.core.stores.sql import engine_from_url
+    from compliance_dev.world.generate import seed_world
 
     for key, value in _conn_env(db_url, state_url, s3_endpoint).items():
         monkeypatch.setenv(key, value)

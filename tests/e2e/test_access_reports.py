@@ -23,9 +23,9 @@ import pytest
 import sqlalchemy as sa
 
 from compliance.access import bundle
-from compliance.datamap.validate import load_datamap
-from compliance.intake import add_months
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.settings import REPO_ROOT
+from compliance.requests.intake import add_months
 
 DM = load_datamap(REPO_ROOT / "config" / "datamap.yaml")
 LOG_BUCKET = DM.stores["app_logs"].bucket
@@ -583,7 +583,7 @@ def test_access_bundles_hold_exactly_the_consumers_data(stack, dropped):
     assert receipts["U"]["rules"][-1] == "G2"
     # issue 15: the receipt shows the stored records (R1, R5) and links the consumer's earlier
     # requests by keyed ref (one intake, in document order: S2 follows S1, S3 both)
-    from compliance.request_records import request_ref
+    from compliance.requests.request_records import request_ref
 
     (s_client, _), _ = requests["S1"]
     refs = {n: request_ref(b"e2e-test-key", str(s_client), f"ACC-{n}", "access") for n in requests}
@@ -630,7 +630,7 @@ def test_access_bundles_hold_exactly_the_consumers_data(stack, dropped):
     assert receipts["V"]["rules"][0] == "R5"
 
     # state, ledger, clean-up, no PII outside the bundles
-    from compliance import ledger
+    from compliance.core import ledger
 
     state = sa.create_engine(stack.state_url)
     assert ledger.verify(state, b"e2e-test-key").ok

@@ -26,9 +26,9 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from compliance import state
-from compliance.state import NewRequest
-from compliance.stores.sql import engine_from_url
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import state
+from compliance.requests.state import NewRequest
 
 from .conftest import AS_OF
 
@@ -208,7 +208,7 @@ def _state_engine(stack):
 
 
 def test_failing_task_alerts_every_channel_without_consumer_data(stack, channels, monkeypatch):
-    from compliance import inbox
+    from compliance.requests import inbox
 
     crm = sa.create_engine(stack.db_url)
     with crm.connect() as c:

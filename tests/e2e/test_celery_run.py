@@ -38,8 +38,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from compliance.datamap.validate import load_datamap
-from compliance.localenv import (
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.stores.s3 import s3_client
+from compliance.core.stores.sql import engine_from_url
+from compliance_dev.localenv import (
     airflow_env,
     free_port,
     prepare_workspace,
@@ -50,9 +52,7 @@ from compliance.localenv import (
     stop_groups,
     wait_http,
 )
-from compliance.stores.s3 import s3_client
-from compliance.stores.sql import engine_from_url
-from compliance.world.generate import seed_world
+from compliance_dev.world.generate import seed_world
 
 from ..conftest import IN_CI, fresh_pg_database
 from .conftest import AS_OF, REPO
@@ -230,7 +230,7 @@ def test_deletion_dag_runs_on_two_celery_workers(tmp_path):
                 "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
                 "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
                 "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "compliance.localenv.worker_hostname",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "compliance_dev.localenv.worker_hostname",
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the run we trigger
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),

@@ -4,7 +4,7 @@ Through the real deletion path (dag.test() on SQLite and PostgreSQL, moto S3): a
 e-mail is planted where the data map does not point, once in a log line at an unmapped nested
 path of their own tenant, once in the text of another consumer's support ticket (a mapped table,
 a row the eraser rightly keeps). The eraser erases what it can see; the independent oracle
-(`compliance.residue_oracle`, R16.1) still finds the value, so the run fails, the request stays
+(`compliance.deletion.residue_oracle`, R16.1) still finds the value, so the run fails, the request stays
 open, no receipt is written, and neither the error, the ledger, the XComs nor the alerts carry
 the identity. Once the planted copies are removed (the operator's fix), a rerun completes the
 request with a receipt that says what was verified and how (R16.1, R16.2, R18, R19).
@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance import erasure, runtime
+from compliance import runtime
+from compliance.deletion import erasure
 
 from .test_alert_channels import _bag_dag, slack_server, smtp_server  # noqa: F401
 from .test_alert_channels import channels as channels

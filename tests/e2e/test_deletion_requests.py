@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.validate import load_datamap
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.settings import REPO_ROOT
 
 from . import worldview
 
@@ -304,7 +304,7 @@ def test_deletion_batch_erases_exactly_the_targets(stack, requests_dropped, esp_
     assert sorted(r[0]["reason"] for r in reasons) == ["invalid_json", "not_verified"]
     assert not stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="inbox/").get("Contents")
 
-    from compliance import ledger
+    from compliance.core import ledger
 
     state = sa.create_engine(stack.state_url)
     assert ledger.verify(state, b"e2e-test-key").ok
@@ -358,8 +358,8 @@ def test_deletion_batch_erases_exactly_the_targets(stack, requests_dropped, esp_
 
 def test_backup_restore_reapplies_deletions(stack, requests_dropped, tmp_path):
     """R18: a snapshot taken before the erasure, restored, comes back without the targets."""
-    from compliance import backups
-    from compliance.stores.sql import engine_from_url
+    from compliance.core.stores.sql import engine_from_url
+    from compliance.deletion import backups
 
     expected, _ = requests_dropped
     run = stack.run_dag("deletion_requests", {"dry_run": False})
@@ -372,7 +372,7 @@ def test_backup_restore_reapplies_deletions(stack, requests_dropped, tmp_path):
     )[-1]
     target = f"sqlite:///{tmp_path / 'restored.db'}"
     engine = engine_from_url(target)
-    from compliance.world.schema import metadata
+    from compliance_dev.world.schema import metadata
 
     metadata.create_all(engine)  # a restore goes into a database that has the CRM's schema
     report = backups.restore(

@@ -18,8 +18,8 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance import subprocessors
-from compliance.settings import REPO_ROOT
+from compliance.core.settings import REPO_ROOT
+from compliance.deletion import subprocessors
 
 from .test_deletion_requests import NOW, _doc, _expected, _pick_targets
 

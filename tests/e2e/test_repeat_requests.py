@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance import request_records
-from compliance.datamap.validate import load_datamap
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.settings import REPO_ROOT
+from compliance.requests import request_records
 
 from .test_alert_channels import channels, slack_server, smtp_server  # noqa: F401 (fixtures)
 

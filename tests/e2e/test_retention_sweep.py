@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.validate import load_datamap
+from compliance.core.datamap.validate import load_datamap
 from compliance.retention.policy import load_policy
 
 from .conftest import AS_OF, REPO
@@ -40,7 +40,7 @@ def world(stack):
 
 
 def _plant_requests(engine):
-    from compliance.state import create_state_schema, insert_requests
+    from compliance.requests.state import create_state_schema, insert_requests
 
     create_state_schema(engine)
     rows = []
@@ -238,7 +238,7 @@ def test_dry_run_predicts_the_real_run_which_converges(world):
         assert clients == log_held  # a consumer hold keeps its client's lines (a superset)
 
     # the audit ledger has the sweep, with counts only
-    from compliance.ledger import entries
+    from compliance.core.ledger import entries
 
     sweeps = entries(state, kind="retention_sweep")
     assert len(sweeps) == 1 and sweeps[0].payload["mismatches"] == 0

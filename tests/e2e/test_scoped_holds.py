@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.validate import load_datamap
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.settings import REPO_ROOT
 
 from . import worldview
 

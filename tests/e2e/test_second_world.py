@@ -94,7 +94,7 @@ def _wipe(s3: Any, bucket: str) -> None:
 def w2(request, tmp_path_factory, s3_endpoint, airflow_db):
     """One seeded second world per backend, wired to Airflow like the demo's `stack`."""
     from compliance import runtime
-    from compliance.stores.s3 import s3_client
+    from compliance.core.stores.s3 import s3_client
 
     s3 = s3_client(endpoint_url=s3_endpoint, access_key="testing", secret_key="testing")
     tmp = tmp_path_factory.mktemp(f"world2-{request.param}")

@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 from matplotlib import image as mpimg
 
-from compliance import state
+from compliance.requests import state
 
 
 def _get(stack, key: str) -> bytes:

@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from compliance.localenv import (
+from compliance.core.stores.s3 import s3_client
+from compliance_dev.localenv import (
     UI_PASSWORDS,
     free_port,
     prepare_workspace,
@@ -45,7 +46,6 @@ from compliance.localenv import (
     ui_env,
     wait_http,
 )
-from compliance.stores.s3 import s3_client
 
 from ..conftest import IN_CI
 
@@ -120,7 +120,7 @@ def ui(tmp_path_factory) -> Iterator[UI]:
         # Only runs someone triggers: unpausing a DAG must not also start its scheduled run.
         env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"
         env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "True"
-        seed = [sys.executable, "-m", "compliance", "world", "seed", "--scale", "tiny"]
+        seed = [sys.executable, "-m", "compliance_dev", "world", "seed", "--scale", "tiny"]
         seed += ["--db", f"sqlite:///{home / 'crm.db'}", "--s3", s3_url]
         subprocess.run(seed, env=env, check=True, capture_output=True, timeout=120)
         bucket = env["COMPLIANCE_WORKSPACE_BUCKET"]

@@ -14,9 +14,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from compliance.datamap.model import DataMap
-from compliance.datamap.validate import load_datamap
-from compliance.stores.sql import engine_from_url
+from compliance.core.datamap.model import DataMap
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.stores.sql import engine_from_url
 from tests.e2e.conftest import _Receiver, airflow_db, esp_webhook, stack  # noqa: F401
 
 from .demo import Demo, full_demo
@@ -73,7 +73,7 @@ def demo(s3_endpoint: str, tmp_path_factory, request: pytest.FixtureRequest) -> 
     connections pointing at it, the moto server; every bucket is wiped before and after.
     """
     from compliance import runtime
-    from compliance.world.generate import seed_world
+    from compliance_dev.world.generate import seed_world
     from tests.e2e.conftest import AS_OF, REPO, Stack, _conn_env
 
     request.getfixturevalue("airflow_db")  # the metadata DB, reset once

@@ -132,9 +132,10 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> Any:
 
 
 def _corpus_phase(demo: Demo, stack: Any, monkeypatch: Any) -> None:
-    from compliance import inbox, runtime, state
-    from compliance.datamap.validate import load_datamap
-    from compliance.stores.sql import engine_from_url
+    from compliance import runtime
+    from compliance.core.datamap.validate import load_datamap
+    from compliance.core.stores.sql import engine_from_url
+    from compliance.requests import inbox, state
 
     manifest = json.loads((CORPUS / "expected.json").read_text())
     crm = engine_from_url(stack.db_url)
@@ -335,7 +336,7 @@ def full_demo(stack: Any, monkeypatch: Any) -> Demo:
 
 
 def _store_buckets() -> set[str]:
-    from compliance.datamap.validate import load_datamap
+    from compliance.core.datamap.validate import load_datamap
 
     return {s.bucket for s in load_datamap(os.environ["COMPLIANCE_DATAMAP"]).stores.values()}
 

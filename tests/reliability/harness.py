@@ -33,10 +33,10 @@ from typing import Any
 import boto3
 import sqlalchemy as sa
 
-from compliance import faults
-from compliance.datamap.model import DataMap
-from compliance.stores.s3 import s3_client
-from compliance.stores.sql import engine_from_url
+from compliance.core.datamap.model import DataMap
+from compliance.core.stores.s3 import s3_client
+from compliance.core.stores.sql import engine_from_url
+from compliance_dev import faults
 
 REPO = Path(__file__).resolve().parents[2]
 AS_OF = date(2026, 11, 20)  # the e2e world's as-of date (tests/e2e/conftest.py)
@@ -67,8 +67,8 @@ class Pristine:
 
 def build_pristine(s3_url: str, dm: DataMap, workdir: Path) -> Pristine:
     """Seed the tiny world (seed 7, as of AS_OF) once and keep a copy of everything."""
-    from compliance.world import objects as world_objects
-    from compliance.world.generate import seed_world
+    from compliance_dev.world import objects as world_objects
+    from compliance_dev.world.generate import seed_world
 
     s3 = admin_client(s3_url)
     crm_file = workdir / "pristine-crm.db"
@@ -154,7 +154,7 @@ class World:
     def reset(self) -> None:
         """Back to the pristine world with the inbox documents dropped; fresh state DB."""
         from compliance import runtime
-        from compliance.state import create_state_schema
+        from compliance.requests.state import create_state_schema
 
         for eng in self.engines:
             eng.dispose()
@@ -335,7 +335,8 @@ class DeletionJob(Job):
     dag_id = "deletion_requests"
 
     def tasks(self, now: datetime, xcom: dict[str, Any]) -> Iterator[Task]:
-        from compliance import erasure, inbox, outbox
+        from compliance.deletion import erasure, outbox
+        from compliance.requests import inbox
 
         w, dm, s3 = self.w, self.w.dm, self.w.s3
         crm = {name: w.engine(w.crm_url) for name in dm.systems}
@@ -706,7 +707,7 @@ def _workspace(w: World, norm: Callable[[str], str]) -> dict[str, Any]:
 
 
 def _state(w: World, norm: Callable[[str], str]) -> dict[str, Any]:
-    from compliance import ledger
+    from compliance.core import ledger
 
     eng = w.engine(w.state_url)
     check = ledger.verify(eng, HASH_KEY)

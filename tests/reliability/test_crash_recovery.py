@@ -29,7 +29,7 @@ from datetime import timedelta
 
 import pytest
 
-from compliance import erase_sql
+from compliance.deletion import erase_sql
 from tests.e2e import worldview
 from tests.e2e.conftest import _Receiver
 
@@ -67,8 +67,8 @@ DELETION_POINTS = [
     s3_call("DeleteObjects", 1, BUCKET, "inbox/"),  # intake: registered, inbox not emptied
     s3_call("PutObject", 2, BUCKET, "receipts/"),  # finalize: some receipts written, not all
     s3_call("DeleteObject", 1, BUCKET, "batches/"),  # finalize: all but the targets deleted
-    call("compliance.state.add_tombstones"),  # the batch's tombstones written
-    call("compliance.state.record_notices"),  # one request's notices sent and recorded
+    call("compliance.requests.state.add_tombstones"),  # the batch's tombstones written
+    call("compliance.requests.state.record_notices"),  # one request's notices sent and recorded
 ]
 RETRY_POINTS = {
     "after:finalize",

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from compliance import erase_sql, faults
-from compliance.world.generate import seed_world
+from compliance.deletion import erase_sql
+from compliance_dev import faults
+from compliance_dev.world.generate import seed_world
 from tests.conftest import PG_ADMIN_URL, fresh_pg_database
 
 from . import harness as h

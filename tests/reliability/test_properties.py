@@ -11,7 +11,7 @@
   included, never a substring); a rewrite drops or redacts exactly those lines and keeps every
   other byte. Besides the demo's flat stores, a store whose fields (and tenant) are nested paths
   (`actor.email`, `recipients[].email`, `ids[]`, `meta\\.v2.ip`, issue 14) is held to a spec
-  walker written here, independently of `compliance.datamap.paths`.
+  walker written here, independently of `compliance.core.datamap.paths`.
 
 Worlds are drawn from tiny pools so collisions (the same e-mail at two clients, a shared phone,
 a value only inside free text) are the common case, not the rare one. derandomize=True: CI
@@ -33,13 +33,13 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compliance import logs
-from compliance.datamap.model import IdentityType, LogStore
-from compliance.datamap.validate import load_datamap
-from compliance.erase_sql import execute_erasure, residue
-from compliance.resolve import Subject, resolve
-from compliance.stores.sql import engine_from_url
-from compliance.world import schema as w
+from compliance.core.datamap.model import IdentityType, LogStore
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.stores.sql import engine_from_url
+from compliance.deletion import logs
+from compliance.deletion.erase_sql import execute_erasure, residue
+from compliance.requests.resolve import Subject, resolve
+from compliance_dev.world import schema as w
 
 from .harness import REPO
 
@@ -539,7 +539,7 @@ target = st.sampled_from(["1", "2"]).flatmap(
 
 
 def spec_refs(line: bytes, store: Any, picks: list) -> frozenset[str]:
-    """The matching rule of docs (compliance.logs), written from the spec, not the code."""
+    """The matching rule of docs (compliance.deletion.logs), written from the spec, not the code."""
     try:
         text = line.decode()
         if not text.lstrip().startswith("{"):
@@ -692,7 +692,7 @@ def test_every_entry_of_a_real_ledger_is_tamper_evident(world, tmp_path):
     visible against a checkpoint (`--head`), as documented."""
     import sqlite3
 
-    from compliance import ledger
+    from compliance.core import ledger
 
     from . import harness as h
 

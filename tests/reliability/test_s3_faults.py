@@ -4,7 +4,7 @@ retries, and nothing is lost or duplicated (issue 8).
 The faults come from a botocore `before-send` hook on the jobs' client (the same client every
 deletion task gets in the harness), so they hit every operation the jobs make: listing,
 conditional PUTs, version deletion, receipts. What absorbs them is the project's client
-configuration, `compliance.stores.s3.RETRIES` (adaptive mode, 8 attempts), and for the one
+configuration, `compliance.core.stores.s3.RETRIES` (adaptive mode, 8 attempts), and for the one
 fault a client cannot retry blindly (a response lost after S3 acted: a conditional PUT retried
 after it succeeded meets its own new ETag) the task retries of the DAGs' default_args (2).
 Back-off sleeps are recorded instead of slept, to keep the suite fast; their sum is asserted.
@@ -21,7 +21,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 from botocore.httpsession import URLLib3Session
 
-from compliance.stores.s3 import RETRIES
+from compliance.core.stores.s3 import RETRIES
 
 from . import harness as h
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import pytest
 
 from compliance.access import bundle, disclosure, report
-from compliance.datamap.validate import load_datamap
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.settings import REPO_ROOT
 
 DM = load_datamap(REPO_ROOT / "config" / "datamap.yaml")
 WHEN = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)

@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from compliance import inbox, state
 from compliance.access import batch as access_batch
 from compliance.access import gather
-from compliance.datamap.validate import load_datamap
-from compliance.outputs import put_json
-from compliance.settings import REPO_ROOT
-from compliance.stores.sql import engine_from_url
-from compliance.world import schema as w
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.outputs import put_json
+from compliance.core.settings import REPO_ROOT
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import inbox, state
+from compliance_dev.world import schema as w
 
 DM = load_datamap(REPO_ROOT / "config" / "datamap.yaml")
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

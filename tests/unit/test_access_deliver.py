@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from compliance import inbox, state
 from compliance.access import deliver
-from compliance.stores.sql import engine_from_url
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import inbox, state
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -4,9 +4,9 @@ overrides, the "see retention policy" fallback, R10 statements and R13 stores.""
 from __future__ import annotations
 
 from compliance.access import disclosure
-from compliance.datamap.model import Category, Withhold
-from compliance.datamap.validate import load_datamap
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.model import Category, Withhold
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.settings import REPO_ROOT
 
 DM = load_datamap(REPO_ROOT / "config" / "datamap.yaml")
 POLICY = REPO_ROOT / "config" / "retention.yaml"

@@ -1,4 +1,4 @@
-"""Alerts (compliance.alerts, plugins/compliance_alerts.py): what they say, where they go.
+"""Alerts (compliance.core.alerts, plugins/compliance_alerts.py): what they say, where they go.
 
 No consumer data in any message: exception texts and run confs are where it would leak from,
 so both are fed in with a consumer's e-mail and phone and must not come out.
@@ -15,7 +15,7 @@ import airflow  # noqa: F401  (puts the plugins folder on sys.path, as in every 
 import pytest
 
 import compliance_alerts
-from compliance import alerts
+from compliance.core import alerts
 
 EMAIL = "jane.consumer@example.com"
 PHONE = "+14155550123"
@@ -171,7 +171,7 @@ def test_connection_configures_channels_when_environment_does_not():
 
 
 def test_nothing_configured_is_silent_with_one_warning(caplog, captured):
-    caplog.set_level(logging.INFO, logger="compliance.alerts")
+    caplog.set_level(logging.INFO, logger="compliance.core.alerts")
     alert = alerts.Alert("[compliance] x failed", "body")
     assert alerts.dispatch(alert) == []
     assert alerts.dispatch(alert) == []
@@ -279,7 +279,7 @@ def test_scheduled_dags_carry_a_deadline_alert(deadlines_on):
     """The nightly DAGs of this issue; retention_sweep and statistics_reports to follow."""
     import runpy
 
-    from compliance.settings import REPO_ROOT
+    from compliance.core.settings import REPO_ROOT
 
     for name in ("data_inventory", "deletion_requests", "deadline_watchdog"):
         dag = runpy.run_path(str(REPO_ROOT / "dags" / f"{name}.py"))[name]()

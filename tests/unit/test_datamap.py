@@ -2,7 +2,7 @@
 
 Each broken map is the demo map (config/datamap.yaml) with one small mutation; the test asserts
 the exact set of (rule, location) it produces, so a wrong rule, a wrong location, a missing or an
-extra issue all fail. Rules are those of `compliance.datamap.validate.RULES`; requirement ids
+extra issue all fail. Rules are those of `compliance.core.datamap.validate.RULES`; requirement ids
 (R8, R10, R19...) are from shared/reference/ccpa-requirements.md.
 """
 
@@ -19,9 +19,9 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from compliance.datamap.graph import Hop, chain_to_consumer, erase_order, tenant_path
-from compliance.datamap.model import Category, ExceptionCode, IdentityType, Withhold
-from compliance.datamap.validate import (
+from compliance.core.datamap.graph import Hop, chain_to_consumer, erase_order, tenant_path
+from compliance.core.datamap.model import Category, ExceptionCode, IdentityType, Withhold
+from compliance.core.datamap.validate import (
     RULES,
     DataMapInvalid,
     Issue,
@@ -29,8 +29,8 @@ from compliance.datamap.validate import (
     check_text,
     load_datamap,
 )
-from compliance.stores.sql import table_columns
-from compliance.world.schema import metadata
+from compliance.core.stores.sql import table_columns
+from compliance_dev.world.schema import metadata
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "config" / "datamap.yaml"

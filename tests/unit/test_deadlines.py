@@ -1,4 +1,4 @@
-"""The deadline watchdog (compliance.deadlines): thresholds, levels, the daily check, extensions.
+"""The deadline watchdog (compliance.requests.deadlines): thresholds, levels, the daily check, extensions.
 
 A seeded request set whose clocks sit at every distance from -5 to 15 days is checked as a
 daily run would check it: alerts must come exactly at the thresholds (R2, R3) and overdue, and
@@ -11,11 +11,12 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from compliance import deadlines, ledger, state
-from compliance.deadlines import ACK, OVERDUE, RESPOND
-from compliance.hashing import keyed_hash
-from compliance.state import ExtensionRefused, NewRequest
-from compliance.stores.sql import engine_from_url
+from compliance.core import ledger
+from compliance.core.hashing import keyed_hash
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import deadlines, state
+from compliance.requests.deadlines import ACK, OVERDUE, RESPOND
+from compliance.requests.state import ExtensionRefused, NewRequest
 
 KEY = b"unit-test-key"
 TODAY = date(2026, 11, 20)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.model import IdentityType
-from compliance.datamap.validate import load_datamap
-from compliance.erase_sql import execute_erasure, plan_erasure, residue
-from compliance.resolve import Subject, resolve
-from compliance.stores.sql import engine_from_url
-from compliance.world import schema as w
+from compliance.core.datamap.model import IdentityType
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.stores.sql import engine_from_url
+from compliance.deletion.erase_sql import execute_erasure, plan_erasure, residue
+from compliance.requests.resolve import Subject, resolve
+from compliance_dev.world import schema as w
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 5, 9, 30)
@@ -223,7 +223,7 @@ def _hashing_map():
     """The demo map with payments' card_token masked by `erase: hash`."""
     import yaml
 
-    from compliance.datamap.validate import check_text
+    from compliance.core.datamap.validate import check_text
 
     doc = yaml.safe_load((REPO / "config/datamap.yaml").read_text())
     doc["systems"]["crm"]["tables"]["payments"]["columns"]["card_token"]["erase"] = "hash"
@@ -237,8 +237,8 @@ def test_hash_masking_is_irreversible_a_random_key_per_run(crm):
     key recomputes it from the value. Masking for deletion uses a random key per run, never
     stored: equal values inside one run still hash alike (joins line up), the deployment's key
     does not reproduce them, and the next run's key is another."""
-    from compliance.erase_sql import HASH_PREFIX
-    from compliance.hashing import keyed_hash
+    from compliance.core.hashing import keyed_hash
+    from compliance.deletion.erase_sql import HASH_PREFIX
 
     system = _hashing_map()
     with crm.begin() as c:  # a second payment of the same consumer, same card; tenant 2 too

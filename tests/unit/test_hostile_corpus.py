@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from compliance.intake import (
+from compliance.requests.intake import (
     Accepted,
     Reason,
     Rejected,

@@ -1,4 +1,4 @@
-"""Intake of request documents (compliance.intake): parsing, normalisation, reason codes, due dates
+"""Intake of request documents (compliance.requests.intake): parsing, normalisation, reason codes, due dates
 (R1-R4, G1), verification (R5), minors (R24), look-back (R9, G2) and duplicates (R7, R20)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from compliance.datamap.model import IdentityType
-from compliance.intake import (
+from compliance.core.datamap.model import IdentityType
+from compliance.requests.intake import (
     Accepted,
     Jurisdiction,
     LookBack,
@@ -32,7 +32,7 @@ from compliance.intake import (
     request_key,
     validate_request,
 )
-from compliance.intake import identity_keys as intake_identity_keys
+from compliance.requests.intake import identity_keys as intake_identity_keys
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 CLIENTS = {"1": True, "2": True, "3": False}  # registry keys as text (inbox.load_clients)

@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from compliance import holds, inbox, intake
-from compliance.datamap.model import IdentityType, SqlSystem
-from compliance.erase_sql import HASH_PREFIX, execute_erasure, plan_erasure, residue
-from compliance.resolve import Subject, resolve
+from compliance.core.datamap.model import IdentityType, SqlSystem
+from compliance.core.sqlmap import KeyTypeError, key_order, key_text, typed_value, typed_values
+from compliance.core.stores.sql import engine_from_url
+from compliance.deletion.erase_sql import HASH_PREFIX, execute_erasure, plan_erasure, residue
+from compliance.requests import holds, inbox, intake
+from compliance.requests.resolve import Subject, resolve
 from compliance.retention.execute import _spans
-from compliance.sqlmap import KeyTypeError, key_order, key_text, typed_value, typed_values
-from compliance.stores.sql import engine_from_url
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 T0 = datetime(2025, 1, 15, 9, 0)

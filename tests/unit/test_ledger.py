@@ -1,4 +1,4 @@
-"""The audit ledger (compliance.ledger, R20): MAC chain, tamper detection, idempotency, PII guard.
+"""The audit ledger (compliance.core.ledger, R20): MAC chain, tamper detection, idempotency, PII guard.
 
 Tampering is done with raw SQL, as someone with write access to the database but without
 COMPLIANCE_HASH_KEY would do it.
@@ -17,10 +17,11 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from compliance import ledger, state
-from compliance.hashing import keyed_hash
-from compliance.ledger import Entry, Head
-from compliance.stores.sql import engine_from_url
+from compliance.core import ledger
+from compliance.core.hashing import keyed_hash
+from compliance.core.ledger import Entry, Head
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import state
 
 KEY = b"unit-test-ledger-key"
 REF = keyed_hash(KEY, "email", "someone@example.com")

@@ -23,7 +23,7 @@ def _deleted_files(pid: int) -> int:
 def test_deleted_versions_are_freed(tmp_path):
     port_file = tmp_path / "s3.url"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "compliance", "local-s3", "--port-file", str(port_file)]
+        [sys.executable, "-m", "compliance_dev", "local-s3", "--port-file", str(port_file)]
     )
     try:
         deadline = time.monotonic() + 60

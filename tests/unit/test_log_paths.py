@@ -1,7 +1,7 @@
 """Identity fields at any depth in JSON log lines (issue 14, deliverables 2 and 7).
 
-The path syntax (`compliance.datamap.paths`), the validator's `bad-path` rule, and the log engine
-(`compliance.logs`) on nested identities: scan, scrub (drop and redact), access gathering (R10
+The path syntax (`compliance.core.datamap.paths`), the validator's `bad-path` rule, and the log engine
+(`compliance.deletion.logs`) on nested identities: scan, scrub (drop and redact), access gathering (R10
 withholding at any depth) and the inventory's drift findings for logs and CSV backups. Object
 tests run against the moto S3 server (versioned buckets), like tests/unit/test_logs.py.
 """
@@ -15,13 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from compliance import inventory, logs
+from compliance import inventory
 from compliance.access import gather
-from compliance.datamap import paths
-from compliance.datamap.model import DataMap, IdentityType, LogStore
-from compliance.datamap.paths import EACH
-from compliance.datamap.validate import check_text
-from compliance.logs import Targets
+from compliance.core.datamap import paths
+from compliance.core.datamap.model import DataMap, IdentityType, LogStore
+from compliance.core.datamap.paths import EACH
+from compliance.core.datamap.validate import check_text
+from compliance.deletion import logs
+from compliance.deletion.logs import Targets
 
 DEMO_MAP = Path(__file__).resolve().parents[2] / "config" / "datamap.yaml"
 BUCKET = "cj-nested-logs"
@@ -477,7 +478,7 @@ def test_log_drift_reports_unseen_paths_and_identities_at_unmapped_paths(bucket)
 
 
 def test_backup_drift_reports_identity_values_in_undeclared_columns(bucket):
-    from compliance.datamap.validate import load_datamap
+    from compliance.core.datamap.validate import load_datamap
 
     dm = load_datamap(DEMO_MAP)
     store = dm.stores["crm_backups"]

@@ -1,4 +1,4 @@
-"""The log scanning engine (compliance.logs) against a real moto S3 server, versioned buckets."""
+"""The log scanning engine (compliance.deletion.logs) against a real moto S3 server, versioned buckets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from compliance import logs
-from compliance.datamap.model import IdentityType, LogStore
-from compliance.logs import Targets
+from compliance.core.datamap.model import IdentityType, LogStore
+from compliance.deletion import logs
+from compliance.deletion.logs import Targets
 
 BUCKET = "cj-app-logs"
 BATCH = "batch-0001"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from compliance import residue_oracle as oracle
-from compliance.datamap.model import DataMap
+from compliance.core.datamap.model import DataMap
+from compliance.deletion import residue_oracle as oracle
 
 EMAIL = "Jane.Roe77@Example.test"
 PHONE = "+14155550123"

@@ -16,13 +16,15 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from compliance import ledger, outbox, state
-from compliance.datamap.model import Recipient, SubProcessor
-from compliance.datamap.validate import check_text, load_datamap
-from compliance.erasure import Targets
-from compliance.outputs import put_json
-from compliance.settings import REPO_ROOT
-from compliance.stores.sql import engine_from_url
+from compliance.core import ledger
+from compliance.core.datamap.model import Recipient, SubProcessor
+from compliance.core.datamap.validate import check_text, load_datamap
+from compliance.core.outputs import put_json
+from compliance.core.settings import REPO_ROOT
+from compliance.core.stores.sql import engine_from_url
+from compliance.deletion import outbox
+from compliance.deletion.erasure import Targets
+from compliance.requests import state
 
 KEY = b"unit-outbox-key"
 BUCKET = "cj-outbox-unit"

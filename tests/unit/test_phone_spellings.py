@@ -13,9 +13,9 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-from compliance import intake
-from compliance.datamap.model import IdentityType, SqlSystem
-from compliance.resolve import Subject, resolve
+from compliance.core.datamap.model import IdentityType, SqlSystem
+from compliance.requests import intake
+from compliance.requests.resolve import Subject, resolve
 
 md = sa.MetaData()
 people = sa.Table(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from compliance import recordings
+from compliance.deletion import recordings
 
 BUCKET = "audio"
 

@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance import deadlines, inbox, request_records, state
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import deadlines, inbox, request_records, state
 from compliance.stats import config, metrics
-from compliance.stores.sql import engine_from_url
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 KEY = b"request-log-test-key"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from compliance.datamap.validate import load_datamap
+from compliance.core.datamap.validate import load_datamap
 from compliance.retention.objects import FILTERED_META, expire_store, plan_store
 from compliance.retention.policy import load_policy
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from compliance.__main__ import main
-from compliance.datamap.validate import check_text as check_datamap
-from compliance.datamap.validate import load_datamap
+from compliance.core.datamap.validate import check_text as check_datamap
+from compliance.core.datamap.validate import load_datamap
 from compliance.retention import check_file, check_text, coverage
 from compliance.retention.policy import R22_MINIMUM, Period, Wave, resolve
 

@@ -7,11 +7,11 @@ from datetime import date
 
 import pytest
 
-from compliance.ledger import entries, verify
+from compliance.core.ledger import entries, verify
+from compliance.core.stores.sql import engine_from_url
 from compliance.retention.report import build_report, mismatches, record, render_html, run_slug
 from compliance.retention.rows import RetentionError
 from compliance.retention.run import options
-from compliance.stores.sql import engine_from_url
 
 PLAN = {
     "as_of": "2026-06-15",
@@ -109,7 +109,7 @@ def test_report_and_ledger_payload_hold_no_personal_data():
     text = json.dumps(report())
     assert "@" not in text
     with pytest.raises(ValueError, match="e-mail"):
-        from compliance.ledger import reject_pii
+        from compliance.core.ledger import reject_pii
 
         reject_pii({"rules": {"x": "jo@example.com"}})
 

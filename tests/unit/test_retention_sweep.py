@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.validate import load_datamap
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.stores.s3 import ensure_bucket
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests.state import create_state_schema, insert_requests
 from compliance.retention import Sweep, execute_step, load_policy, plan_sweep
 from compliance.retention.report import ACTION_KEYS, mismatches
-from compliance.state import create_state_schema, insert_requests
-from compliance.stores.s3 import ensure_bucket
-from compliance.stores.sql import engine_from_url
-from compliance.world import schema as w
+from compliance_dev.world import schema as w
 
 REPO = Path(__file__).resolve().parents[2]
 DM = load_datamap(REPO / "config" / "datamap.yaml")
@@ -470,7 +470,7 @@ def test_a_subset_of_rules_only_touches_those_rules(crm, s3):
 )
 def test_an_injected_crash_anywhere_converges_on_the_clean_result(crm, s3, monkeypatch, fault):
     """Crash at a checkpoint, sweep again: the rows a crash-free sweep leaves (the other tests')."""
-    from compliance import faults
+    from compliance_dev import faults
 
     monkeypatch.setenv(faults.ENV, fault)
     faults.reset()

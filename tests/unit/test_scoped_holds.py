@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from compliance import erase_sql, erasure, holds, residue_oracle
-from compliance.datamap.validate import load_datamap
-from compliance.world import schema as w
+from compliance.core.datamap.validate import load_datamap
+from compliance.deletion import erase_sql, erasure, residue_oracle
+from compliance.requests import holds
+from compliance_dev.world import schema as w
 from tests.unit import test_erase_sql as base
 from tests.unit.test_erase_sql import KEY, T0, snapshot
 
@@ -276,7 +277,7 @@ def test_the_oracle_does_not_count_held_rows_as_residue(crm):
 
 
 def test_the_watchdog_warns_before_a_hold_ends_and_on_broken_rows(crm):
-    from compliance import hold_watch
+    from compliance.requests import hold_watch
 
     _hold(crm, 1, 1, 10, "messages", "legal_claims", expires=NOW + timedelta(days=5))
     _hold(crm, 2, 1, 11, "messages", "legal_claims", expires=NOW + timedelta(days=30))

@@ -17,9 +17,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.model import IdentityType
-from compliance.datamap.validate import load_datamap
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.model import IdentityType
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.settings import REPO_ROOT
 from tests.second_world import generate
 from tests.second_world.requests import document
 
@@ -56,7 +56,7 @@ def _line(**record) -> bytes:
 
 # -- "01" is not "1" -----------------------------------------------------------------------------
 def test_tenant_registry_keeps_01_and_1_apart(crm):
-    from compliance.inbox import load_clients
+    from compliance.requests.inbox import load_clients
 
     clients = load_clients(crm, SYSTEM)
     assert clients == CLIENTS  # text keys: "01" and "1" both there, the unicode one as spelt
@@ -64,7 +64,7 @@ def test_tenant_registry_keeps_01_and_1_apart(crm):
 
 
 def test_intake_takes_the_client_id_as_the_crm_spells_it():
-    from compliance.intake import Accepted, Rejected, validate_request
+    from compliance.requests.intake import Accepted, Rejected, validate_request
 
     email = WORLD.person("twin_01").primary_email
     for client in ("01", "1", generate.UNICODE_TENANT, generate.UUID_TENANT):
@@ -87,7 +87,7 @@ def test_intake_takes_the_client_id_as_the_crm_spells_it():
 
 
 def test_resolution_stays_inside_the_tenant_01_never_1(crm):
-    from compliance.resolve import Subject, resolve
+    from compliance.requests.resolve import Subject, resolve
 
     t01, t1 = WORLD.person("twin_01"), WORLD.person("twin_1")
     assert t01.emails & t1.emails and t01.ref_code == t1.ref_code == "C-0001"
@@ -109,7 +109,7 @@ def test_resolution_stays_inside_the_tenant_01_never_1(crm):
 
 
 def test_an_integer_tenant_column_never_reads_01_as_1():
-    from compliance.sqlmap import KeyTypeError, typed_value, typed_values
+    from compliance.core.sqlmap import KeyTypeError, typed_value, typed_values
 
     column = sa.Column("client_id", sa.Integer)
     assert typed_value(column, "1") == 1
@@ -120,7 +120,7 @@ def test_an_integer_tenant_column_never_reads_01_as_1():
 
 
 def test_hold_registry_with_a_varchar_client_column(crm):
-    from compliance.holds import active_holds, holding
+    from compliance.requests.holds import active_holds, holding
 
     held = WORLD.person("held")
     holds = active_holds(crm, SYSTEM, AS_OF, client_ids=["acme-east", "01", "1"])
@@ -137,7 +137,7 @@ def test_hold_registry_with_a_varchar_client_column(crm):
 def test_scan_finds_exactly_the_persons_lines_at_nested_paths(store_name, role):
     """The eraser's scan over the world's lines: the person's lines (ground truth), and never
     the twin's, whose e-mail or phone is the same in another tenant."""
-    from compliance.logs import Targets, scan_lines
+    from compliance.deletion.logs import Targets, scan_lines
 
     person = WORLD.person(role)
     lines = [ln for ln in WORLD.lines if ln.store == store_name]
@@ -155,7 +155,7 @@ def test_scan_finds_exactly_the_persons_lines_at_nested_paths(store_name, role):
 
 def test_unicode_tenant_spelt_with_json_escapes():
     """`zürich-süd` written as `z\\u00fcrich-s\\u00fcd` is the same tenant; `zurich-sud` is not."""
-    from compliance.logs import Targets, scan_lines
+    from compliance.deletion.logs import Targets, scan_lines
 
     person = WORLD.person("unicode")
     email = person.primary_email
@@ -172,7 +172,7 @@ def test_unicode_tenant_spelt_with_json_escapes():
 
 def test_escaped_dot_path_is_not_the_nested_one():
     """`meta\\.v2.ip` is the key "meta.v2", not meta -> v2: the same value under both."""
-    from compliance.datamap import paths
+    from compliance.core.datamap import paths
 
     record = {"meta.v2": {"ip": "10.0.0.1"}, "meta": {"v2": {"ip": "10.0.0.2"}}}
     assert list(paths.values(record, r"meta\.v2.ip")) == ["10.0.0.1"]
@@ -191,8 +191,8 @@ def _put(s3, store, lines: list[bytes], day: date) -> str:
 
 def test_identity_at_an_unmapped_path_only(s3):
     """The eraser (mapped paths) misses it; the naive oracle finds it, so no receipt (R16)."""
-    from compliance.logs import Targets, scan_lines
-    from compliance.residue_oracle import Value, verify_log_prefix
+    from compliance.deletion.logs import Targets, scan_lines
+    from compliance.deletion.residue_oracle import Value, verify_log_prefix
 
     person = WORLD.person("hostile")
     email = person.primary_email
@@ -218,9 +218,9 @@ def test_identity_at_an_unmapped_path_only(s3):
 def test_same_value_at_a_mapped_and_an_unmapped_path(s3):
     """Drop-line store: the mapped path condemns the whole line, so both copies go. Redact store:
     only the mapped copy is redacted; the unmapped copy stays, and the oracle must see it."""
-    from compliance.datamap import paths
-    from compliance.logs import Targets, rewrite_object, scan_lines
-    from compliance.residue_oracle import Value, verify_log_prefix
+    from compliance.core.datamap import paths
+    from compliance.deletion.logs import Targets, rewrite_object, scan_lines
+    from compliance.deletion.residue_oracle import Value, verify_log_prefix
 
     person = WORLD.person("hostile")
     email = person.primary_email

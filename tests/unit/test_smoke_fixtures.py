@@ -1,6 +1,6 @@
 from sqlalchemy import text
 
-from compliance.stores.sql import engine_from_url
+from compliance.core.stores.sql import engine_from_url
 
 
 def test_s3_roundtrip(s3):

@@ -1,4 +1,4 @@
-"""The compliance state database (compliance.state) on SQLite and PostgreSQL."""
+"""The compliance state database (compliance.requests.state) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, select
 
-from compliance import state
-from compliance.hashing import keyed_hash
-from compliance.state import ExtensionRefused, NewRequest, PlanRow, TransitionRefused
-from compliance.stores.sql import engine_from_url
+from compliance.core.hashing import keyed_hash
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import state
+from compliance.requests.state import ExtensionRefused, NewRequest, PlanRow, TransitionRefused
 
 KEY = b"unit-test-key"
 RECEIVED = datetime(2024, 1, 1, 10, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from compliance.datamap.validate import load_datamap
+from compliance.core.datamap.validate import load_datamap
 from compliance.stats.config import (
     StatsConfigError,
     check_against_datamap,

@@ -1,6 +1,6 @@
 """Every published figure against an independent computation, on SQLite and PostgreSQL.
 
-A small hand-built world (compliance.world.schema, our own rows) is aggregated by the job; the
+A small hand-built world (compliance_dev.world.schema, our own rows) is aggregated by the job; the
 test recomputes every figure in plain Python from the rows it inserted, then checks:
 - published cells carry exactly the independent figures, suppressed ones carry none;
 - no published cell (and no sum that subtraction reveals) describes fewer than k consumers;
@@ -20,12 +20,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.validate import load_datamap
-from compliance.outputs import ensure_workspace
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.outputs import ensure_workspace
+from compliance.core.stores.sql import engine_from_url
 from compliance.stats import config, figures, publish, rollup
 from compliance.stats.period import Period, parse_period, week_start
-from compliance.stores.sql import engine_from_url
-from compliance.world import schema
+from compliance_dev.world import schema
 from tests.unit.test_stats_suppress import recoverable
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """CCPA metrics (R23) and the operations view against a hand-built request history.
 
 Every expected figure below is worked out by hand from the rows inserted, on SQLite and
-PostgreSQL, through the state database's own table (`compliance.state.cj_requests`).
+PostgreSQL, through the state database's own table (`compliance.requests.state.cj_requests`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import pytest
 
-from compliance import state
-from compliance.outputs import ensure_workspace
+from compliance.core.outputs import ensure_workspace
+from compliance.core.stores.sql import engine_from_url
+from compliance.requests import state
 from compliance.stats import config, metrics, publish
 from compliance.stats.period import parse_period
-from compliance.stores.sql import engine_from_url
 
 AS_OF = datetime(2026, 1, 10, 12, tzinfo=UTC)
 BUCKET = "cj-stats-metrics"

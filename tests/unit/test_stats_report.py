@@ -11,12 +11,12 @@ import pandas as pd
 import sqlalchemy as sa
 from matplotlib import image as mpimg
 
-from compliance.datamap.validate import load_datamap
-from compliance.outputs import ensure_workspace
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.outputs import ensure_workspace
+from compliance.core.stores.sql import engine_from_url
 from compliance.stats import charts, config, publish
 from compliance.stats.period import parse_period
 from compliance.stats.report import render_report, table_section
-from compliance.stores.sql import engine_from_url
 from tests.unit.test_stats_figures import REPO, build_world
 
 HOSTILE = "<script>alert('x')</script>&co"

@@ -30,20 +30,20 @@ from compliance.__main__ import main
 from compliance.access import gather, render, report
 from compliance.access.batch import AccessBatch, targets_key
 from compliance.access.disclosure import Retention
-from compliance.datamap.graph import time_path
-from compliance.datamap.model import DataMap
-from compliance.datamap.validate import (
+from compliance.core.datamap.graph import time_path
+from compliance.core.datamap.model import DataMap
+from compliance.core.datamap.validate import (
     TimeColumnTypeError,
     check_against_schema,
     check_text,
     live_schema,
 )
-from compliance.outputs import put_json
+from compliance.core.outputs import put_json
+from compliance.core.stores.s3 import ensure_bucket
+from compliance.core.stores.sql import engine_from_url
 from compliance.retention import Sweep, coverage, execute_step
 from compliance.retention import check_text as policy_check
 from compliance.retention.policy import Policy
-from compliance.stores.s3 import ensure_bucket
-from compliance.stores.sql import engine_from_url
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 AS_OF = NOW.date()
@@ -489,7 +489,7 @@ def test_stats_source_on_a_table_without_time_column_is_a_config_error():
     """stats/config.py compares time columns: a source table without one is a clear error."""
     from pathlib import Path
 
-    from compliance.datamap.validate import load_datamap
+    from compliance.core.datamap.validate import load_datamap
     from compliance.stats.config import StatsConfigError, check_against_datamap, load_config
 
     repo = Path(__file__).resolve().parents[2]

@@ -21,12 +21,12 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from compliance.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
-from compliance.datamap.validate import load_datamap
-from compliance.stores.s3 import list_keys
-from compliance.stores.sql import engine_from_url
-from compliance.world import objects, schema
-from compliance.world.generate import Plan, WorldNotEmpty, seed_world
+from compliance.core.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
+from compliance.core.datamap.validate import load_datamap
+from compliance.core.stores.s3 import list_keys
+from compliance.core.stores.sql import engine_from_url
+from compliance_dev.world import objects, schema
+from compliance_dev.world.generate import Plan, WorldNotEmpty, seed_world
 
 REPO = Path(__file__).resolve().parents[2]
 AS_OF = date(2025, 6, 1)

@@ -4,13 +4,15 @@ business can hand over (R8-R15, R7, R27, G2, G3).
 The DAG `access_reports` calls, in order:
 
 - `plan` (`batch`): one batch of every open access request; identities resolved within each
-  client's tenant (`compliance.resolve`, shared with deletion), windows (R9, G2), repeats (R7);
+  client's tenant (`compliance.requests.resolve`, shared with deletion), windows (R9, G2), repeats
+  (R7);
 - `gather_system` / `gather_log_shard` (`gather`): one pass per SQL system and per log day,
   records per request into encrypted parts; withheld values never leave the store (R10);
 - `build_bundles` (`deliver`): report (`report`, `disclosure`), zip (`bundle`, `render`), upload
   with server-side encryption, an expiring link (R12), receipt, ledger entry, requests closed.
 
-Intake is the shared inbox (`compliance.inbox`): access documents arrive exactly like deletions.
+Intake is the shared inbox (`compliance.requests.inbox`): access documents arrive exactly like
+deletions.
 How to run it and read its outputs: docs/access.md.
 """
 

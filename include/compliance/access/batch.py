@@ -2,7 +2,8 @@
 
 The DAG `access_reports` plans one batch per run: all open requests of type `access` join it, so a
 thousand requests still cost one pass over each store. Planning resolves each request's identities
-to consumer rows *within its client's tenant* (`compliance.resolve`, shared with deletion), fixes
+to consumer rows *within its client's tenant* (`compliance.requests.resolve`, shared with
+deletion), fixes
 each request's look-back window (R9, G2), counts repeats (R7), and writes the batch's targets
 (identities included) encrypted to `batches/<id>/targets.json` in the workspace bucket. Tasks see
 only the batch id and a system or shard name.
@@ -23,10 +24,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from compliance import intake, logs, state
-from compliance.datamap.model import DataMap, IdentityType, LogStore
-from compliance.outputs import put_json
-from compliance.resolve import Subject, resolve
+from compliance.core.datamap.model import DataMap, IdentityType, LogStore
+from compliance.core.outputs import put_json
+from compliance.deletion import logs
+from compliance.requests import intake, state
+from compliance.requests.resolve import Subject, resolve
 
 BATCHES = "batches/"
 KIND = "access"

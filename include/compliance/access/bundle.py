@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from compliance.access import render
-from compliance.datamap.model import Category
+from compliance.core.datamap.model import Category
 
 INDEX = "index.html"
 DATA = "data.json"

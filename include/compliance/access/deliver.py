@@ -32,14 +32,15 @@ from urllib.parse import parse_qs, urlsplit
 from botocore.exceptions import ClientError
 from sqlalchemy import Engine
 
-from compliance import ledger, state
 from compliance.access import bundle, disclosure, gather, report
 from compliance.access.batch import AccessBatch, load, targets_key
-from compliance.datamap.model import DataMap, RecordingStore
-from compliance.hashing import keyed_hash
-from compliance.outputs import THREADS, delete_many, encryption_args, put_json, put_summary
-from compliance.request_records import receipt_fields as request_record_fields
-from compliance.stores.s3 import list_keys
+from compliance.core import ledger
+from compliance.core.datamap.model import DataMap, RecordingStore
+from compliance.core.hashing import keyed_hash
+from compliance.core.outputs import THREADS, delete_many, encryption_args, put_json, put_summary
+from compliance.core.stores.s3 import list_keys
+from compliance.requests import state
+from compliance.requests.request_records import receipt_fields as request_record_fields
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compliance.datamap.model import (
+from compliance.core.datamap.model import (
     BackupStore,
     Category,
     DataMap,

@@ -1,7 +1,8 @@
 """Gathering a batch's data: one pass per SQL system and per log day, one part each in S3.
 
 `gather_system` runs one SELECT per mapped table (and chunk of consumer ids) for *every* consumer
-of the batch, joined toward the consumer along the data map's relations (`compliance.sqlmap`), and
+of the batch, joined toward the consumer along the data map's relations (`compliance.core.sqlmap`),
+and
 keeps only rows of the request's own tenant inside the request's window. `gather_log_shard` scans
 one day folder with the shared log engine (`logs.collect_shard`) for the union window, then keeps
 each line only inside its own request's window. Rows and lines go to *parts*, one per system and log
@@ -32,14 +33,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance import logs
 from compliance.access.batch import BATCHES, load
-from compliance.datamap import paths as fpaths
-from compliance.datamap.model import DataMap, LogStore, RecordingStore
-from compliance.datamap.validate import TimeColumnTypeError, type_family
-from compliance.outputs import THREADS, put_bytes
-from compliance.sqlmap import MappedSql, key_text, record_id, typed_values
-from compliance.stores.s3 import list_keys
+from compliance.core.datamap import paths as fpaths
+from compliance.core.datamap.model import DataMap, LogStore, RecordingStore
+from compliance.core.datamap.validate import TimeColumnTypeError, type_family
+from compliance.core.outputs import THREADS, put_bytes
+from compliance.core.sqlmap import MappedSql, key_text, record_id, typed_values
+from compliance.core.stores.s3 import list_keys
+from compliance.deletion import logs
 
 CHUNK = 500
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from compliance import __version__
 from compliance.access import disclosure
-from compliance.datamap.graph import time_path
-from compliance.datamap.model import Category, DataMap, LogStore, RecordingStore
+from compliance.core.datamap.graph import time_path
+from compliance.core.datamap.model import Category, DataMap, LogStore, RecordingStore
 
 SCHEMA = "compliance-jobs/access-report/1"
 GENERATOR = {"name": "compliance-jobs access_reports", "version": __version__}

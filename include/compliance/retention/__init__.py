@@ -47,7 +47,7 @@ __all__ = [
 
 def check_file(policy_path: str | Path, datamap_path: str | Path) -> tuple[list[str], str]:
     """The CI check: (every problem, as text lines; a one-line summary when there are none)."""
-    from compliance.datamap.validate import DataMapInvalid, load_datamap
+    from compliance.core.datamap.validate import DataMapInvalid, load_datamap
 
     try:
         dm = load_datamap(datamap_path)

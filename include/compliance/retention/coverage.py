@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from compliance.datamap.graph import time_path
-from compliance.datamap.model import ColumnErase, DataMap, RecordingStore
-from compliance.datamap.validate import Issue
+from compliance.core.datamap.graph import time_path
+from compliance.core.datamap.model import ColumnErase, DataMap, RecordingStore
+from compliance.core.datamap.validate import Issue
 from compliance.retention.policy import (
     Action,
     Policy,

@@ -29,13 +29,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance import faults
-from compliance.datamap.graph import chain_to_consumer
-from compliance.datamap.model import TableErase
+from compliance.core import checkpoints
+from compliance.core.datamap.graph import chain_to_consumer
+from compliance.core.datamap.model import TableErase
 
 # Column erasure (nullify, placeholder, keyed hash) is erasure's own: one implementation.
-from compliance.erase_sql import _mask, execute_erasure, new_mask_key
-from compliance.recordings import recording_keys
+from compliance.deletion.erase_sql import _mask, execute_erasure, new_mask_key
+from compliance.deletion.recordings import recording_keys
 from compliance.retention import objects
 from compliance.retention.plan import Sweep, describe, request_log_table, store_plan
 from compliance.retention.policy import (
@@ -70,7 +70,7 @@ class Progress:
         started = time.perf_counter()
         with engine.begin() as conn:
             yield conn
-            faults.checkpoint("retention.in_batch", rule=self.rule_id, conn=conn)
+            checkpoints.reached("retention.in_batch", rule=self.rule_id, conn=conn)
         self.last = time.perf_counter() - started
         self.longest = max(self.longest, self.last)
 
@@ -85,7 +85,7 @@ class Progress:
             self.longest * 1000,
             json.dumps(done, sort_keys=True),
         )
-        faults.checkpoint("retention.after_batch", rule=self.rule_id, n=self.batches)
+        checkpoints.reached("retention.after_batch", rule=self.rule_id, n=self.batches)
         if self.on_batch:
             self.on_batch(self.rule_id, self.batches, counts)
 
@@ -154,7 +154,7 @@ def _expire_consumers(sweep: Sweep, step: Step, progress: Progress) -> dict[str,
             if keys:
                 objects.delete_keys(sweep.s3(store.connection), store.bucket, keys)
                 _add(counts, f"audio:{name}", "delete", len(keys))
-                faults.checkpoint("retention.after_audio", rule=step.id)
+                checkpoints.reached("retention.after_audio", rule=step.id)
         done = execute_erasure(rows.engine, spec, chunk, mask_key=mask_key)
         for table, affected in done.items():
             kind = "delete" if spec.tables[table].erase is TableErase.delete else "mask"
@@ -283,7 +283,7 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
             if keys:
                 objects.delete_keys(sweep.s3(store.connection), store.bucket, keys)
                 _add(counts, f"audio:{sname}", "delete", len(keys))
-                faults.checkpoint("retention.after_audio", rule=step.id)
+                checkpoints.reached("retention.after_audio", rule=step.id)
         with progress.transaction(rows.engine) as conn:
             if simple:  # one statement: the DELETE re-checks the predicate itself
                 gone = conn.execute(sa.delete(table).where(span, pred)).rowcount
@@ -466,7 +466,7 @@ def _purge_request_log(sweep: Sweep, step: Step, progress: Progress) -> dict[str
     counts: dict[str, dict[str, int]] = {"cj_requests": {"delete": 0}}
     if requests is None:
         return counts
-    from compliance.state import (
+    from compliance.requests.state import (
         cj_batch_lines,
         cj_batch_plan,
         cj_notices,

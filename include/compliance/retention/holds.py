@@ -4,7 +4,7 @@ The registry is the table the data map names (`systems.<s>.holds`): one row per 
 client (`contact_id` NULL) or one consumer, over everything (`scope: all`) or one table or store.
 A hold is active while `expires_at` is NULL (until released) or later than the as-of date's
 midnight; expired holds stop applying on the next sweep (a `law_enforcement_hold` lapses 90
-days after it was placed, `compliance.holds`). The scopes mean what they mean for deletion
+days after it was placed, `compliance.requests.holds`). The scopes mean what they mean for deletion
 (docs/deletion.md "Legal holds"): a hold on a table keeps the rows below it too (the callers ask
 `holds.scopes_holding`), a scope the data map does not know keeps everything of its client or
 consumer (`honoured`), and a hold with an invalid exception code is honoured all the same
@@ -23,9 +23,9 @@ from dataclasses import replace
 
 import sqlalchemy as sa
 
-from compliance.datamap.model import DataMap
-from compliance.holds import ALL, Hold, active_holds, known_scope
-from compliance.sqlmap import KeyTypeError, typed_value, typed_values
+from compliance.core.datamap.model import DataMap
+from compliance.core.sqlmap import KeyTypeError, typed_value, typed_values
+from compliance.requests.holds import ALL, Hold, active_holds, known_scope
 
 __all__ = ["ALL", "Hold", "active_holds", "held_clients", "held_expr", "honoured", "relevant"]
 

@@ -34,13 +34,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from compliance import faults, recordings
-from compliance.datamap import paths as fpaths
-from compliance.datamap.model import BackupStore, LogStore
-from compliance.logs import day_prefixes
-from compliance.outputs import encryption_args
+from compliance.core import checkpoints
+from compliance.core.datamap import paths as fpaths
+from compliance.core.datamap.model import BackupStore, LogStore
+from compliance.core.outputs import encryption_args
+from compliance.core.stores.s3 import delete_versions, list_prefixes
+from compliance.deletion import recordings
+from compliance.deletion.logs import day_prefixes
 from compliance.retention.policy import Rule
-from compliance.stores.s3 import delete_versions, list_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def expire_store(s3: Any, store: LogStore | BackupStore, plan: StorePlan) -> dic
     """Carry out `plan`; returns what was done (same keys as the plan's counts)."""
     done = {"partitions": len(plan.partitions), "delete_versions": 0, "filter": 0, "noncurrent": 0}
     done["delete_versions"] = delete_versions(s3, plan.bucket, plan.delete)
-    faults.checkpoint("retention.after_expired_versions", store=plan.store)
+    checkpoints.reached("retention.after_expired_versions", store=plan.store)
     log.info("store %s: %d expired version(s) deleted", plan.store, done["delete_versions"])
     dropped = emptied = 0
     clients = {str(c) for c in plan.held_clients}
@@ -302,7 +303,7 @@ def _filter_object(
         Metadata={FILTERED_META: "1"},
         **encryption_args(),  # the project's one SSE policy (outputs.py)
     )
-    faults.checkpoint("retention.after_filter_put", key=key)
+    checkpoints.reached("retention.after_filter_put", key=key)
     delete_versions(s3, bucket, [(key, version)])  # the pre-filter copy holds the others' lines
     return dropped, False
 

@@ -20,9 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.datamap.model import DataMap, TableErase
-from compliance.erase_sql import plan_erasure
-from compliance.recordings import recording_keys
+from compliance.core.datamap.model import DataMap, TableErase
+from compliance.deletion.erase_sql import plan_erasure
+from compliance.deletion.recordings import recording_keys
 from compliance.retention import objects
 from compliance.retention.holds import Hold, active_holds, held_clients, honoured
 from compliance.retention.policy import (
@@ -38,7 +38,7 @@ from compliance.retention.policy import (
 )
 from compliance.retention.rows import RetentionError, SystemRows, request_log_pred
 
-STATE_CONN_ID = "compliance_db"  # the state database (compliance.state.STATE_CONN_ID)
+STATE_CONN_ID = "compliance_db"  # the state database (compliance.requests.state.STATE_CONN_ID)
 
 
 @dataclass
@@ -262,7 +262,7 @@ def request_log_table(engine: Engine) -> sa.Table | None:
     """The state database's request log, or None before the state schema exists."""
     if not sa.inspect(engine).has_table("cj_requests"):
         return None
-    from compliance.state import cj_requests
+    from compliance.requests.state import cj_requests
 
     return cj_requests
 

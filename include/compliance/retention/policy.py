@@ -36,8 +36,8 @@ from pydantic import (
     ValidationError,
 )
 
-from compliance.datamap.graph import chain_to_consumer, time_path
-from compliance.datamap.model import (
+from compliance.core.datamap.graph import chain_to_consumer, time_path
+from compliance.core.datamap.model import (
     NAME_PATTERN,
     BackupStore,
     Category,
@@ -51,7 +51,7 @@ from compliance.datamap.model import (
 
 # The YAML line index and the Issue shape are the data map's: one way to say "where" for both
 # files (private helpers imported on purpose rather than written twice).
-from compliance.datamap.validate import Issue, _line_index, _nearest_line, _yaml_issue
+from compliance.core.datamap.validate import Issue, _line_index, _nearest_line, _yaml_issue
 
 RULES: dict[str, str] = {
     "yaml-syntax": "the file must be valid YAML holding a mapping",

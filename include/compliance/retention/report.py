@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from compliance.outputs import ensure_workspace, put_bytes, put_json, put_summary
+from compliance.core.outputs import ensure_workspace, put_bytes, put_json, put_summary
 
 DAG_ID = "retention_sweep"
 # Count keys that are actions (compared plan vs done); the rest (held, locked...) are facts.
@@ -131,8 +131,8 @@ def write_report(s3: Any, bucket: str, report: dict[str, Any]) -> dict[str, Any]
 
 def record(engine: Engine, hash_key: bytes, report: dict[str, Any], report_uri: str) -> int:
     """Append the sweep to the audit ledger (idempotent per run: a retried task adds nothing)."""
-    from compliance.ledger import Entry, append
-    from compliance.state import create_state_schema
+    from compliance.core.ledger import Entry, append
+    from compliance.requests.state import create_state_schema
 
     create_state_schema(engine)
     entry = Entry(

@@ -28,12 +28,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.datamap.graph import chain_to_consumer, time_path
-from compliance.datamap.model import DataMap, SqlSystem, TableErase
+from compliance.core.datamap.graph import chain_to_consumer, time_path
+from compliance.core.datamap.model import DataMap, SqlSystem, TableErase
+from compliance.core.sqlmap import KeyTypeError, MappedSql, Owned, typed_value
 
 # One implementation of "is this column still in its unerased form": erasure's own.
-from compliance.erase_sql import _unerased
-from compliance.holds import scopes_holding
+from compliance.deletion.erase_sql import _unerased
+from compliance.requests.holds import scopes_holding
 from compliance.retention.holds import Hold, held_expr
 from compliance.retention.policy import (
     WAVE_ORDER,
@@ -45,7 +46,6 @@ from compliance.retention.policy import (
     descendants,
     recording_stores,
 )
-from compliance.sqlmap import KeyTypeError, MappedSql, Owned, typed_value
 
 
 class RetentionError(Exception):

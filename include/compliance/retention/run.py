@@ -130,7 +130,7 @@ def report(
     cfg = runtime.settings()
     summary = write_report(runtime.s3(cfg.workspace_connection), cfg.workspace_bucket, rep)
     if not opts["dry_run"]:
-        from compliance.state import STATE_CONN_ID
+        from compliance.requests.state import STATE_CONN_ID
 
         seq = record(runtime.sql_engine(STATE_CONN_ID), cfg.hash_key, rep, summary["json"])
         summary["ledger_seq"] = seq

@@ -32,8 +32,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.datamap.model import TenantRegistry
-from compliance.sqlmap import key_text
+from compliance.core.datamap.model import TenantRegistry
+from compliance.core.sqlmap import key_text
 from compliance.stats.config import EventSource
 
 UNKNOWN = "unknown"  # the label of a NULL dimension or campaign

@@ -17,8 +17,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from compliance.datamap.model import NAME_PATTERN, DataMap, TenantRegistry
-from compliance.settings import REPO_ROOT
+from compliance.core.datamap.model import NAME_PATTERN, DataMap, TenantRegistry
+from compliance.core.settings import REPO_ROOT
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 Value = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta
 import pandas as pd
 from sqlalchemy import Engine
 
-from compliance.sqlmap import key_text
+from compliance.core.sqlmap import key_text
 from compliance.stats import aggregate, rollup
 from compliance.stats.aggregate import EVENTS, UNIQUES
 from compliance.stats.config import EventSource

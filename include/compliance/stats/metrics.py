@@ -42,9 +42,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.intake import INVALID_SUBMISSION
-from compliance.sqlmap import by_key_order, key_order, key_text
-from compliance.state import UNKNOWN
+from compliance.core.sqlmap import by_key_order, key_order, key_text
+from compliance.requests.intake import INVALID_SUBMISSION
+from compliance.requests.state import UNKNOWN
 from compliance.stats.config import Ccpa
 
 R23_TYPE = {"delete": "delete", "access": "know"}
@@ -78,11 +78,12 @@ METRIC_COLUMNS = [
 
 
 def _requests_table(engine: Engine) -> sa.Table | None:
-    """`compliance.state.cj_requests` when the table exists; None when it was never created."""
+    """`compliance.requests.state.cj_requests` when the table exists; None when it was never
+    created."""
     if not sa.inspect(engine).has_table("cj_requests"):
         return None
     try:
-        from compliance.state import cj_requests
+        from compliance.requests.state import cj_requests
     except ImportError:  # pragma: no cover - state.py is part of the project
         return sa.Table("cj_requests", sa.MetaData(), autoload_with=engine)
     return cj_requests

@@ -6,7 +6,7 @@
 3. `publish_report`: the HTML report from what steps 1 and 2 wrote, a manifest, the summary.
 
 Everything lands under `<output_prefix><period label>/` in the workspace bucket, encrypted
-(`compliance.outputs`). Steps return S3 keys and counts only, never rows.
+(`compliance.core.outputs`). Steps return S3 keys and counts only, never rows.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine
 
-from compliance.datamap.model import DataMap
-from compliance.outputs import put_bytes, put_json, put_summary
-from compliance.sqlmap import key_order
+from compliance.core.datamap.model import DataMap
+from compliance.core.outputs import put_bytes, put_json, put_summary
+from compliance.core.sqlmap import key_order
 from compliance.stats import aggregate, charts, figures, metrics, rollup
 from compliance.stats.config import StatsConfig, check_against_datamap, tenant_registry
 from compliance.stats.period import Period, week_start, weeks_between

@@ -30,7 +30,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import BigInteger, Column, Date, DateTime, Engine, MetaData, String, Table
 
-from compliance.sqlmap import key_text
+from compliance.core.sqlmap import key_text
 from compliance.stats import aggregate
 from compliance.stats.aggregate import MEASURES, Aggregates
 from compliance.stats.config import EventSource

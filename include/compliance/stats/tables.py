@@ -18,7 +18,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from compliance.sqlmap import by_key_order
+from compliance.core.sqlmap import by_key_order
 from compliance.stats.aggregate import EVENTS, UNIQUES, UNKNOWN
 from compliance.stats.figures import PeriodFigures
 from compliance.stats.period import Period, week_label
