@@ -24,6 +24,10 @@ RUN set -eu; \
 # The package `compliance` is imported from /opt/airflow/include through PYTHONPATH, exactly as
 # in docker-compose.yml (which mounts ./include over this copy for live code). It is deliberately
 # not pip-installed: a second copy in site-packages could silently differ from the mounted one.
+# dev/ (compliance_dev: synthetic worlds, the embedded local stack, fault injection) is deliberately
+# NOT copied: it is test and demo tooling, the product never imports it, and a production image
+# must not ship code that patches moto or crashes tasks on purpose. docker-compose.yml (a dev/demo
+# stack) mounts ./dev and puts it on PYTHONPATH for `python -m compliance_dev world seed`.
 ENV PYTHONPATH=/opt/airflow/include
 COPY --chown=airflow:0 include/ /opt/airflow/include/
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

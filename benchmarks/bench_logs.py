@@ -1,4 +1,4 @@
-"""Log scrub throughput (compliance.deletion.logs) against the shell pipeline it replaces.
+"""Log scrub throughput (compliance.deletion.log_scrub) against the shell pipeline it replaces.
 
     .venv/bin/python benchmarks/bench_logs.py [--mb 150] [--identities 1000] [--repeat 3]
 
@@ -30,8 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from compliance.core import logfiles
 from compliance.core.datamap.model import IdentityType, LogStore
-from compliance.deletion import logs
+from compliance.core.logfiles import reading
+from compliance.deletion import log_scrub
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work"
@@ -132,11 +134,11 @@ def generate(mb: int, identities: int) -> tuple[Path, Path, Path]:
     return obj, ids_txt, ids_json
 
 
-def load_targets(ids_json: Path) -> logs.Targets:
+def load_targets(ids_json: Path) -> logfiles.Targets:
     by_tenant: dict[str, list] = {}
     for itype, value, ten, ref in json.loads(ids_json.read_text()):
         by_tenant.setdefault(str(ten), []).append((IdentityType(itype), value, ref))
-    return logs.Targets(by_tenant)
+    return logfiles.Targets(by_tenant)
 
 
 def run_pipeline(obj: Path, ids_txt: Path, out: Path) -> float:
@@ -148,12 +150,12 @@ def run_pipeline(obj: Path, ids_txt: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_engine(obj: Path, targets: logs.Targets) -> tuple[float, logs.ObjectResult, int]:
-    matcher = logs._Matcher.get(STORE, targets)
+def run_engine(obj: Path, targets: logfiles.Targets) -> tuple[float, logfiles.ObjectResult, int]:
+    matcher = logfiles.Matcher.get(STORE, targets)
     started = time.perf_counter()
-    result = logs.ObjectResult(key=obj.name, bytes_in=obj.stat().st_size)
+    result = logfiles.ObjectResult(key=obj.name, bytes_in=obj.stat().st_size)
     with obj.open("rb") as body:
-        out = logs._edit_stream(body, matcher, STORE.erase, result)
+        out = log_scrub._edit_stream(body, matcher, STORE.erase, result)
     size = out.finish() if out is not None else 0
     elapsed = time.perf_counter() - started
     if out is not None:
@@ -161,12 +163,12 @@ def run_engine(obj: Path, targets: logs.Targets) -> tuple[float, logs.ObjectResu
     return elapsed, result, size
 
 
-def run_scan(obj: Path, targets: logs.Targets) -> tuple[float, int]:
-    matcher = logs._Matcher.get(STORE, targets)
+def run_scan(obj: Path, targets: logfiles.Targets) -> tuple[float, int]:
+    matcher = logfiles.Matcher.get(STORE, targets)
     started = time.perf_counter()
     matched = 0
-    with obj.open("rb") as raw, logs._gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-        for _, block in logs._line_blocks(gz, obj.name):
+    with obj.open("rb") as raw, reading.GZIP.GzipFile(fileobj=raw, mode="rb") as gz:
+        for _, block in reading.line_blocks(gz, obj.name):
             matched += len(matcher.scan(block)[0])
     return time.perf_counter() - started, matched
 
@@ -199,7 +201,7 @@ class MotoProcess:
         self.proc.wait(timeout=10)
 
 
-def s3_runs(obj: Path, targets: logs.Targets, repeat: int) -> dict[str, float]:
+def s3_runs(obj: Path, targets: logfiles.Targets, repeat: int) -> dict[str, float]:
     from compliance.core.stores.s3 import s3_client
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -219,13 +221,13 @@ def s3_runs(obj: Path, targets: logs.Targets, repeat: int) -> dict[str, float]:
             s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
             best["get"] = min(best["get"], time.perf_counter() - started)
             started = time.perf_counter()
-            r = logs.rewrite_object(s3, STORE, BUCKET, key, targets, batch_id="bench")
+            r = log_scrub.rewrite_object(s3, STORE, BUCKET, key, targets, batch_id="bench")
             best["rewrite"] = min(best["rewrite"], time.perf_counter() - started)
             assert r.rewritten
             for mode in ("all", "changed"):
                 s3.put_object(Bucket=BUCKET, Key=key, Body=body)
                 started = time.perf_counter()
-                shard = logs.scrub_shard(
+                shard = log_scrub.scrub_shard(
                     s3, STORE, "app/dt=2024-05-01/", targets, batch_id="bench", verify=mode
                 )
                 name = "shard" if mode == "all" else "shard_changed"
@@ -272,7 +274,7 @@ def main() -> int:
         "engine",
         engine_best,
         f"{result.lines_matched} of {result.lines_in} lines dropped, "
-        f"out {out_size / 1e6:.1f} MB (isal level {logs.COMPRESS_LEVEL})",
+        f"out {out_size / 1e6:.1f} MB (isal level {reading.COMPRESS_LEVEL})",
     )
     row("scan", scan_best, "scan only")
     if not args.no_s3:

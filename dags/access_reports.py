@@ -27,7 +27,7 @@ from datetime import datetime
 from airflow.sdk import Param, dag, task
 
 from compliance import access, runtime
-from compliance.jobs import intake as intake_job
+from compliance.jobs import access as jobs_access
 from compliance_alerts import DEFAULT_ARGS
 from compliance_forms import ONE, request_form
 
@@ -86,67 +86,30 @@ def _form(params: dict) -> dict:
 def access_reports():
     @task
     def intake(params: dict | None = None) -> dict:
-        return intake_job.intake(runtime.context(), _form(params or {}), "access")
+        return jobs_access.intake(runtime.context(), _form(params or {}))
 
     @task
     def plan(_intake: dict, params: dict | None = None) -> dict:
-        cfg = runtime.settings()
-        dm = runtime.datamap()
-        return access.plan(
-            runtime.s3(cfg.workspace_connection),
-            cfg.workspace_bucket,
-            dm,
-            runtime.engines(dm),
-            runtime.state_engine(),
-            runtime.now(),
-            include_audio=access.audio_setting((params or {}).get("include_audio")),
-        )
+        return jobs_access.plan(runtime.context(), (params or {}).get("include_audio"))
 
     @task
     def pick(batch: dict, what: str) -> list[str]:
+        """What one mapped task fans out over: Airflow maps only over a task's return value,
+        never over one key of it (`multiple_outputs`), so each list gets this small task."""
         return batch[what]
 
     @task(map_index_template="{{ system }}")
     def gather_system(batch: dict, system: str) -> dict:
-        cfg = runtime.settings()
-        dm = runtime.datamap()
-        return access.gather_system(
-            runtime.s3(cfg.workspace_connection),
-            cfg.workspace_bucket,
-            dm,
-            runtime.sql_engine(dm.systems[system].connection),
-            batch["batch_id"],
-            system,
-        )
+        return jobs_access.gather_system(runtime.context(), batch, system)
 
     @task(map_index_template="{{ shard }}")
     def gather_logs(batch: dict, shard: str) -> dict:
-        cfg = runtime.settings()
-        dm = runtime.datamap()
-        return access.gather_log_shard(
-            runtime.s3(cfg.workspace_connection),
-            cfg.workspace_bucket,
-            dm,
-            runtime.s3(dm.stores[shard.split("|")[0]].connection),
-            batch["batch_id"],
-            shard,
-        )
+        return jobs_access.gather_logs(runtime.context(), batch, shard)
 
     @task(trigger_rule="none_failed")
     def build_bundles(batch: dict, _gathered: list | None, params: dict | None = None) -> dict:
-        cfg = runtime.settings()
-        dm = runtime.datamap()
-        return access.build_bundles(
-            runtime.s3(cfg.workspace_connection),
-            cfg.workspace_bucket,
-            dm,
-            {name: runtime.s3(store.connection) for name, store in dm.stores.items()},
-            runtime.state_engine(),
-            cfg.hash_key,
-            batch["batch_id"],
-            runtime.now(),
-            retention_path=cfg.retention_path,
-            link_days=int((params or {}).get("link_expiry_days") or access.MAX_LINK_DAYS),
+        return jobs_access.build_bundles(
+            runtime.context(), batch, (params or {}).get("link_expiry_days")
         )
 
     batch = plan(intake())

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from compliance import inventory, runtime
+from compliance import runtime
+from compliance.jobs import inventory as jobs_inventory
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 
@@ -35,30 +36,15 @@ def data_inventory():
     @task
     def plan() -> list[str]:
         """Validate the map and name what to inspect: one mapped task per system and store."""
-        dm = runtime.datamap()
-        return [f"system:{name}" for name in sorted(dm.systems)] + [
-            f"store:{name}" for name in sorted(dm.stores)
-        ]
+        return jobs_inventory.plan(runtime.context())
 
     @task(map_index_template="{{ target }}")
     def inspect(target: str) -> dict:
-        kind, name = target.split(":", 1)
-        dm = runtime.datamap()
-        if kind == "system":
-            engine = runtime.sql_engine(dm.systems[name].connection)
-            return inventory.inspect_sql_system(engine, dm, name).to_dict()
-        s3 = runtime.s3(dm.stores[name].connection)
-        return inventory.inspect_object_store(s3, dm, name).to_dict()
+        return jobs_inventory.inspect(runtime.context(), target)
 
     @task
     def report(findings: list[dict]) -> dict:
-        cfg = runtime.settings()
-        s3 = runtime.s3(cfg.workspace_connection)
-        summary = inventory.write_report(
-            s3, cfg.workspace_bucket, runtime.run_day(), list(findings)
-        )
-        inventory.raise_on_problems(summary)
-        return summary
+        return jobs_inventory.report(runtime.context(), findings)
 
     report(inspect.expand(target=plan()))
 

@@ -26,20 +26,20 @@ Daily, alerts compliance staff before a request's legal deadline passes (R2-R4, 
 check* (report what reached a level after this time; default the previous successful run;
 set it far back to list everything at a level), *thresholds* (days left, one per line; default
 `COMPLIANCE_DEADLINE_THRESHOLDS` or 7, 2). It changes no request; only the notice outbox moves.
-To record an extension use the DAG `request_extension`. Logic: `compliance.requests.deadlines`;
+To record an extension use the DAG `request_extension`. Tasks: `compliance.jobs.watchdog`;
+rules: `compliance.requests.deadlines`;
 what each alert means: docs/operations.md.
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
 from compliance import runtime
-from compliance.core import alerts
-from compliance.deletion import outbox
-from compliance.requests import deadlines, hold_watch
+from compliance.jobs import watchdog
+from compliance.requests import deadlines
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 FORM = {
@@ -95,87 +95,27 @@ def _previous_success() -> datetime | None:
 def deadline_watchdog():
     @task
     def check(params: dict | None = None) -> dict:
-        params = params or {}
-        given = params.get("last_check")
-        last = datetime.fromisoformat(given) if given else None
-        if last is None:
-            prev = get_current_context().get("prev_start_date_success")  # lazy; may wrap None
-            last = prev if isinstance(prev, datetime) else None
-        day = date.fromisoformat(params.get("as_of") or runtime.run_day())
-        thresholds = deadlines.configured_thresholds(params.get("thresholds"))
-        found = deadlines.watch(runtime.state_engine(), day, last, thresholds)
-        cfg = runtime.settings()
-        report = deadlines.Report(day, last, thresholds, tuple(found))
-        return deadlines.write_report(
-            runtime.s3(cfg.workspace_connection), cfg.workspace_bucket, report
-        )
+        return watchdog.check(runtime.context(), params, _previous_success())
 
     @task
     def notify(summary: dict) -> dict:
-        if not summary["alerts"]:
-            return {"sent": []}
-        cfg = runtime.settings()
-        report = deadlines.read_report(
-            runtime.s3(cfg.workspace_connection), cfg.workspace_bucket, summary["key"]
-        )
-        message = deadlines.digest(report.alerts, report.as_of, report.thresholds)
-        settings = alerts.alert_settings()
-        sent = alerts.dispatch(message, settings) if message else []
-        if alerts.configured_channels(settings) and not sent:
-            # Every configured channel failed: fail (and retry) rather than stay silent.
-            raise RuntimeError("no alert channel accepted the deadline digest")
-        return {"sent": sent}
+        return watchdog.notify(runtime.context(), summary)
 
     @task
     def chase_notices() -> dict:
-        cfg = runtime.settings()
-        return outbox.chase(  # R16.3, R16.4: send due notices; report what needs a person
-            runtime.s3(cfg.workspace_connection),
-            cfg.workspace_bucket,
-            runtime.datamap(),
-            runtime.state_engine(),
-            cfg.hash_key,
-            runtime.now(),
-            _previous_success(),
-            runtime.sns(),
-        )
+        return watchdog.chase_notices(runtime.context(), _previous_success())
 
     @task
     def notify_notices(summary: dict) -> dict:
-        cfg = runtime.settings()
-        return outbox.send_alerts(
-            runtime.s3(cfg.workspace_connection),
-            cfg.workspace_bucket,
-            summary,
-            runtime.now().date(),
-        )
+        return watchdog.notify_notices(runtime.context(), summary)
 
     @task
     def check_holds(params: dict | None = None) -> dict:
-        params = params or {}
-        cfg = runtime.settings()
-        dm = runtime.datamap()
-        given = params.get("last_check")
-        found = hold_watch.check(  # R19: holds ending in 7 days, invalid codes and scopes
-            dm,
-            runtime.engines(dm),
-            runtime.now(),
-            datetime.fromisoformat(given) if given else _previous_success(),
-        )
-        day = params.get("as_of") or runtime.run_day()
-        s3 = runtime.s3(cfg.workspace_connection)
-        return hold_watch.write(s3, cfg.workspace_bucket, day, found)
+        return watchdog.check_holds(runtime.context(), params, _previous_success())
 
     @task
     def notify_holds(summary: dict) -> dict:
-        message = hold_watch.digest(summary)
-        if message is None:
-            return {"sent": []}
-        settings = alerts.alert_settings()
-        sent = alerts.dispatch(message, settings)
-        if alerts.configured_channels(settings) and not sent:
-            raise RuntimeError("no alert channel accepted the legal-hold digest")
-        return {"sent": sent}
+        return watchdog.notify_holds(runtime.context(), summary)
 
     notify(check())
     notify_holds(check_holds())

@@ -16,18 +16,22 @@ Refused, with the reason in the task log and in the failure alert, when:
 
 A refused extension changes nothing; the same form submitted twice is a no-op. An accepted one
 is written to the request (`extended_due`) and to the audit ledger (`request_extended`). The
-deadline watchdog then counts down to the new date. Logic: `compliance.requests.deadlines.extend`.
+deadline watchdog then counts down to the new date. Task: `compliance.jobs.extension.record`;
+logic: `compliance.requests.deadline_watch.extend`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from compliance import runtime
-from compliance.requests import deadlines, state
+from compliance.jobs import extension
+from compliance.requests import state
 from compliance_alerts import DEFAULT_ARGS
 
 FORM = {
@@ -84,6 +88,16 @@ FORM = {
 }
 
 
+def _refusal_fails(step: Callable[..., dict], *args: Any) -> dict:
+    """A refusal is an answer, not an outage: fail at once (no retry), the reason first."""
+    try:
+        return step(*args)
+    except state.ExtensionRefused as refused:
+        raise AirflowFailException(
+            f"extension refused ({refused.reason_code}): {refused.message}"
+        ) from refused
+
+
 @dag(
     schedule=None,
     start_date=datetime(2026, 1, 1),
@@ -98,25 +112,7 @@ FORM = {
 def request_extension():
     @task
     def record(params: dict | None = None) -> dict:
-        params = params or {}
-        try:
-            done = deadlines.extend(
-                runtime.state_engine(),
-                runtime.settings().hash_key,
-                str(params["client_id"]),  # tenant ids are text (integer, text or UUID)
-                params["request_id"],
-                params["type"],
-                datetime.fromisoformat(params["notice_at"]),
-                params["reason"],
-                utc_offset=params.get("notice_utc_offset"),
-                now=runtime.now(),  # R4: a notice dated after this is refused
-            )
-        except state.ExtensionRefused as refused:
-            # A refusal is an answer, not an outage: fail at once (no retry), reason first.
-            raise AirflowFailException(
-                f"extension refused ({refused.reason_code}): {refused.message}"
-            ) from refused
-        return done.to_dict()
+        return _refusal_fails(extension.record, runtime.context(), params or {})
 
     record()
 

@@ -30,7 +30,8 @@ from airflow.sdk import Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from compliance import runtime
-from compliance.retention import PolicyInvalid, RetentionError, run
+from compliance.jobs import retention as jobs_retention
+from compliance.retention import PolicyInvalid, RetentionError
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 # (wave, task id), in sweep order: children's consumers first (R26), objects alongside.
@@ -81,31 +82,27 @@ def retention_sweep():
     @task(multiple_outputs=True)
     def plan() -> dict:
         """Options from the form, then the dry-run diff and each wave's rule ids."""
-        ctx = get_current_context()
-        try:
-            opts = run.options(
-                dict(ctx["params"]), scheduled=runtime.scheduled(ctx), run_day=runtime.run_day()
-            )
-            return run.plan(opts)
-        except (RetentionError, PolicyInvalid) as exc:  # a retry would not fix the form or file
-            raise AirflowFailException(str(exc)) from exc
+        return _plan_or_fail(runtime.context(), get_current_context())
 
     @task
     def rules(planned: dict, wave: str) -> list[str]:
-        """The rule ids one wave runs (none on a dry run): what the next task maps over."""
+        """The rule ids one wave runs (none on a dry run): what the next task maps over.
+
+        Airflow maps only over a task's return value, never over one key of a
+        `multiple_outputs` task, so each wave's list gets its own small task."""
         return planned["waves"][wave]
 
     @task(map_index_template="{{ rule_id }}")
     def execute(options: dict, rule_id: str) -> dict:
         """One rule, in short batches; counts only."""
-        return run.execute(options, rule_id)
+        return jobs_retention.execute(runtime.context(), options, rule_id)
 
     @task(trigger_rule="none_failed")
     def report(planned: dict, options: dict, *waves: list) -> dict:
         """JSON + HTML report (plan next to result), summary, and the ledger entry."""
-        results = [r for wave in waves for r in (wave or [])]
-        run_id = get_current_context()["run_id"]
-        return run.report(options, planned, results, run_id)
+        return jobs_retention.report(
+            runtime.context(), planned, options, list(waves), get_current_context()["run_id"]
+        )
 
     p = plan()
     done = []
@@ -116,6 +113,16 @@ def retention_sweep():
         done.append(step.partial(options=p["options"]).expand(rule_id=ids))
     chain(*done[:-1])  # objects (the last) run alongside the SQL waves
     report(p["plan"], p["options"], *done)
+
+
+def _plan_or_fail(ctx, context) -> dict:
+    """A bad form or policy file fails the task at once: a retry would not fix either."""
+    try:
+        return jobs_retention.plan(
+            ctx, dict(context["params"]), scheduled=runtime.scheduled(context)
+        )
+    except (RetentionError, PolicyInvalid) as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 retention_sweep()

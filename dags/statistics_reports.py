@@ -30,7 +30,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import MultipleCronTriggerTimetable
 
 from compliance import runtime
-from compliance.stats.period import MONTHLY_CRON, WEEKLY_CRON
+from compliance.jobs import statistics as jobs_statistics
+from compliance.stats.period import MONTHLY_CRON, WEEKLY_CRON, PeriodError
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
 
 
@@ -73,69 +74,43 @@ def statistics_reports():
     @task
     def resolve_period() -> dict:
         """Validate the period first, so a bad one fails at once (no retries) with its reason."""
-        from compliance.stats import config, period
-
-        ctx = get_current_context()
-        when = ctx.get("logical_date") or ctx["dag_run"].run_after
-        cfg = config.load_config()
-        try:
-            return period.resolve(ctx["params"], when, cfg.reports.max_period_days).to_dict()
-        except period.PeriodError as exc:
-            raise AirflowFailException(f"refused period: {exc}") from exc
+        return _refuse_bad_period(runtime.context(), *_when(get_current_context()))
 
     @task
     def event_statistics(span: dict) -> dict:
-        from compliance.stats import config, publish
-        from compliance.stats.period import Period
-
-        cfg, dm, env = config.load_config(), runtime.datamap(), runtime.settings()
-        events = runtime.sql_engine(dm.systems[cfg.source.system].connection)
-        return publish.publish_event_statistics(
-            events,
-            runtime.sql_engine(cfg.state_connection),
-            runtime.s3(env.workspace_connection),
-            env.workspace_bucket,
-            dm,
-            cfg,
-            Period.from_dict(span),
-            today=datetime.fromisoformat(runtime.run_day()).date(),
-            refresh=bool(get_current_context()["params"].get("refresh_rollups")),
-        )
+        return jobs_statistics.event_statistics(runtime.context(), span, _refresh())
 
     @task
     def ccpa_metrics(span: dict) -> dict:
-        from compliance.stats import config, publish
-        from compliance.stats.period import Period
-
-        cfg, env = config.load_config(), runtime.settings()
-        ctx = get_current_context()
-        return publish.publish_ccpa_metrics(
-            runtime.sql_engine(cfg.state_connection),
-            runtime.s3(env.workspace_connection),
-            env.workspace_bucket,
-            cfg,
-            Period.from_dict(span),
-            as_of=ctx["dag_run"].run_after,
-            year=ctx["params"].get("ccpa_year"),
-        )
+        return jobs_statistics.ccpa_metrics(runtime.context(), span, *_as_of_year())
 
     @task
     def report(span: dict, events: dict, ccpa: dict) -> dict:
-        from compliance.stats import config, publish
-        from compliance.stats.period import Period
-
-        env = runtime.settings()
-        return publish.publish_report(
-            runtime.s3(env.workspace_connection),
-            env.workspace_bucket,
-            config.load_config(),
-            Period.from_dict(span),
-            events,
-            ccpa,
-        )
+        return jobs_statistics.report(runtime.context(), span, events, ccpa)
 
     span = resolve_period()
     report(span, event_statistics(span), ccpa_metrics(span))
+
+
+def _when(context: dict) -> tuple[dict, datetime]:
+    """The form's values and the run's logical date (scheduled) or trigger time (manual)."""
+    return context["params"], context.get("logical_date") or context["dag_run"].run_after
+
+
+def _refuse_bad_period(ctx, params: dict, when: datetime) -> dict:
+    try:
+        return jobs_statistics.resolve_period(ctx, params, when)
+    except PeriodError as exc:
+        raise AirflowFailException(f"refused period: {exc}") from exc
+
+
+def _refresh() -> bool:
+    return bool(get_current_context()["params"].get("refresh_rollups"))
+
+
+def _as_of_year() -> tuple[datetime, int | None]:
+    context = get_current_context()
+    return context["dag_run"].run_after, context["params"].get("ccpa_year")
 
 
 statistics_reports()

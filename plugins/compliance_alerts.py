@@ -2,8 +2,9 @@
 
 Lives in `plugins/` because callbacks run in the workers (task failure callbacks), the
 dag-processor and the triggerer (Deadline Alerts' async callbacks), which all have the plugins
-folder on their path. What a message says and where it goes is `compliance.core.alerts` (plain
-Python, tested without Airflow); it never carries a consumer's data.
+folder on their path. What a message says is `compliance.core.alerts` (plain Python, tested
+without Airflow; it never carries a consumer's data); where it goes is `compliance_channels`
+(Airflow's hooks), configured by `Settings.env`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from airflow.sdk import AsyncCallback, BaseNotifier, DeadlineAlert, DeadlineReference
 
 from compliance.core import alerts
+from compliance.core.settings import Settings
+from compliance_channels import AirflowChannels
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class FailureAlert(BaseNotifier):
     template_fields = ()
 
     def notify(self, context: dict[str, Any]) -> None:
-        alerts.dispatch(alerts.failure_message(context))
+        AirflowChannels(Settings.from_env().env).alert(alerts.failure_message(context))
 
 
 def on_failure(context: dict[str, Any]) -> None:
@@ -55,7 +58,11 @@ class DeadlineMissed(BaseNotifier):
         await asyncio.to_thread(self.notify, context)
 
     def notify(self, context: dict[str, Any]) -> None:
-        alerts.dispatch(alerts.deadline_missed_message(context, self.expected))
+        env = Settings.from_env().env
+        message = alerts.deadline_missed_message(
+            context, self.expected, env.get("AIRFLOW__API__BASE_URL")
+        )
+        AirflowChannels(env).alert(message)
 
 
 def deadline_alerts_enabled() -> bool:

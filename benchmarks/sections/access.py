@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmarks.sections import _common as C
 
-IMPORTS = ["compliance.access", "compliance.requests.inbox"]
+IMPORTS = ["compliance.access", "compliance.jobs.access", "compliance.requests.inbox"]
 SECTION = "access"
 
 
@@ -25,55 +25,51 @@ def available() -> str | None:
     return None
 
 
-def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
-    from compliance.requests import inbox
+# Each stage calls the DAG's own task function (`compliance.jobs.access`) with a `JobContext` on
+# the benchmark's databases and buckets: the code measured is the code the DAG runs.
 
-    dm = C.datamap()
-    system = dm.systems[sorted(dm.systems)[0]]
-    clients = inbox.load_clients(C.engine(ctx["crm"]), system)
-    return inbox.ingest(
-        C.s3(), ctx["ws"], clients, C.engine(ctx["state"]), C.HASH_KEY, C.now()
-    ).to_dict()
+
+def job_context(ctx: dict[str, str]) -> Any:
+    """The deletion section's context (same databases and buckets), with the benchmark's
+    retention policy for the bundles' disclosure."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from benchmarks.sections.deletion import job_context as base
+
+    job = base(ctx)
+    return replace(job, settings=replace(job.settings, retention_path=Path(C.env().retention_path)))
+
+
+def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
+    from compliance.jobs import access as job
+
+    return job.intake(job_context(ctx), {})
 
 
 def stage_plan(ctx: dict[str, str]) -> dict[str, Any]:
-    from compliance import access
+    from compliance.jobs import access as job
 
-    dm = C.datamap()
-    engines = {name: C.engine(ctx["crm"]) for name in dm.systems}
-    return access.plan(C.s3(), ctx["ws"], dm, engines, C.engine(ctx["state"]), C.now())
+    return job.plan(job_context(ctx))
 
 
 def stage_gather_system(ctx: dict[str, str], batch_id: str, system: str) -> dict[str, Any]:
-    from compliance import access
+    from compliance.jobs import access as job
 
-    return access.gather_system(
-        C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["crm"]), batch_id, system
-    )
+    return job.gather_system(job_context(ctx), {"batch_id": batch_id}, system)
 
 
 def stage_gather_logs(ctx: dict[str, str], batch_id: str, shard: str) -> dict[str, Any]:
-    from compliance import access
+    from compliance.jobs import access as job
 
-    return access.gather_log_shard(C.s3(), ctx["ws"], C.datamap(), C.s3(), batch_id, shard)
+    return job.gather_logs(job_context(ctx), {"batch_id": batch_id}, shard)
 
 
 def stage_build(ctx: dict[str, str], batch_id: str) -> dict[str, Any]:
     from compliance import access
+    from compliance.jobs import access as job
 
-    dm = C.datamap()
-    return access.build_bundles(
-        C.s3(),
-        ctx["ws"],
-        dm,
-        dict.fromkeys(dm.stores, C.s3()),
-        C.engine(ctx["state"]),
-        C.HASH_KEY,
-        batch_id,
-        C.now(),
-        retention_path=C.env().retention_path,
-        link_days=access.MAX_LINK_DAYS,
-    )
+    return job.build_bundles(job_context(ctx), {"batch_id": batch_id}, access.MAX_LINK_DAYS)
 
 
 def run_batch(bench: C.Bench, n: int, workers: int) -> dict[str, Any]:

@@ -6,14 +6,14 @@ the workspace bucket are new. Consumers are disjoint between batches, because th
 a batch deletes are not restored (the recording store loses at most a few dozen of its objects
 over the whole run: documented, negligible).
 
-The stages are the DAG's (`dags/deletion_requests.py`), called in its order with the same
-arguments as its tasks, each in its own process(es); log shards run on `--workers` processes
+The stages are the DAG's task functions (`compliance.jobs.deletion`), called in its order with
+the XComs its tasks pass, each in its own process(es); log shards run on `--workers` processes
 at once, as mapped tasks on that many workers would. A batch's time is the sum of its stages
 (the DAG runs the middle five side by side: the sum is an upper bound).
 
 The naive loop does, for each request on its own, what a per-request job would: resolve that
 one consumer, erase it (`erase_sql.execute_erasure`), and scan and rewrite every log object for
-that one identity set (`logs.scrub_shard`, same workers). It runs on `--naive` requests and
+that one identity set (`log_scrub.scrub_shard`, same workers). It runs on `--naive` requests and
 is scaled linearly to the largest batch size (its cost per request does not depend on how many
 came before: every request pays a full pass over the logs).
 """
@@ -24,14 +24,17 @@ import statistics
 from typing import Any
 
 from benchmarks.sections import _common as C
+from compliance.core.shards import LogShard
 
 IMPORTS = [
+    "compliance.jobs.deletion",
     "compliance.deletion.erasure",
     "compliance.requests.inbox",
     "compliance.deletion.subprocessors",
     "compliance.requests.resolve",
     "compliance.deletion.erase_sql",
-    "compliance.deletion.logs",
+    "compliance.core.logfiles",
+    "compliance.deletion.log_scrub",
 ]
 SECTION = "deletion"
 STAGES = [
@@ -46,85 +49,87 @@ STAGES = [
 ]
 
 # -- stage functions (run in stage processes) ------------------------------------------------------
+# Each calls the DAG's own task function (`compliance.jobs.deletion`) with a `JobContext` on the
+# benchmark's databases and buckets: the code measured is the code the DAG runs.
 
 
-def _engines(ctx: dict[str, str]) -> dict[str, Any]:
-    return {name: C.engine(ctx["crm"]) for name in C.datamap().systems}
+def job_context(ctx: dict[str, str]) -> Any:
+    """What `compliance.runtime.context()` builds in a task, on this batch's CRM copy, state
+    database and workspace bucket; the clock is the benchmark's."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from compliance.core.context import JobContext, Workspace
+    from compliance.core.settings import Settings
+
+    dm = C.datamap()
+    env = {
+        **os.environ,
+        "COMPLIANCE_HASH_KEY": C.HASH_KEY.decode(),
+        "COMPLIANCE_WORKSPACE_BUCKET": ctx["ws"],
+        "COMPLIANCE_DATAMAP": C.env().datamap_path,
+    }
+    return JobContext(
+        settings=Settings.from_env(env),
+        datamap=dm,
+        datamap_hash=hashlib.sha256(Path(C.env().datamap_path).read_bytes()).hexdigest(),
+        workspace=Workspace(C.s3(), ctx["ws"]),
+        state=C.engine(ctx["state"]),
+        engines=dict.fromkeys(dm.systems, C.engine(ctx["crm"])),
+        stores=dict.fromkeys(dm.stores, C.s3()),
+        clock=C.now,
+        run_day=C.now().date(),
+        sns=C.sns(),
+    )
 
 
 def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
-    from compliance.requests import inbox
+    from compliance.jobs import deletion as job
 
-    dm = C.datamap()
-    system = dm.systems[sorted(dm.systems)[0]]
-    clients = inbox.load_clients(C.engine(ctx["crm"]), system)
-    summary = inbox.ingest(C.s3(), ctx["ws"], clients, C.engine(ctx["state"]), C.HASH_KEY, C.now())
-    return summary.to_dict()
+    return job.intake(job_context(ctx), {}, dry_run=False)
 
 
-def stage_plan(ctx: dict[str, str]) -> dict[str, Any]:
-    from compliance.deletion import erasure
+def stage_plan(ctx: dict[str, str], intake: dict[str, Any]) -> dict[str, Any]:
+    from compliance.jobs import deletion as job
 
-    return erasure.plan(
-        C.s3(), ctx["ws"], C.datamap(), _engines(ctx), C.engine(ctx["state"]), C.HASH_KEY, C.now()
-    )
+    return job.plan(job_context(ctx), intake, {})
 
 
-def stage_erase_system(ctx: dict[str, str], batch_id: str, system: str) -> dict[str, Any]:
-    from compliance.deletion import erasure
+def stage_erase_system(ctx: dict[str, str], batch: dict, system: str) -> dict[str, Any]:
+    from compliance.jobs import deletion as job
 
-    return erasure.erase_system(
-        C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["crm"]), batch_id, system, C.HASH_KEY
-    )
+    return job.erase_system(job_context(ctx), batch, system)
 
 
-def stage_scrub(ctx: dict[str, str], batch_id: str, shard: str) -> dict[str, Any]:
-    from compliance.deletion import erasure
+def stage_scrub(ctx: dict[str, str], batch: dict, shard: str) -> dict[str, Any]:
+    from compliance.jobs import deletion as job
 
-    return erasure.scrub_log_shard(
-        C.s3(), ctx["ws"], C.datamap(), C.s3(), C.engine(ctx["state"]), batch_id, shard
-    )
+    return job.scrub_logs(job_context(ctx), batch, shard)
 
 
-def stage_recordings(ctx: dict[str, str], batch_id: str, store: str) -> dict[str, Any]:
-    from compliance.deletion import erasure
+def stage_recordings(ctx: dict[str, str], batch: dict, store: str) -> dict[str, Any]:
+    from compliance.jobs import deletion as job
 
-    return erasure.erase_recordings(C.s3(), ctx["ws"], C.datamap(), C.s3(), batch_id, store)
-
-
-def stage_tombstone(ctx: dict[str, str], batch_id: str, store: str) -> dict[str, Any]:
-    from compliance.deletion import erasure
-
-    return erasure.tombstone(
-        C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["state"]), batch_id, store, C.HASH_KEY
-    )
+    return job.erase_recordings(job_context(ctx), batch, store)
 
 
-def stage_notify(ctx: dict[str, str], batch_id: str) -> dict[str, Any]:
-    from compliance.deletion import outbox
+def stage_tombstone(ctx: dict[str, str], batch: dict, store: str) -> dict[str, Any]:
+    from compliance.jobs import deletion as job
 
-    return outbox.run(
-        C.s3(), ctx["ws"], C.datamap(), C.engine(ctx["state"]), C.HASH_KEY, batch_id, C.now(),
-        C.sns(),
-    )  # fmt: skip
+    return job.tombstone_backups(job_context(ctx), batch, store)
 
 
-def stage_finalize(ctx: dict[str, str], batch_id: str, shards: list[dict]) -> dict[str, Any]:
-    from compliance.deletion import erasure
+def stage_notify(ctx: dict[str, str], batch: dict) -> dict[str, Any]:
+    from compliance.jobs import deletion as job
 
-    dm = C.datamap()
-    return erasure.finalize(
-        C.s3(),
-        ctx["ws"],
-        dm,
-        _engines(ctx),
-        dict.fromkeys(dm.stores, C.s3()),
-        C.engine(ctx["state"]),
-        C.HASH_KEY,
-        batch_id,
-        shards,
-        C.now(),
-    )
+    return job.notify_subprocessors(job_context(ctx), batch)
+
+
+def stage_finalize(ctx: dict[str, str], batch: dict, shards: list[dict]) -> dict[str, Any]:
+    from compliance.jobs import deletion as job
+
+    return job.finalize(job_context(ctx), batch, shards)
 
 
 def naive_sql(ctx: dict[str, str], ref: str, client_id: int, kind: str, value: str) -> dict:
@@ -149,11 +154,15 @@ def naive_sql(ctx: dict[str, str], ref: str, client_id: int, kind: str, value: s
 
 
 def naive_scrub(shard: str, targets: dict[str, list], batch_id: str) -> dict[str, Any]:
-    from compliance.deletion import logs
+    from compliance.core import logfiles
+    from compliance.core.shards import LogShard
+    from compliance.deletion import log_scrub
 
-    name, prefix = shard.split("|", 1)
-    store = C.datamap().stores[name]
-    result = logs.scrub_shard(C.s3(), store, prefix, logs.Targets(targets), batch_id=batch_id)
+    where = LogShard.parse(shard)
+    store = C.datamap().stores[where.store]
+    result = log_scrub.scrub_shard(
+        C.s3(), store, where.prefix, logfiles.Targets(targets), batch_id=batch_id
+    )
     return {"bytes_in": result.bytes_in, "lines": result.lines_removed, "residue": result.residue}
 
 
@@ -161,12 +170,13 @@ def naive_scrub(shard: str, targets: dict[str, list], batch_id: str) -> dict[str
 
 
 def shards(bench: C.Bench) -> list[str]:
-    from compliance.deletion import logs
+    from compliance.core import logfiles
+    from compliance.core.shards import LogShard
 
     return [
-        f"{name}|{prefix}"
+        LogShard(name, prefix).key
         for name, store in sorted(bench.log_stores().items())
-        for prefix in logs.day_prefixes(bench.s3, store)
+        for prefix in logfiles.day_prefixes(bench.s3, store)
     ]
 
 
@@ -187,37 +197,36 @@ def run_batch(bench: C.Bench, n: int, workers: int) -> dict[str, Any]:
         st = bench.stage(f"{tag}.intake", stage_intake, [(ctx,)])
         stages.append(st)
         intake = st.results[0]
-        st = bench.stage(f"{tag}.plan", stage_plan, [(ctx,)])
+        st = bench.stage(f"{tag}.plan", stage_plan, [(ctx, intake)])
         stages.append(st)
         batch = st.results[0]
-        bid = batch["batch_id"]
         stages.append(
             bench.stage(
                 f"{tag}.erase_system",
                 stage_erase_system,
-                [(ctx, bid, s) for s in batch["systems"]],
+                [(ctx, batch, s) for s in batch["systems"]],
             )
         )
         scrub = bench.stage(
-            f"{tag}.scrub_logs", stage_scrub, [(ctx, bid, s) for s in batch["shards"]], workers
+            f"{tag}.scrub_logs", stage_scrub, [(ctx, batch, s) for s in batch["shards"]], workers
         )
         stages.append(scrub)
         stages.append(
             bench.stage(
                 f"{tag}.erase_recordings",
                 stage_recordings,
-                [(ctx, bid, s) for s in batch["recordings"]],
+                [(ctx, batch, s) for s in batch["recordings"]],
             )
         )
         stages.append(
             bench.stage(
                 f"{tag}.tombstone_backups",
                 stage_tombstone,
-                [(ctx, bid, s) for s in batch["backups"]],
+                [(ctx, batch, s) for s in batch["backups"]],
             )
         )
-        stages.append(bench.stage(f"{tag}.notify_subprocessors", stage_notify, [(ctx, bid)]))
-        st = bench.stage(f"{tag}.finalize", stage_finalize, [(ctx, bid, scrub.results)])
+        stages.append(bench.stage(f"{tag}.notify_subprocessors", stage_notify, [(ctx, batch)]))
+        st = bench.stage(f"{tag}.finalize", stage_finalize, [(ctx, batch, scrub.results)])
         stages.append(st)
         final = st.results[0]
     finally:
@@ -260,9 +269,11 @@ def _shard_bytes(bench: C.Bench, all_shards: list[str]) -> dict[str, int]:
     objects = bench.log_objects(C.PRISTINE)
     out = {}
     for shard in all_shards:
-        name, prefix = shard.split("|", 1)
-        bucket = stores[name].bucket
-        out[shard] = sum(size for b, k, size in objects if b == bucket and k.startswith(prefix))
+        where = LogShard.parse(shard)
+        bucket = stores[where.store].bucket
+        out[shard] = sum(
+            size for b, k, size in objects if b == bucket and k.startswith(where.prefix)
+        )
     return out
 
 
@@ -272,7 +283,7 @@ def sample_shards(all_shards: list[str], wanted: int) -> list[str]:
         return list(all_shards)
     by_store: dict[str, list[str]] = {}
     for shard in all_shards:
-        by_store.setdefault(shard.split("|", 1)[0], []).append(shard)
+        by_store.setdefault(LogShard.parse(shard).store, []).append(shard)
     out = []
     for items in by_store.values():
         m = max(1, round(wanted * len(items) / len(all_shards)))
@@ -291,7 +302,7 @@ def run_naive(bench: C.Bench, k: int, workers: int, wanted_shards: int) -> dict[
     store_total: dict[str, int] = {}
     store_sampled: dict[str, int] = {}
     for shard in all_shards:
-        store = shard.split("|", 1)[0]
+        store = LogShard.parse(shard).store
         store_total[store] = store_total.get(store, 0) + size[shard]
         if shard in sample:
             store_sampled[store] = store_sampled.get(store, 0) + size[shard]
@@ -312,7 +323,7 @@ def run_naive(bench: C.Bench, k: int, workers: int, wanted_shards: int) -> dict[
             )
             busy: dict[str, float] = {}
             for shard, took in zip(sample, scan.call_seconds, strict=True):
-                store = shard.split("|", 1)[0]
+                store = LogShard.parse(shard).store
                 busy[store] = busy.get(store, 0.0) + took
             all_busy = sum(busy.values()) or 1.0
             logs_s = sum(

@@ -10,10 +10,10 @@ on `--workers` processes at once, best of `--repeat`, interleaved:
   baseline. Its pattern file holds the e-mails (lower case), phones and record ids (as
   `"contact_id":<id>,` so a number does not match inside timestamps); it knows no tenant, no
   field, and misses e-mails logged in another case;
-- real job: the deletion section's largest batch's `scrub_logs` stage (`erasure.scrub_log_shard`
+- real job: the deletion section's largest batch's `scrub_logs` stage (`jobs.deletion.scrub_logs`
   per day folder on the moto S3 server: GET, scan, conditional PUT of what changed, old versions
   deleted, then the verification scan of every object), tenant-scoped, fields from the data map,
-  e-mails compared case-insensitively; with `--only logs`, `logs.scrub_shard` itself on the
+  e-mails compared case-insensitively; with `--only logs`, `log_scrub.scrub_shard` itself on the
   restored objects with the same identities;
 - engine: the same rewrite engine on the local copies (no S3, no verification), for the cost of
   S3 and verification by difference.
@@ -35,7 +35,11 @@ from benchmarks.bench_logs import PIPELINE
 from benchmarks.sections import _common as C
 from benchmarks.sections.deletion import shards
 
-IMPORTS = ["compliance.deletion.logs", "compliance.requests.resolve"]
+IMPORTS = [
+    "compliance.core.logfiles",
+    "compliance.deletion.log_scrub",
+    "compliance.requests.resolve",
+]
 SECTION = "logs"
 
 
@@ -64,11 +68,15 @@ def resolve_targets(db: str, subjects: list[tuple[str, int, str, str]]) -> dict[
 
 
 def scrub_stage(shard: str, targets: dict[str, list], batch_id: str) -> dict[str, Any]:
-    from compliance.deletion import logs
+    from compliance.core import logfiles
+    from compliance.core.shards import LogShard
+    from compliance.deletion import log_scrub
 
-    name, prefix = shard.split("|", 1)
-    store = C.datamap().stores[name]
-    r = logs.scrub_shard(C.s3(), store, prefix, logs.Targets(targets), batch_id=batch_id)
+    where = LogShard.parse(shard)
+    store = C.datamap().stores[where.store]
+    r = log_scrub.scrub_shard(
+        C.s3(), store, where.prefix, logfiles.Targets(targets), batch_id=batch_id
+    )
     return {
         "bytes_in": r.bytes_in,
         "objects": r.objects,
@@ -79,15 +87,16 @@ def scrub_stage(shard: str, targets: dict[str, list], batch_id: str) -> dict[str
 
 
 def engine_stage(path: str, store_name: str, targets: dict[str, list]) -> dict[str, Any]:
-    """The rewrite engine of `compliance.deletion.logs` on a local file (its private entry
+    """The rewrite engine of `compliance.deletion.log_scrub` on a local file (its private entry
     points)."""
-    from compliance.deletion import logs
+    from compliance.core import logfiles
+    from compliance.deletion import log_scrub
 
     store = C.datamap().stores[store_name]
-    matcher = logs._Matcher.get(store, logs.Targets(targets))
-    result = logs.ObjectResult(key=path, bytes_in=os.path.getsize(path))
+    matcher = logfiles.Matcher.get(store, logfiles.Targets(targets))
+    result = logfiles.ObjectResult(key=path, bytes_in=os.path.getsize(path))
     with open(path, "rb") as body:
-        out = logs._edit_stream(body, matcher, store.erase, result)
+        out = log_scrub._edit_stream(body, matcher, store.erase, result)
     if out is not None:
         out.finish()
         out.close()
@@ -184,15 +193,15 @@ def run(bench: C.Bench, n: int, workers: int, repeat: int) -> list[C.Row]:
             "lines": scrub["lines_removed"],
             "residue": scrub["residue"],
         }
-        where = f"erasure.scrub_log_shard in the deletion section's batch of {n}"
+        where = f"jobs.deletion.scrub_logs in the deletion section's batch of {n}"
     else:
-        where = "logs.scrub_shard per day folder"
+        where = "log_scrub.scrub_shard per day folder"
     for r in range(repeat):
         best["pipeline"] = min(best["pipeline"], _pipeline(paths, ids, work / "pipe-out", workers))
         if batch is None:
             bench.restore_logs()
             scrub_st = bench.stage(
-                "logs.scrub_shard",
+                "log_scrub.scrub_shard",
                 scrub_stage,
                 [(s, targets, f"bench-{r}") for s in all_shards],
                 workers,
@@ -254,7 +263,7 @@ def run(bench: C.Bench, n: int, workers: int, repeat: int) -> list[C.Row]:
             SECTION,
             "backup rewrite throughput",
             "backups are tombstoned, not rewritten (data map `rewrite: false`; "
-            "compliance.deletion.erasure.tombstone); no snapshot rewrite exists to measure",
+            "compliance.jobs.deletion.tombstone_backups); no snapshot rewrite exists to measure",
         ),
     ]
     return rows

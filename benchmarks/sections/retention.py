@@ -9,9 +9,10 @@ seeded CRM:
 
 - baseline: `DELETE FROM email_events WHERE occurred_at < cutoff`, one statement, one
   transaction (the in-database floor; it holds its locks for the whole run);
-- ours: `compliance.retention.execute_step(sweep, "email-events")`: keyset batches of the
-  policy's `batch_rows`, each re-checked, aggregated and deleted in its own short transaction,
-  legal holds excluded. Its longest write transaction is timed by the module itself.
+- ours: the DAG's task `compliance.jobs.retention.execute` (`execute_step`) for the rule
+  "email-events": keyset batches of the policy's `batch_rows`, each re-checked, aggregated
+  and deleted in its own short transaction, legal holds excluded. Its longest write
+  transaction is timed by the module itself.
 
 Throughput is rows deleted per second on each side (their row counts differ by the held rows).
 """
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 
 from benchmarks.sections import _common as C
 
-IMPORTS = ["compliance.retention", "compliance.retention.plan"]
+IMPORTS = ["compliance.retention", "compliance.retention.plan", "compliance.jobs.retention"]
 SECTION = "retention"
 RULE = "email-events"
 
@@ -49,26 +50,17 @@ def bulk_delete(db: str, cutoff: str) -> int:
 
 
 def batched(crm: str, state: str, as_of: str) -> dict[str, Any]:
-    from compliance.retention import execute_step, load_policy
-    from compliance.retention.plan import Sweep
+    """The DAG's own task (`compliance.jobs.retention.execute`) for one rule, real run."""
+    from dataclasses import replace
+    from pathlib import Path
 
-    dm = C.datamap()
-    loaded = load_policy(C.env().retention_path, dm)
-    engines = {
-        **{s.connection: C.engine(crm) for s in dm.systems.values()},
-        "compliance_db": C.engine(state),
-    }
-    sweep = Sweep(
-        datamap=dm,
-        policy=loaded.policy,
-        as_of=date.fromisoformat(as_of),
-        now=C.now(),
-        engine=lambda conn_id: engines[conn_id],
-        s3=lambda _conn_id: C.s3(),
-        hash_key=C.HASH_KEY,
-        only=(RULE,),
-    )
-    return execute_step(sweep, RULE)
+    from benchmarks.sections.deletion import job_context
+    from compliance.jobs import retention as job
+
+    ctx = job_context({"ws": "unused-by-execute", "state": state, "crm": crm})
+    ctx = replace(ctx, settings=replace(ctx.settings, retention_path=Path(C.env().retention_path)))
+    options = {"dry_run": False, "rules": [RULE], "as_of": as_of, "now": C.now().isoformat()}
+    return job.execute(ctx, options, RULE)
 
 
 def _sweep_day(bench: C.Bench, rows: int) -> tuple[date, datetime, int, int, int]:

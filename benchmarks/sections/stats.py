@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from benchmarks.sections import _common as C
 
 IMPORTS = [
+    "compliance.jobs.statistics",
     "compliance.stats.publish",
     "compliance.stats.aggregate",
     "compliance.stats.config",
@@ -75,21 +76,18 @@ def baseline(db: str, lo: str, hi: str) -> dict[str, int]:
 def publish(
     events: str, state: str, ws: str, period: tuple[str, str, str, str], today: str
 ) -> dict:
-    from compliance.stats import config, rollup
-    from compliance.stats import publish as pub
+    """The DAG's own task function (`compliance.jobs.statistics.event_statistics`), on a
+    context whose SQL system is `events` and whose run day is `today`."""
+    from dataclasses import replace
 
-    state_engine = C.engine(state)
-    rollup.ensure_table(state_engine)
-    out = pub.publish_event_statistics(
-        C.engine(events),
-        state_engine,
-        C.s3(),
-        ws,
-        C.datamap(),
-        config.load_config(),
-        _period(*period),
-        date.fromisoformat(today),
-    )
+    from benchmarks.sections.deletion import job_context
+    from compliance.jobs import statistics as job
+    from compliance.stats import rollup
+
+    ctx = job_context({"ws": ws, "state": state, "crm": events})
+    ctx = replace(ctx, run_day=date.fromisoformat(today))
+    rollup.ensure_table(ctx.state)
+    out = job.event_statistics(ctx, _period(*period).to_dict(), refresh=False)
     return {"events": out["events"], "rollups": out["rollups"], "series_weeks": out["series_weeks"]}
 
 

@@ -67,7 +67,20 @@ def context(clock: Callable[[], datetime] | None = None) -> JobContext:
         clock=clock or now,
         run_day=_run_day_or_today(),
         sns=sns(),
+        channels=channels(cfg),
     )
+
+
+def channels(cfg: Settings) -> Any:
+    """Staff alerts and sub-processors' e-mail through Airflow's hooks (`Channels`).
+
+    Implemented in `plugins/compliance_channels.py` beside the notifiers that use it too; the
+    plugins folder is on the path of every Airflow process (workers, `dag.test`, the
+    triggerer), so it is imported here by name, lazily, like every Airflow import of this
+    module."""
+    from compliance_channels import AirflowChannels
+
+    return AirflowChannels(cfg.env)
 
 
 def _run_day_or_today() -> date:

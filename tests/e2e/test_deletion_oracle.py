@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from compliance import runtime
-from compliance.deletion import erasure
+from compliance.deletion import finalize as finalize_step
 
 from .test_alert_channels import _bag_dag, slack_server, smtp_server  # noqa: F401
 from .test_alert_channels import channels as channels
@@ -114,20 +114,8 @@ def test_an_identity_the_eraser_cannot_see_fails_finalize_without_a_receipt(
         batch_id = c.execute(
             sa.text("select batch_id from cj_requests where request_id = 'DEL-ORACLE-1'")
         ).scalar_one()
-    cfg, dm = runtime.settings(), runtime.datamap()
-    with pytest.raises(erasure.ErasureIncomplete) as failed:
-        erasure.finalize(
-            runtime.s3(cfg.workspace_connection),
-            cfg.workspace_bucket,
-            dm,
-            runtime.engines(dm),
-            {name: runtime.s3(store.connection) for name, store in dm.stores.items()},
-            runtime.state_engine(),
-            cfg.hash_key,
-            batch_id,
-            [],
-            runtime.now(),
-        )
+    with pytest.raises(finalize_step.ErasureIncomplete) as failed:
+        finalize_step.finalize(runtime.context(), batch_id, [])
     error = str(failed.value)
     assert "the independent check found residue" in error
     assert f"app_logs:{planted_log} (1)" in error and "crm:support_tickets.body (1)" in error

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from compliance.core.datamap.validate import load_datamap
-from compliance.retention.policy import load_policy
+from compliance.retention.policy_file import load_policy
 
 from .conftest import AS_OF, REPO
 

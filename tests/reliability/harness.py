@@ -1,9 +1,10 @@
 """The crash harness: a resettable seeded world, jobs as ordered tasks, crash points, snapshots.
 
 Why it exists: "rerun = converge" must hold wherever a task dies. Running `dag.test()` once per
-crash point would cost ~20 s each on a busy 2-core machine, so most scenarios call the same
-`compliance.*` functions the DAG tasks call, in the DAG's order, with the same arguments (a
-`Job` lists them); one test in test_crash_recovery.py proves the Airflow path with dag.test.
+crash point would cost ~20 s each on a busy 2-core machine, so most scenarios call the DAG's
+own task functions (`compliance.jobs.*`), in the DAG's order, with a `JobContext` on the world
+(`World.context`) and the XComs the DAG passes (a `Job` lists them); one test in
+test_crash_recovery.py proves the Airflow path with dag.test.
 
 A scenario = restore the pristine world, run the job with one crash point armed (the run must
 actually crash there, or the point proves nothing), recover the way Airflow would (mode
@@ -33,6 +34,7 @@ from typing import Any
 import boto3
 import sqlalchemy as sa
 
+from compliance.core.context import JobContext
 from compliance.core.datamap.model import DataMap
 from compliance.core.stores.s3 import s3_client
 from compliance.core.stores.sql import engine_from_url
@@ -140,6 +142,7 @@ class World:
     inbox: dict[str, bytes] = field(default_factory=dict)  # key under inbox/ -> document
     engines: list[sa.Engine] = field(default_factory=list)
     state_in_crm: bool = False  # retention keeps the request log (R22) in the CRM database
+    datamap_path: Path | None = None  # the map's file, when a test edits it (`context`)
 
     def __post_init__(self) -> None:
         self.crm_url = f"sqlite:///{self.workdir / 'crm.db'}"
@@ -192,6 +195,40 @@ class World:
         create_state_schema(self.engine(self.state_url))
         self.esp_received.clear()
         self.s3 = admin_client(self.s3_url)  # a fresh client: no faults from a previous scenario
+
+    def context(self, now: datetime, env: dict[str, str] | None = None) -> JobContext:
+        """What `compliance.runtime.context()` builds inside a task, on this world: its engines
+        (new ones per call, disposed on `reset`), the jobs' S3 client for the workspace and
+        every store (crash hooks see every call), the clock fixed at `now`.
+
+        Settings from `env()` plus `env`; the data map is `dm` and its digest that of its JSON,
+        unless `datamap_path` names a file (a test editing the map): then both come from it."""
+        from compliance.core.context import Workspace
+        from compliance.core.settings import Settings
+
+        if self.datamap_path is not None:
+            dm, digest = self._map_file(self.datamap_path)
+        else:
+            dm = self.dm
+            digest = hashlib.sha256(dm.model_dump_json().encode()).hexdigest()
+        return JobContext(
+            settings=Settings.from_env({**self.env(), **(env or {})}),
+            datamap=dm,
+            datamap_hash=digest,
+            workspace=Workspace(self.s3, BUCKET),
+            state=self.engine(self.state_url),
+            engines={name: self.engine(self.crm_url) for name in dm.systems},
+            stores=dict.fromkeys(dm.stores, self.s3),
+            clock=lambda: now,
+            run_day=now.date(),
+            sns=self.sns,
+        )
+
+    @staticmethod
+    def _map_file(path: Path) -> tuple[DataMap, str]:
+        from compliance.core.datamap.validate import load_datamap_with_digest
+
+        return load_datamap_with_digest(path)
 
     def env(self) -> dict[str, str]:
         """Airflow connections and settings, for jobs that go through `compliance.runtime`."""
@@ -330,66 +367,41 @@ class Job:
 
 
 class DeletionJob(Job):
-    """dags/deletion_requests.py, task for task (same functions, same arguments)."""
+    """dags/deletion_requests.py, task for task: the same `compliance.jobs.deletion` functions
+    with a `JobContext` on the world (`World.context`), XComs passed as the DAG passes them."""
 
     dag_id = "deletion_requests"
 
+    def __init__(self, world: World, params: dict[str, Any] | None = None) -> None:
+        super().__init__(world)
+        self.params = dict(params or {})  # the run form (a scheduled run: none, `replan` off)
+
     def tasks(self, now: datetime, xcom: dict[str, Any]) -> Iterator[Task]:
-        from compliance.deletion import erasure, outbox
-        from compliance.requests import inbox
+        from compliance.jobs import deletion as job
 
-        w, dm, s3 = self.w, self.w.dm, self.w.s3
-        crm = {name: w.engine(w.crm_url) for name in dm.systems}
-        state = w.engine(w.state_url)
-        system = dm.systems[sorted(dm.systems)[0]]
-
-        def intake() -> dict[str, Any]:
-            clients = inbox.load_clients(crm[sorted(dm.systems)[0]], system)
-            return inbox.ingest(s3, BUCKET, clients, state, HASH_KEY, now).to_dict()
-
-        yield "intake", intake
-        yield "plan", lambda: erasure.plan(s3, BUCKET, dm, crm, state, HASH_KEY, now)
+        ctx = self.w.context(now)
+        yield "intake", lambda: job.intake(ctx, self.params, dry_run=False)
+        yield "plan", lambda: job.plan(ctx, xcom["intake"], self.params)
         batch = xcom["plan"]
-        bid = batch["batch_id"]
         for name in batch["systems"]:
-            yield (
-                f"erase_system[{name}]",
-                lambda n=name: erasure.erase_system(s3, BUCKET, dm, crm[n], bid, n, HASH_KEY),
-            )
+            yield f"erase_system[{name}]", lambda n=name: job.erase_system(ctx, batch, n)
         for shard in batch["shards"]:
-            yield (
-                f"scrub_logs[{shard}]",
-                lambda sh=shard: erasure.scrub_log_shard(s3, BUCKET, dm, s3, state, bid, sh),
-            )
+            yield f"scrub_logs[{shard}]", lambda sh=shard: job.scrub_logs(ctx, batch, sh)
         for shard in batch["shards"]:
-            yield (
-                f"verify_logs[{shard}]",
-                lambda sh=shard: erasure.verify_log_shard(s3, BUCKET, dm, s3, bid, sh),
-            )
+            yield f"verify_logs[{shard}]", lambda sh=shard: job.verify_logs(ctx, batch, sh)
         for store in batch["recordings"]:
             yield (
                 f"erase_recordings[{store}]",
-                lambda st=store: erasure.erase_recordings(s3, BUCKET, dm, s3, bid, st),
+                lambda st=store: job.erase_recordings(ctx, batch, st),
             )
         for store in batch["backups"]:
             yield (
                 f"tombstone_backups[{store}]",
-                lambda st=store: erasure.tombstone(s3, BUCKET, dm, state, bid, st, HASH_KEY),
+                lambda st=store: job.tombstone_backups(ctx, batch, st),
             )
-
-        def notify() -> dict[str, Any]:  # the outbox: this batch queued, every due one sent
-            queued = bid if batch["requests"] else ""
-            return outbox.run(s3, BUCKET, dm, state, HASH_KEY, queued, now, w.sns)
-
-        yield "notify_subprocessors", notify
+        yield "notify_subprocessors", lambda: job.notify_subprocessors(ctx, batch)
         shards = [xcom.get(f"scrub_logs[{s}]") for s in batch["shards"]]
-        stores = {name: s3 for name in dm.stores}
-        yield (
-            "finalize",
-            lambda: erasure.finalize(
-                s3, BUCKET, dm, crm, stores, state, HASH_KEY, bid, list(shards), now
-            ),
-        )
+        yield "finalize", lambda: job.finalize(ctx, batch, shards)
 
     def normalise(self, text: str) -> str:
         return _BATCH_ID.sub("del-*", text)
@@ -414,31 +426,24 @@ class RetentionJob(Job):
         return {"COMPLIANCE_RETENTION": str(path)}
 
     def tasks(self, now: datetime, xcom: dict[str, Any]) -> Iterator[Task]:
-        from compliance.retention import run
+        from compliance.jobs import retention
 
-        def plan() -> dict[str, Any]:
-            opts = run.options(
-                {"dry_run": False, "as_of": AS_OF.isoformat(), "rules": self.rules},
-                scheduled=False,
-                run_day=now.date().isoformat(),
-                today=now.date(),
-            )
-            opts["now"] = now.isoformat()  # the plan's clock, fixed for a comparable run
-            return run.plan(opts)
-
+        ctx = self.w.context(now, self.prepare())  # the policy with small batches
+        params = {"dry_run": False, "as_of": AS_OF.isoformat(), "rules": self.rules}
         run_id = xcom.setdefault("run_id", f"run-{now:%H%M}")  # a retry keeps its run's id
-        yield "plan", plan
+        # the plan's clock is `now`: fixed for a comparable run
+        yield "plan", lambda: retention.plan(ctx, params, scheduled=False)
         planned = xcom["plan"]
         for wave, rule_ids in planned["run"]["waves"].items():
             for rule_id in rule_ids:
                 yield (
                     f"execute[{wave}:{rule_id}]",
-                    lambda r=rule_id: run.execute(planned["options"], r),
+                    lambda r=rule_id: retention.execute(ctx, planned["options"], r),
                 )
         results = [v for k, v in xcom.items() if k.startswith("execute[")]
         yield (
             "report",
-            lambda: run.report(planned["options"], planned["plan"], results, run_id),
+            lambda: retention.report(ctx, planned["plan"], planned["options"], [results], run_id),
         )
 
     def normalise(self, text: str) -> str:

@@ -26,6 +26,7 @@ turns them into failures that ask for the entry to be removed. erase_sql.CHUNK i
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,7 @@ DELETION_POINTS = [
     after("tombstone_backups["),
     after("notify_subprocessors"),
     after("finalize"),
-    # inside tasks: faults.checkpoint(...) in erasure.py, erase_sql.py, logs.py
+    # inside tasks: checkpoints.reached(...) in plan.py, erase_sql.py, log_scrub.py, finalize.py
     fault("plan.targets_written"),
     fault("plan.batch_stored"),
     fault("erase_sql.in_chunk:table=messages"),  # mid-transaction: the chunk rolls back
@@ -92,7 +93,7 @@ RETENTION = [  # faults.checkpoint(...) in compliance/retention/execute.py and o
 # Defects this matrix found and that are fixed (kept so a regression names its history):
 # D1 receipts counted log lines from the finalizing run's XComs only (now state.record_lines,
 # written before each object is replaced); D2 a crash inside plan left an orphan batch and its
-# targets (now one transaction + erasure.sweep); D3 a crash at the end of finalize left
+# targets (now one transaction + targets.sweep); D3 a crash at the end of finalize left
 # identities in accepted/ and batches/ (now one closing transaction + sweep); D4 a notice
 # recorded sent before its acknowledgement (now one write); D5 a retried finalize after success
 # failed (now it cleans up and returns). A new defect goes in KNOWN with its description.
@@ -239,3 +240,42 @@ def test_every_deletion_task_has_a_crash_point():
     covered = {p.arg.rstrip("[").split("[")[0] for p in DELETION_POINTS if p.kind == "after"}
     pickers = {"systems", "log_shards", "recording_stores", "backup_stores"}  # return XCom only
     assert {t.task_id for t in dag.tasks} - pickers == covered
+
+
+# -- a batch and its data map --------------------------------------------------------------------
+
+
+def test_a_batch_is_not_resumed_under_another_map_unless_replanned(world, job_for, tmp_path):
+    """Planned under map A, the run dies; the next run meets an edited map B: `MapChanged`,
+    nothing erased. With the form's `replan` the old batch is abandoned and its requests are
+    planned afresh under B, then erased and completed."""
+    import sqlalchemy as sa
+
+    from compliance.requests.batches import MapChanged
+
+    job = job_for("deletion")
+    map_a = Path(str(_Receiver.datamap))
+    world.datamap_path = map_a
+    first = h.execute(job, h.T0, point=after("plan"))
+    assert first.crashed_in == "plan" and first.point == "after:plan"
+    planned = worldview.db_rows(world.crm_url)
+
+    map_b = tmp_path / "datamap-b.yaml"
+    map_b.write_text(map_a.read_text() + "\n# edited after the batch was planned\n")
+    world.datamap_path = map_b
+    again = h.execute(job, h.T0 + timedelta(hours=1))
+    assert again.crashed_in == "plan", again
+    assert again.error and again.error.startswith(MapChanged.__name__), again.error
+    assert worldview.db_rows(world.crm_url) == planned  # nothing erased under map B
+
+    replanned = h.execute(h.DeletionJob(world, {"replan": True}), h.T0 + timedelta(hours=2))
+    assert replanned.crashed_in is None, replanned.error
+    assert worldview.db_rows(world.crm_url) != planned
+    with sa.create_engine(world.state_url).connect() as c:
+        batches = dict(c.execute(sa.text("select batch_id, status from cj_batches")).all())
+        done = c.execute(
+            sa.text("select request_id from cj_requests where status = 'completed'")
+        ).scalars()
+        completed = set(done)
+    assert len(batches) == 2 and set(batches.values()) == {"done"}  # abandoned + the new one
+    assert {"DEL-1", "DEL-2"} <= completed

@@ -6,7 +6,7 @@
   is byte-identical.
 - Access (`access.gather.gather_system`): the parts of a request hold exactly the rows its
   consumers own in its tenant, and never a withheld (R10) value.
-- Logs (`logs.scan_lines`, `logs.rewrite_object` against the moto server): a line matches
+- Logs (`logfiles.scan_lines`, `log_scrub.rewrite_object` against the moto server): a line matches
   exactly when the spec says so (tenant equal, a whole identity value, duplicates and arrays
   included, never a substring); a rewrite drops or redacts exactly those lines and keeps every
   other byte. Besides the demo's flat stores, a store whose fields (and tenant) are nested paths
@@ -33,10 +33,12 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compliance.core import logfiles
 from compliance.core.datamap.model import IdentityType, LogStore
 from compliance.core.datamap.validate import load_datamap
+from compliance.core.logfiles import matching
 from compliance.core.stores.sql import engine_from_url
-from compliance.deletion import logs
+from compliance.deletion import log_scrub
 from compliance.deletion.erase_sql import execute_erasure, residue
 from compliance.requests.resolve import Subject, resolve
 from compliance_dev.world import schema as w
@@ -324,7 +326,9 @@ def test_access_parts_hold_exactly_the_subjects_rows(crm, people, requests):
         "consumers": {"crm": {s.ref: sorted(resolved[s.ref].consumer_ids) for s in subjects}},
     }
     s3.put_object(Bucket="b", Key="batches/acc-prop/targets.json", Body=json.dumps(batch).encode())
-    gather.gather_system(s3, "b", DM, engine, "acc-prop", "crm")
+    from compliance.core.context import Workspace
+
+    gather.gather_system(Workspace(s3, "b"), DM, engine, "acc-prop", "crm")
 
     withheld = {f"DL{i:05d}" for i in range(1, 7)} | {f"GB00BANK{i:08d}" for i in range(1, 7)}
     withheld |= {f"vp{i:04d}" for i in range(1, 7)}
@@ -511,11 +515,11 @@ def nested_line(draw: st.DrawFn) -> bytes:
     return _dump(draw, _Obj(draw(st.permutations(top))), draw(st.booleans())).encode()
 
 
-def _targets(draw_pick: list[tuple[str, IdentityType, Any, str]]) -> logs.Targets:
+def _targets(draw_pick: list[tuple[str, IdentityType, Any, str]]) -> logfiles.Targets:
     by_tenant: dict[str, list] = defaultdict(list)
     for tenant, kind, value, ref in draw_pick:
         by_tenant[tenant].append((kind, str(value), ref))
-    return logs.Targets(by_tenant)
+    return logfiles.Targets(by_tenant)
 
 
 target = st.sampled_from(["1", "2"]).flatmap(
@@ -539,7 +543,7 @@ target = st.sampled_from(["1", "2"]).flatmap(
 
 
 def spec_refs(line: bytes, store: Any, picks: list) -> frozenset[str]:
-    """The matching rule of docs (compliance.deletion.logs), written from the spec, not the code."""
+    """The matching rule of docs (compliance.core.logfiles.matching), written from the spec, not the code."""
     try:
         text = line.decode()
         if not text.lstrip().startswith("{"):
@@ -608,7 +612,7 @@ def _spec_redact(node: Any, steps: list[list[str]]) -> Any:
     picks=st.lists(target, min_size=1, max_size=4),
 )
 def test_scan_lines_matches_exactly_the_spec(lines, picks):
-    got = [refs for _, refs in logs.scan_lines(lines, APP, _targets(picks))]
+    got = [refs for _, refs in logfiles.scan_lines(lines, APP, _targets(picks))]
     assert got == [spec_refs(line, APP, picks) for line in lines]
 
 
@@ -621,12 +625,12 @@ def test_scan_lines_matches_exactly_the_spec(lines, picks):
 def test_scan_nested_paths_matches_exactly_the_spec(lines, picks, few):
     """Identities at nested paths (issue 14), through both pre-filters: few target values
     searched one by one, or every leaf key's value extracted and intersected."""
-    saved = logs.FEW_VALUES
-    logs.FEW_VALUES = saved if few else 0
+    saved = matching.FEW_VALUES
+    matching.FEW_VALUES = saved if few else 0
     try:
-        got = [refs for _, refs in logs.scan_lines(lines, NEST, _targets(picks))]
+        got = [refs for _, refs in logfiles.scan_lines(lines, NEST, _targets(picks))]
     finally:
-        logs.FEW_VALUES = saved
+        matching.FEW_VALUES = saved
     assert got == [spec_refs(line, NEST, picks) for line in lines]
 
 
@@ -658,7 +662,7 @@ def test_rewrite_drops_or_redacts_exactly_the_matching_lines(log_bucket, store, 
         Bucket="cj-prop-logs", Key=key, Body=gzip.compress(b"".join(x + b"\n" for x in lines))
     )
     targets = _targets(picks)
-    result = logs.rewrite_object(s3, store, "cj-prop-logs", key, targets, batch_id="prop")
+    result = log_scrub.rewrite_object(s3, store, "cj-prop-logs", key, targets, batch_id="prop")
 
     matching = [spec_refs(line, store, picks) for line in lines]
     assert result.rewritten == any(matching)
@@ -678,7 +682,7 @@ def test_rewrite_drops_or_redacts_exactly_the_matching_lines(log_bucket, store, 
             assert new_pairs == _spec_redact(old_pairs, personal)
     versions = s3.list_object_versions(Bucket="cj-prop-logs", Prefix=key).get("Versions", [])
     assert len(versions) == 1  # the old version, which held the lines, is gone
-    assert logs.scan_object(s3, store, "cj-prop-logs", key, targets).lines_matched == 0
+    assert logfiles.scan_object(s3, store, "cj-prop-logs", key, targets).lines_matched == 0
 
 
 # -- the ledger of a real run: every entry, every kind of tampering -----------------------------

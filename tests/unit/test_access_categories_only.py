@@ -16,9 +16,10 @@ import sqlalchemy as sa
 
 from compliance.access import batch as access_batch
 from compliance.access import gather
+from compliance.core.context import JobContext, Workspace
 from compliance.core.datamap.validate import load_datamap
 from compliance.core.outputs import put_json
-from compliance.core.settings import REPO_ROOT
+from compliance.core.settings import REPO_ROOT, Settings
 from compliance.core.stores.sql import engine_from_url
 from compliance.requests import inbox, state
 from compliance_dev.world import schema as w
@@ -100,9 +101,20 @@ def test_categories_only_request_is_never_resolved_or_gathered(db_url, s3, tmp_p
     summary = inbox.ingest(s3, BUCKET, {"1": True}, state_engine, b"k", NOW)
     assert summary.accepted == 2, summary
 
-    out = access_batch.plan(s3, BUCKET, DM, {"crm": crm}, state_engine, NOW)
+    ctx = JobContext(
+        settings=Settings.from_env({}),
+        datamap=DM,
+        datamap_hash="test-map",
+        workspace=Workspace(s3, BUCKET),
+        state=state_engine,
+        engines={"crm": crm},
+        stores=dict.fromkeys(DM.stores, s3),
+        clock=lambda: NOW,
+        run_day=NOW.date(),
+    )
+    out = access_batch.plan(ctx)
     assert out["requests"] == 2 and out["systems"] == ["crm"]
-    batch = access_batch.load(s3, BUCKET, out["batch_id"])
+    batch = access_batch.load(ctx.workspace, out["batch_id"], ctx.datamap_hash)
     refs = {batch.requests[r]["request_id"]: r for r in batch.refs}
     full, cat = refs["FULL-1"], refs["CAT-1"]
     assert batch.requests[cat]["scope"] == "categories" and batch.categories_only(cat)
@@ -118,13 +130,13 @@ def test_categories_only_request_is_never_resolved_or_gathered(db_url, s3, tmp_p
     # even if the targets named consumers for it, gather would read nothing for it
     batch.consumers["crm"][cat] = ["10"]
     put_json(s3, BUCKET, access_batch.targets_key(batch.batch_id), batch.__dict__)
-    counts = gather.gather_system(s3, BUCKET, DM, crm, batch.batch_id, "crm")
+    counts = gather.gather_system(ctx.workspace, DM, crm, batch.batch_id, "crm")
     parts = gather.read_parts(s3, BUCKET, batch.batch_id)
     assert counts["requests_with_rows"] == 1 and parts[full] and cat not in parts
 
     # a batch of categories-only requests reads no store at all
     only = access_batch.AccessBatch("acc-cat", NOW.isoformat(), requests={cat: batch.requests[cat]})
-    assert access_batch.fanout(s3, DM, only) == {
+    assert access_batch.fanout(DM, only, ctx.stores) == {
         "batch_id": "acc-cat",
         "requests": 1,
         "systems": [],

@@ -1,4 +1,5 @@
-"""Alerts (compliance.core.alerts, plugins/compliance_alerts.py): what they say, where they go.
+"""Alerts (compliance.core.alerts, plugins/compliance_channels.py, plugins/compliance_alerts.py):
+what they say, where they go.
 
 No consumer data in any message: exception texts and run confs are where it would leak from,
 so both are fed in with a consumer's e-mail and phone and must not come out.
@@ -15,7 +16,9 @@ import airflow  # noqa: F401  (puts the plugins folder on sys.path, as in every 
 import pytest
 
 import compliance_alerts
+import compliance_channels
 from compliance.core import alerts
+from compliance_channels import AirflowChannels
 
 EMAIL = "jane.consumer@example.com"
 PHONE = "+14155550123"
@@ -32,7 +35,7 @@ def no_channels(monkeypatch):
     for var in CHANNEL_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(alerts, "_warned", False)
-    monkeypatch.setattr(alerts, "_airflow_extra", lambda conn_id: None)
+    monkeypatch.setattr(compliance_channels, "connection_extra", lambda conn_id: None)
 
 
 @pytest.fixture
@@ -41,7 +44,9 @@ def captured(monkeypatch):
     sent: list[tuple[str, alerts.Alert]] = []
     for name in ("email", "slack", "sns"):
         monkeypatch.setitem(
-            alerts._SENDERS, name, lambda alert, settings, name=name: sent.append((name, alert))
+            compliance_channels.SENDERS,
+            name,
+            lambda alert, settings, name=name: sent.append((name, alert)),
         )
     return sent
 
@@ -160,21 +165,32 @@ def test_connection_configures_channels_when_environment_does_not():
     settings = alerts.alert_settings({"COMPLIANCE_ALERT_CONN": "my_alerts"}, lookup)
     assert seen == ["my_alerts"]
     assert alerts.configured_channels(settings) == ["email", "slack"]
-    assert alerts.alert_settings({}, lambda c: None) == {
-        "smtp_conn": "smtp_default",
-        "from_email": "compliance-jobs@localhost",
-        "aws_conn": "aws_default",
-    }
+    assert (
+        alerts.alert_settings({})
+        == alerts.alert_settings({}, lambda c: None)
+        == {
+            "smtp_conn": "smtp_default",
+            "from_email": "compliance-jobs@localhost",
+            "aws_conn": "aws_default",
+        }
+    )
 
 
 # --------------------------------------------------------------------------- dispatch
 
 
+def _channels() -> AirflowChannels:
+    import os
+
+    return AirflowChannels(os.environ, lookup=lambda conn_id: None)
+
+
 def test_nothing_configured_is_silent_with_one_warning(caplog, captured):
     caplog.set_level(logging.INFO, logger="compliance.core.alerts")
     alert = alerts.Alert("[compliance] x failed", "body")
-    assert alerts.dispatch(alert) == []
-    assert alerts.dispatch(alert) == []
+    assert _channels().configured() == []
+    assert _channels().alert(alert) == []
+    assert _channels().alert(alert) == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no alert channel configured" in warnings[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -186,7 +202,7 @@ def test_every_configured_channel_gets_the_alert(monkeypatch, captured):
     monkeypatch.setenv("COMPLIANCE_ALERT_SLACK_CONN", "slack_alerts")
     monkeypatch.setenv("COMPLIANCE_ALERT_SNS_TOPIC", "arn:aws:sns:us-east-1:000000000000:a")
     alert = alerts.Alert("s", "b")
-    assert alerts.dispatch(alert) == ["email", "slack", "sns"]
+    assert _channels().alert(alert) == ["email", "slack", "sns"]
     assert captured == [("email", alert), ("slack", alert), ("sns", alert)]
 
 
@@ -197,10 +213,74 @@ def test_a_broken_channel_does_not_hide_the_others(monkeypatch, captured, caplog
     def broken(alert, settings):
         raise ConnectionRefusedError(f"535 auth failed for {EMAIL}")
 
-    monkeypatch.setitem(alerts._SENDERS, "email", broken)
-    assert alerts.dispatch(alerts.Alert("s", "b")) == ["sns"]
+    monkeypatch.setitem(compliance_channels.SENDERS, "email", broken)
+    assert _channels().alert(alerts.Alert("s", "b")) == ["sns"]
     assert "alert channel email failed: ConnectionRefusedError" in caplog.text
     assert EMAIL not in caplog.text
+
+
+def test_core_dispatch_takes_its_senders():
+    """The core never imports a sender: dispatch is handed them (Airflow's, or a test's)."""
+    got = []
+    settings = alerts.alert_settings({"COMPLIANCE_ALERT_SLACK_CONN": "s"})
+    sent = alerts.dispatch(alerts.Alert("s", "b"), settings, {"slack": lambda a, s: got.append(a)})
+    assert sent == ["slack"] and len(got) == 1
+
+
+class _FakeChannels:
+    def __init__(self, configured: list[str], accept: bool) -> None:
+        self._configured, self._accept, self.sent = configured, accept, []
+
+    def configured(self) -> list[str]:
+        return self._configured
+
+    def alert(self, alert: alerts.Alert) -> list[str]:
+        self.sent.append(alert)
+        return list(self._configured) if self._accept else []
+
+    def email(self, conn_id: str, to: str, subject: str, html: str) -> None:
+        raise AssertionError("not used")
+
+
+def test_send_digest_fails_only_when_every_configured_channel_failed():
+    msg = alerts.Alert("s", "b", "deadline")
+    assert alerts.send_digest(_FakeChannels(["sns"], True), msg, "digest") == {"sent": ["sns"]}
+    assert alerts.send_digest(_FakeChannels([], False), msg, "digest") == {"sent": []}
+    assert alerts.send_digest(_FakeChannels(["sns"], True), None, "digest") == {"sent": []}
+    assert alerts.send_digest(None, msg, "digest") == {"sent": []}
+    with pytest.raises(RuntimeError, match="no alert channel accepted the deadline digest"):
+        alerts.send_digest(_FakeChannels(["sns"], False), msg, "deadline digest")
+
+
+def test_channels_email_goes_through_the_smtp_hook(monkeypatch):
+    calls = []
+
+    class Hook:
+        def __init__(self, smtp_conn_id):
+            calls.append(("conn", smtp_conn_id))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def send_email_smtp(self, **kw):
+            calls.append(("send", kw))
+
+    monkeypatch.setattr("airflow.providers.smtp.hooks.smtp.SmtpHook", Hook)
+    AirflowChannels({}).email("smtp_sub", "dpo@vendor.example", "Deletion request (R16)", "<p/>")
+    assert calls == [
+        ("conn", "smtp_sub"),
+        (
+            "send",
+            {
+                "to": "dpo@vendor.example",
+                "subject": "Deletion request (R16)",
+                "html_content": "<p/>",
+            },
+        ),
+    ]
 
 
 def test_failure_callback_dispatches(monkeypatch, captured):

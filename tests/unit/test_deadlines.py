@@ -13,9 +13,11 @@ import pytest
 
 from compliance.core import ledger
 from compliance.core.hashing import keyed_hash
+from compliance.core.settings import Settings
 from compliance.core.stores.sql import engine_from_url
-from compliance.requests import deadlines, state
-from compliance.requests.deadlines import ACK, OVERDUE, RESPOND
+from compliance.requests import deadline_watch, deadlines, state
+from compliance.requests.deadline_watch import ACK, RESPOND
+from compliance.requests.deadlines import OVERDUE
 from compliance.requests.state import ExtensionRefused, NewRequest
 
 KEY = b"unit-test-key"
@@ -77,12 +79,12 @@ def test_bad_thresholds_are_refused(bad):
         deadlines.parse_thresholds(bad)
 
 
-def test_thresholds_from_form_then_environment(monkeypatch):
-    monkeypatch.setenv(deadlines.THRESHOLDS_ENV, "10,3")
-    assert deadlines.configured_thresholds(None) == (10, 3)
-    assert deadlines.configured_thresholds([5]) == (5,)
-    monkeypatch.delenv(deadlines.THRESHOLDS_ENV)
-    assert deadlines.configured_thresholds(None) == (7, 2)
+def test_thresholds_from_form_then_settings():
+    setting = Settings.from_env({deadlines.THRESHOLDS_ENV: "10,3"}).deadline_thresholds
+    assert deadlines.configured_thresholds(None, setting) == (10, 3)
+    assert deadlines.configured_thresholds([5], setting) == (5,)
+    unset = Settings.from_env({}).deadline_thresholds
+    assert deadlines.configured_thresholds(None, unset) == (7, 2)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ def test_level(days_left, expected):
 def test_daily_run_alerts_exactly_at_the_thresholds():
     """Responses due in -5..15 days: alerts at 7 and 2 days left, and every overdue day."""
     rows = [_row(100 + d, respond_in=d) for d in range(-5, 16)]
-    found = deadlines.check(rows, TODAY, LAST_CHECK, (7, 2))
+    found = deadline_watch.check(rows, TODAY, LAST_CHECK, (7, 2))
     got = {(a.days_left, a.level) for a in found}
     assert got == {
         (7, "7"),
@@ -116,7 +118,7 @@ def test_daily_run_alerts_exactly_at_the_thresholds():
 def test_acknowledgement_alerts_once_per_level_including_overdue():
     """R2: the ack clock alerts at 7, 2 and on the day it runs out, not on every later day."""
     rows = [_row(200 + d, respond_in=None, ack_in=d) for d in range(-5, 11)]
-    found = deadlines.check(rows, TODAY, LAST_CHECK, (7, 2))
+    found = deadline_watch.check(rows, TODAY, LAST_CHECK, (7, 2))
     assert {(a.days_left, a.level) for a in found} == {(7, "7"), (2, "2"), (-1, OVERDUE)}
     assert all(a.clock == ACK for a in found)
 
@@ -139,7 +141,7 @@ def test_every_day_of_a_request_life_alerts_once_per_threshold():
         last = datetime.combine(today - timedelta(days=1), datetime.min.time(), UTC) + timedelta(
             hours=18
         )
-        for a in deadlines.check([row], today, last, (7, 2)):
+        for a in deadline_watch.check([row], today, last, (7, 2)):
             seen.append((n, a.clock, a.level))
     assert seen == [
         (3, ACK, "7"),
@@ -167,7 +169,7 @@ def test_missed_runs_report_the_most_urgent_threshold_crossed():
         _row(5, respond_in=5),  # was at 9: crossed 7
         _row(6, respond_in=3),  # was at 7: already reported then
     ]
-    found = {(a.request_pk, a.clock): a.level for a in deadlines.check(rows, TODAY, last)}
+    found = {(a.request_pk, a.clock): a.level for a in deadline_watch.check(rows, TODAY, last)}
     assert found == {
         (1, RESPOND): "7",
         (2, RESPOND): "2",
@@ -185,13 +187,15 @@ def test_new_requests_are_reported_at_the_level_they_are_at():
         _row(2, respond_in=30, ack_in=4, accepted_at=late),
         _row(3, respond_in=5, ack_in=-2),  # known before: nothing crossed today
     ]
-    found = {(a.request_pk, a.clock, a.level) for a in deadlines.check(rows, TODAY, LAST_CHECK)}
+    found = {
+        (a.request_pk, a.clock, a.level) for a in deadline_watch.check(rows, TODAY, LAST_CHECK)
+    }
     assert found == {(1, RESPOND, "7"), (1, ACK, OVERDUE), (2, ACK, "7")}
 
 
 def test_first_run_reports_everything_at_a_level():
     rows = [_row(1, respond_in=5), _row(2, respond_in=20), _row(3, respond_in=-3, ack_in=-30)]
-    found = {(a.request_pk, a.clock, a.level) for a in deadlines.check(rows, TODAY, None)}
+    found = {(a.request_pk, a.clock, a.level) for a in deadline_watch.check(rows, TODAY, None)}
     assert found == {(1, RESPOND, "7"), (3, RESPOND, OVERDUE), (3, ACK, OVERDUE)}
 
 
@@ -201,7 +205,7 @@ def test_closed_requests_are_ignored_and_deferred_ones_are_not():
         _row(2, respond_in=2, status="rejected", reason_code="unverified"),
         _row(3, respond_in=2, status="deferred", reason_code="legal_hold"),
     ]
-    assert [a.request_pk for a in deadlines.check(rows, TODAY, LAST_CHECK)] == [3]
+    assert [a.request_pk for a in deadline_watch.check(rows, TODAY, LAST_CHECK)] == [3]
 
 
 def test_the_extended_due_date_is_the_one_watched():
@@ -212,34 +216,34 @@ def test_the_extended_due_date_is_the_one_watched():
         extension_notice_at=datetime(2026, 10, 1, tzinfo=UTC),
         extension_reason="volume",
     )
-    (alert,) = deadlines.check([row], TODAY, LAST_CHECK)
+    (alert,) = deadline_watch.check([row], TODAY, LAST_CHECK)
     assert (alert.due, alert.level, alert.extended) == (TODAY + timedelta(days=7), "7", True)
     assert "extended (R4)" in alert.line()
 
 
 def test_custom_thresholds_including_due_today():
     rows = [_row(10 + d, respond_in=d) for d in range(0, 12)]
-    found = deadlines.check(rows, TODAY, LAST_CHECK, (10, 3, 0))
+    found = deadline_watch.check(rows, TODAY, LAST_CHECK, (10, 3, 0))
     assert sorted(a.days_left for a in found) == [0, 3, 10]
 
 
 def test_digest_names_requests_not_people():
     rows = [_row(1, respond_in=2), _row(2, respond_in=-1, jurisdiction="gdpr")]
-    found = deadlines.check(rows, TODAY, LAST_CHECK)
-    msg = deadlines.digest(found, TODAY, (7, 2))
+    found = deadline_watch.check(rows, TODAY, LAST_CHECK)
+    msg = deadline_watch.digest(found, TODAY, (7, 2))
     assert msg is not None and msg.kind == "deadline"
     assert "1 overdue, 1 near" in msg.subject
     assert "client 7 request REQ-2 (delete, gdpr, open): respond by 2026-11-19" in msg.body
     assert "overdue by 1 day(s)" in msg.body and "2 day(s) left" in msg.body
     assert "docs/operations.md" in msg.body
-    assert deadlines.digest([], TODAY, (7, 2)) is None
-    assert deadlines.counts(found) == {"respond:2": 1, "respond:overdue": 1}
+    assert deadline_watch.digest([], TODAY, (7, 2)) is None
+    assert deadline_watch.counts(found) == {"respond:2": 1, "respond:overdue": 1}
 
 
 def test_report_round_trip():
-    found = deadlines.check([_row(1, respond_in=2)], TODAY, LAST_CHECK)
-    report = deadlines.Report(TODAY, LAST_CHECK, (7, 2), tuple(found))
-    assert deadlines.Report.from_dict(report.to_dict()) == report
+    found = deadline_watch.check([_row(1, respond_in=2)], TODAY, LAST_CHECK)
+    report = deadline_watch.Report(TODAY, LAST_CHECK, (7, 2), tuple(found))
+    assert deadline_watch.Report.from_dict(report.to_dict()) == report
 
 
 def test_watch_reads_the_state_database(engine):
@@ -262,7 +266,7 @@ def test_watch_reads_the_state_database(engine):
             )
         )
     state.insert_requests(engine, rows)
-    found = deadlines.watch(engine, TODAY, LAST_CHECK, (7, 2))
+    found = deadline_watch.watch(engine, TODAY, LAST_CHECK, (7, 2))
     assert sorted((a.days_left, a.type) for a in found) == [
         (-3, "access"),
         (-2, "delete"),
@@ -302,7 +306,7 @@ def _open_request(engine, request_id="EXT-1", jurisdiction="ccpa") -> int:
 def test_extension_moves_the_deadline_to_day_90_and_is_ledgered(engine):
     pk = _open_request(engine)
     notice = RECEIVED + timedelta(days=30)
-    done = deadlines.extend(engine, KEY, 4, "EXT-1", "delete", notice, "Volume of requests")
+    done = deadline_watch.extend(engine, KEY, 4, "EXT-1", "delete", notice, "Volume of requests")
     assert done.extended_due == RECEIVED.date() + timedelta(days=89)
     assert state.get_requests(engine, [pk])[pk].due == done.extended_due
     (entry,) = ledger.entries(engine, kind="request_extended")
@@ -310,7 +314,7 @@ def test_extension_moves_the_deadline_to_day_90_and_is_ledgered(engine):
     assert entry.payload["rules"] == ["R4"]
     assert entry.payload["extended_due"] == done.extended_due.isoformat()
     # The same form submitted again is a no-op: same date, one ledger entry.
-    again = deadlines.extend(engine, KEY, 4, "EXT-1", "delete", notice, "Volume of requests")
+    again = deadline_watch.extend(engine, KEY, 4, "EXT-1", "delete", notice, "Volume of requests")
     assert again.extended_due == done.extended_due
     assert len(ledger.entries(engine, kind="request_extended")) == 1
     assert ledger.verify(engine, KEY).ok
@@ -318,9 +322,11 @@ def test_extension_moves_the_deadline_to_day_90_and_is_ledgered(engine):
 
 def test_second_extension_is_refused_with_the_reason(engine):
     _open_request(engine)
-    deadlines.extend(engine, KEY, 4, "EXT-1", "delete", RECEIVED + timedelta(days=3), "Volume")
+    deadline_watch.extend(engine, KEY, 4, "EXT-1", "delete", RECEIVED + timedelta(days=3), "Volume")
     with pytest.raises(ExtensionRefused) as err:
-        deadlines.extend(engine, KEY, 4, "EXT-1", "delete", RECEIVED + timedelta(days=9), "More")
+        deadline_watch.extend(
+            engine, KEY, 4, "EXT-1", "delete", RECEIVED + timedelta(days=9), "More"
+        )
     assert err.value.reason_code == "already_extended"
     assert "only once" in err.value.message
 
@@ -339,7 +345,7 @@ def test_second_extension_is_refused_with_the_reason(engine):
 def test_invalid_extensions_are_refused(engine, notice, reason, code):
     pk = _open_request(engine)
     with pytest.raises(ExtensionRefused) as err:
-        deadlines.extend(engine, KEY, 4, "EXT-1", "delete", notice, reason)
+        deadline_watch.extend(engine, KEY, 4, "EXT-1", "delete", notice, reason)
     assert err.value.reason_code == code
     assert EMAIL not in str(err.value)
     assert state.get_requests(engine, [pk])[pk].extended_due is None
@@ -349,22 +355,22 @@ def test_invalid_extensions_are_refused(engine, notice, reason, code):
 def test_last_day_of_the_first_period_is_still_in_time(engine):
     _open_request(engine)
     day_45 = RECEIVED + timedelta(days=44)
-    done = deadlines.extend(engine, KEY, 4, "EXT-1", "delete", day_45, "Complex search")
+    done = deadline_watch.extend(engine, KEY, 4, "EXT-1", "delete", day_45, "Complex search")
     assert done.extended_due == RECEIVED.date() + timedelta(days=89)
 
 
 def test_unknown_request_is_refused(engine):
     _open_request(engine)
     with pytest.raises(ExtensionRefused) as err:
-        deadlines.extend(engine, KEY, 4, "NOPE", "delete", RECEIVED, "Volume of requests")
+        deadline_watch.extend(engine, KEY, 4, "NOPE", "delete", RECEIVED, "Volume of requests")
     assert err.value.reason_code == "unknown_request"
     with pytest.raises(ExtensionRefused):
-        deadlines.extend(engine, KEY, 4, "EXT-1", "access", RECEIVED, "Volume of requests")
+        deadline_watch.extend(engine, KEY, 4, "EXT-1", "access", RECEIVED, "Volume of requests")
 
 
 def test_gdpr_extension_runs_to_three_months(engine):
     _open_request(engine, "G-1", "gdpr")
-    done = deadlines.extend(
+    done = deadline_watch.extend(
         engine, KEY, 4, "G-1", "delete", RECEIVED + timedelta(days=20), "Volume"
     )
     assert done.extended_due == date(2026, 12, 1)
@@ -379,7 +385,7 @@ LATE_EVENING_DAY_45 = datetime(2026, 10, 15, 23, 30, tzinfo=timezone(timedelta(h
 def test_notice_at_2330_local_on_day_45_is_in_time_although_day_46_in_utc(engine):
     _open_request(engine)
     assert LATE_EVENING_DAY_45.astimezone(UTC).date() == date(2026, 10, 16)  # day 46 in UTC
-    done = deadlines.extend(
+    done = deadline_watch.extend(
         engine, KEY, 4, "EXT-1", "delete", LATE_EVENING_DAY_45, "Complex search", now=NOW_R4
     )
     assert done.extended_due == RECEIVED.date() + timedelta(days=89)
@@ -394,9 +400,9 @@ def test_the_form_s_utc_notice_is_dated_with_the_business_s_offset(engine):
     _open_request(engine)
     utc = LATE_EVENING_DAY_45.astimezone(UTC)
     with pytest.raises(ExtensionRefused) as err:  # read in UTC it is day 46: too late
-        deadlines.extend(engine, KEY, 4, "EXT-1", "delete", utc, "Complex search", now=NOW_R4)
+        deadline_watch.extend(engine, KEY, 4, "EXT-1", "delete", utc, "Complex search", now=NOW_R4)
     assert err.value.reason_code == "notice_too_late"
-    done = deadlines.extend(
+    done = deadline_watch.extend(
         engine, KEY, 4, "EXT-1", "delete", utc, "Complex search", utc_offset="-07:00", now=NOW_R4
     )
     assert done.notice_day == date(2026, 10, 15)
@@ -418,7 +424,7 @@ def test_the_form_s_utc_notice_is_dated_with_the_business_s_offset(engine):
 def test_notice_offset_must_be_given_and_real(engine, notice, offset, code):
     pk = _open_request(engine)
     with pytest.raises(ExtensionRefused) as err:
-        deadlines.extend(
+        deadline_watch.extend(
             engine, KEY, 4, "EXT-1", "delete", notice, "Volume", utc_offset=offset, now=NOW_R4
         )
     assert err.value.reason_code == code
@@ -431,13 +437,13 @@ def test_a_notice_dated_in_the_future_is_refused(engine):
     now = RECEIVED + timedelta(days=10)
     future = now + timedelta(hours=2)  # still inside the first 45 days, but not sent yet
     with pytest.raises(ExtensionRefused) as err:
-        deadlines.extend(engine, KEY, 4, "EXT-1", "delete", future, "Volume", now=now)
+        deadline_watch.extend(engine, KEY, 4, "EXT-1", "delete", future, "Volume", now=now)
     assert err.value.reason_code == "notice_in_future"
     assert "R4" in err.value.message and "future" in err.value.message
     assert state.get_requests(engine, [pk])[pk].extended_due is None
     assert ledger.entries(engine, kind="request_extended") == []
     # within the clock skew (5 minutes) it is the present, not the future
-    done = deadlines.extend(
+    done = deadline_watch.extend(
         engine, KEY, 4, "EXT-1", "delete", now + timedelta(minutes=4), "Volume", now=now
     )
     assert done.extended_due == RECEIVED.date() + timedelta(days=89)

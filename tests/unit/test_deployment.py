@@ -49,6 +49,7 @@ CONNECTIONS = {"crm_db": "postgres", "compliance_db": "postgres", "aws_default":
 MOUNTS = {
     "dags": "/opt/airflow/dags",
     "include": "/opt/airflow/include",
+    "dev": "/opt/airflow/dev",  # demo tooling (compliance_dev) for this dev/demo stack only
     "plugins": "/opt/airflow/plugins",
     "config": "/opt/airflow/config",
     "logs": "/opt/airflow/logs",
@@ -263,6 +264,19 @@ def test_include_is_on_pythonpath(services):
     dockerfile = DOCKERFILE.read_text()
     assert re.search(r"^ENV PYTHONPATH=\S*/opt/airflow/include\b", dockerfile, re.M)
     assert re.search(r"^COPY\b.*\binclude/?\s+/opt/airflow/include/?\s*$", dockerfile, re.M)
+
+
+def test_dev_tooling_is_in_the_demo_stack_and_never_in_the_image(services):
+    """compose is a dev/demo stack: `python -m compliance_dev world seed` must work in it. The
+    production image carries the product only (include/), never dev/ (issue 17)."""
+    for name in airflow_services(services):
+        path = env(services[name]).get("PYTHONPATH", "").split(":")
+        assert MOUNTS["dev"] in path, f"{name}: PYTHONPATH={path}"
+    dockerfile = DOCKERFILE.read_text()
+    code = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if re.search(r"\bdev/|compliance_dev", line)], code
+    (pythonpath,) = re.findall(r"^ENV PYTHONPATH=(\S+)", dockerfile, re.M)
+    assert "dev" not in pythonpath
 
 
 def test_every_mounted_path_exists_in_the_repo(services):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from compliance.core.datamap.model import IdentityType
+from compliance.requests.deadlines import due_dates as deadlines
 from compliance.requests.intake import (
     Accepted,
     Jurisdiction,
@@ -22,7 +23,6 @@ from compliance.requests.intake import (
     RequestType,
     add_months,
     collected_since,
-    deadlines,
     dedupe_key,
     find_duplicates,
     identity_lists,

@@ -1,7 +1,7 @@
 """Identity fields at any depth in JSON log lines (issue 14, deliverables 2 and 7).
 
 The path syntax (`compliance.core.datamap.paths`), the validator's `bad-path` rule, and the log engine
-(`compliance.deletion.logs`) on nested identities: scan, scrub (drop and redact), access gathering (R10
+(`compliance.core.logfiles`, `compliance.deletion.log_scrub`) on nested identities: scan, scrub (drop and redact), access gathering (R10
 withholding at any depth) and the inventory's drift findings for logs and CSV backups. Object
 tests run against the moto S3 server (versioned buckets), like tests/unit/test_logs.py.
 """
@@ -17,12 +17,16 @@ import pytest
 
 from compliance import inventory
 from compliance.access import gather
+from compliance.core import logfiles
+from compliance.core.context import Workspace
 from compliance.core.datamap import paths
 from compliance.core.datamap.model import DataMap, IdentityType, LogStore
 from compliance.core.datamap.paths import EACH
 from compliance.core.datamap.validate import check_text
-from compliance.deletion import logs
-from compliance.deletion.logs import Targets
+from compliance.core.logfiles import Targets, matching
+from compliance.core.shards import LogShard
+from compliance.deletion import log_scrub
+from compliance.inventory import objects as inventory_objects
 
 DEMO_MAP = Path(__file__).resolve().parents[2] / "config" / "datamap.yaml"
 BUCKET = "cj-nested-logs"
@@ -64,8 +68,8 @@ def line(obj: object) -> bytes:
 
 def refs_of(lines: list[bytes], store: LogStore = NEST, targets: Targets = TARGETS) -> list:
     """Each line scanned alone (so no other line makes it a candidate), then all together."""
-    alone = [sorted(r) for x in lines for _, r in logs.scan_lines([x], store, targets)]
-    together = [sorted(r) for _, r in logs.scan_lines(lines, store, targets)]
+    alone = [sorted(r) for x in lines for _, r in logfiles.scan_lines([x], store, targets)]
+    together = [sorted(r) for _, r in logfiles.scan_lines(lines, store, targets)]
     assert together == alone
     return alone
 
@@ -290,7 +294,7 @@ MATCH_CASES = [
 @pytest.mark.parametrize("few", [True, False])
 def test_scan_nested_identities(monkeypatch, few):
     if not few:  # force the extract-and-intersect pre-filter instead of the few-values search
-        monkeypatch.setattr(logs, "FEW_VALUES", 0)
+        monkeypatch.setattr(matching, "FEW_VALUES", 0)
     lines = [line(obj) for obj, _ in MATCH_CASES]
     assert refs_of(lines) == [want for _, want in MATCH_CASES]
 
@@ -298,7 +302,7 @@ def test_scan_nested_identities(monkeypatch, few):
 @pytest.mark.parametrize("few", [True, False])
 def test_scan_nested_duplicates_escapes_and_spacing(monkeypatch, few):
     if not few:
-        monkeypatch.setattr(logs, "FEW_VALUES", 0)
+        monkeypatch.setattr(matching, "FEW_VALUES", 0)
     lines = [
         # duplicate nested keys: the first actor hides nothing, nor does the second email
         b'{"ctx":{"client":1},"actor":{"email":"x@y.io"},"actor":{"email":"ann@x.io"}}\n',
@@ -339,7 +343,7 @@ def test_drop_nested_lines_keeps_every_other_byte(bucket):
     lines = [line(obj) for obj, _ in MATCH_CASES]
     lines.append(b'{ "ctx" : {"client":1}, "odd":  "spacing \\u00e9 kept" }')  # no newline
     put(s3, day + "a.json.gz", lines)
-    result = logs.scrub_shard(s3, NEST, day, TARGETS, batch_id=BATCH)
+    result = log_scrub.scrub_shard(s3, NEST, day, TARGETS, batch_id=BATCH)
     matching = [bool(want) for _, want in MATCH_CASES] + [False]
     assert result.lines_removed == sum(matching) == 10
     assert result.residue == 0
@@ -364,7 +368,7 @@ def test_redact_nested_values_exactly(bucket):
     other_tenant = hit.replace(b'"client": 1', b'"client": 2')
     quiet = b'{"ctx":{"client":1},"actor":{"email":"zed@q.io"},"meta.v2":{"ip":"10.0.0.2"}}\n'
     put(s3, key, [hit, other_tenant, dup, quiet])
-    result = logs.rewrite_object(s3, NEST_REDACT, BUCKET, key, TARGETS, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, NEST_REDACT, BUCKET, key, TARGETS, batch_id=BATCH)
     assert (result.rewritten, result.lines_matched, result.per_ref) == (True, 2, {"1": 2})
     out = read(s3, key).splitlines(keepends=True)
     assert out[0] == (
@@ -377,7 +381,7 @@ def test_redact_nested_values_exactly(bucket):
     assert out[2] == (
         b'{"ctx":{"client":1},"actor":{"email":"[redacted]"},"actor":{"email":"[redacted]"}}\n'
     )
-    again = logs.rewrite_object(s3, NEST_REDACT, BUCKET, key, TARGETS, batch_id="batch-2")
+    again = log_scrub.rewrite_object(s3, NEST_REDACT, BUCKET, key, TARGETS, batch_id="batch-2")
     assert (again.rewritten, again.lines_matched) == (False, 0)
 
 
@@ -395,7 +399,7 @@ def test_redact_a_mapped_object_with_a_mapped_path_inside_it():
             "actor.email": {"categories": ["identifiers"], "identity": "email"},
         },
     )
-    matcher = logs._Matcher.get(store, TARGETS)
+    matcher = logfiles.Matcher.get(store, TARGETS)
     text = '{"t":1,"actor":{"email":"ann@x.io","n":{"email":"x"}},"z":0}'
     hits, _ = matcher.scan(text.encode() + b"\n")
     assert len(hits) == 1
@@ -423,7 +427,9 @@ def test_gather_finds_nested_lines_and_withholds_nested_values(bucket):
         Bucket="cj-workspace", Key=f"batches/{BATCH}/targets.json", Body=json.dumps(batch)
     )
     dm = SimpleNamespace(stores={"nest": NEST})
-    summary = gather.gather_log_shard(s3, "cj-workspace", dm, s3, BATCH, f"nest|{day}")
+    summary = gather.gather_log_shard(
+        Workspace(s3, "cj-workspace"), dm, s3, BATCH, LogShard("nest", day)
+    )
     assert (summary["lines"], summary["requests_with_lines"]) == (2, 1)
     records = gather.read_parts(s3, "cj-workspace", BATCH)["1"]
     assert [r["values"]["n"] for r in records] == [1, 3]
@@ -499,7 +505,7 @@ def test_backup_drift_reports_identity_values_in_undeclared_columns(bucket):
     csv_object(new, "messages", 'message_id,body,relay\n1,"hi, ann@x.io",10.0.0.1\n2,x,\n')
     csv_object(new, "clients", "client_id,contact_email\n1,boss@dealer.com\n")  # ignored table
     csv_object(new, "shadow_contacts", "id,phone\n1,+14155550101\n2,+14155550102\n")
-    drift = inventory._backup_drift(s3, dm, "crm_backups", store, 200)
+    drift = inventory_objects._backup_drift(s3, dm, "crm_backups", store, 200)
     got = {(f.where, f.kind): f.detail for f in drift}
     assert set(got) == {
         ("crm_backups.contacts.backup_mail", "unmapped-identity"),

@@ -1,4 +1,5 @@
-"""The log scanning engine (compliance.deletion.logs) against a real moto S3 server, versioned buckets."""
+"""The log engine (compliance.core.logfiles, compliance.deletion.log_scrub) against a real moto S3
+server, versioned buckets."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from compliance.core import logfiles
 from compliance.core.datamap.model import IdentityType, LogStore
-from compliance.deletion import logs
-from compliance.deletion.logs import Targets
+from compliance.core.logfiles import Targets, matching, reading
+from compliance.deletion import log_scrub
 
 BUCKET = "cj-app-logs"
 BATCH = "batch-0001"
@@ -90,10 +92,10 @@ def test_scan_lines_tenant_case_and_missing_tenant():
         jl(ts="t", client_id=1, email="jane@example.com"),
         jl(ts="t", client_id=1, msg="john.doe@example.com"),  # not an identity field
     ]
-    out = list(logs.scan_lines(lines, APP, JOHN))
+    out = list(logfiles.scan_lines(lines, APP, JOHN))
     assert [line for line, _ in out] == lines
     assert [sorted(refs) for _, refs in out] == [["req-a"], [], ["req-a"], [], [], []]
-    alone = list(logs.scan_lines([lines[2]], APP, JOHN))  # no lower-case twin in its block
+    alone = list(logfiles.scan_lines([lines[2]], APP, JOHN))  # no lower-case twin in its block
     assert alone == [(lines[2], frozenset({"req-a"}))]
 
 
@@ -113,7 +115,7 @@ def test_scan_lines_phone_record_id_and_numbers():
         jl(client_id=7, phone="+15551234567", contact_id="c42"),
         jl(client_id=7, email="+15551234567"),  # a phone value in the e-mail field
     ]
-    refs = [sorted(r) for _, r in logs.scan_lines(lines, APP, targets)]
+    refs = [sorted(r) for _, r in logfiles.scan_lines(lines, APP, targets)]
     assert refs == [["req-p"], ["req-r"], [], [], ["req-n"], [], ["req-p", "req-r"], []]
 
 
@@ -135,9 +137,9 @@ def test_fallback_path_for_escapes_whitespace_and_odd_shapes():
         b'{"client_id":2,"email":"john.doe\\u0040example.com"}\n',  # other tenant
     ]
     # One line at a time: a plain line in the same block must not be what makes the others found.
-    refs = [sorted(r) for line in lines for _, r in logs.scan_lines([line], APP, targets)]
+    refs = [sorted(r) for line in lines for _, r in logfiles.scan_lines([line], APP, targets)]
     assert refs == [["a"]] * 6 + [["b"], ["b"], ["a"], [], [], [], []]
-    assert [sorted(r) for _, r in logs.scan_lines(lines, APP, targets)] == refs
+    assert [sorted(r) for _, r in logfiles.scan_lines(lines, APP, targets)] == refs
 
 
 def _reference(line: bytes, store: LogStore, wanted: dict) -> set[str]:
@@ -199,7 +201,7 @@ def test_fast_path_agrees_with_parsing_every_line():
         else:
             text = json.dumps(obj, ensure_ascii=False, indent=None).replace("@", "\\u0040")
         lines.append(text.encode() + b"\n")
-    got = [set(refs) for _, refs in logs.scan_lines(lines, APP, targets)]
+    got = [set(refs) for _, refs in logfiles.scan_lines(lines, APP, targets)]
     expected = [_reference(line, APP, wanted) for line in lines]
     assert sum(1 for e in expected if e) > 100  # the sample does exercise matches
     assert got == expected
@@ -237,7 +239,7 @@ def test_drop_mode_rewrites_only_matching_lines(bucket):
     ]
     key = "app/dt=2024-05-01/part-0.json.gz"
     put(s3, key, lines)
-    result = logs.rewrite_object(s3, APP, BUCKET, key, targets, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, APP, BUCKET, key, targets, batch_id=BATCH)
     assert result.rewritten
     assert (result.lines_in, result.lines_matched) == (7, 4)
     assert result.per_ref == {"req-a": 2, "req-b": 1, "req-c": 1}
@@ -264,7 +266,7 @@ def test_redact_mode_keeps_the_rest_of_the_line(bucket):
     ]
     key = "mail/2024/05/02/mx1.json.gz"
     put(s3, key, lines)
-    result = logs.rewrite_object(s3, MAIL, BUCKET, key, targets, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, MAIL, BUCKET, key, targets, batch_id=BATCH)
     assert (result.rewritten, result.lines_matched, result.per_ref) == (True, 3, {"req-m": 3})
     out = read(s3, key).splitlines(keepends=True)
     assert out[1] == lines[1] and out[3] == lines[3]
@@ -277,7 +279,7 @@ def test_redact_mode_keeps_the_rest_of_the_line(bucket):
     )
     assert out[4] == b'{"tenant":5,"rcpt":"[redacted]","rcpt":"[redacted]"}\n'
     assert json.loads(out[0])["status"] == "sent"
-    again = logs.rewrite_object(s3, MAIL, BUCKET, key, targets, batch_id="batch-2")
+    again = log_scrub.rewrite_object(s3, MAIL, BUCKET, key, targets, batch_id="batch-2")
     assert (again.rewritten, again.lines_matched) == (False, 0)
 
 
@@ -286,7 +288,7 @@ def test_objects_without_targets_are_untouched(bucket):
     key = "app/dt=2024-05-01/quiet.json.gz"
     body = gzip.compress(jl(client_id=1, email="jane@example.com") * 3)
     version = s3.put_object(Bucket=BUCKET, Key=key, Body=body)["VersionId"]
-    result = logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     assert (result.rewritten, result.lines_in, result.lines_matched) == (False, 3, 0)
     obj = s3.get_object(Bucket=BUCKET, Key=key)
     assert obj["VersionId"] == version
@@ -298,9 +300,9 @@ def test_rerun_is_a_noop(bucket):
     s3 = bucket
     key = "app/dt=2024-05-01/a.json.gz"
     put(s3, key, [jl(client_id=1, email="john.doe@example.com"), jl(client_id=1, x=1)])
-    first = logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    first = log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     version = s3.head_object(Bucket=BUCKET, Key=key)["VersionId"]
-    second = logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id="batch-0002")
+    second = log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id="batch-0002")
     assert first.rewritten and not second.rewritten
     head = s3.head_object(Bucket=BUCKET, Key=key)
     assert head["VersionId"] == version
@@ -315,7 +317,7 @@ def test_last_line_without_newline(bucket, last_matches):
     middle = jl(client_id=1, email="keep@example.com")
     last = (first if last_matches else middle).rstrip(b"\n")
     put(s3, key, [first, middle, last])
-    result = logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     assert result.lines_in == 3
     assert result.lines_matched == (2 if last_matches else 1)
     assert read(s3, key) == (middle if last_matches else middle + last)
@@ -326,14 +328,14 @@ def test_last_line_without_newline_redacted(bucket):
     key = "mail/2024/05/02/tail.json.gz"
     put(s3, key, [b'{"tenant":1,"rcpt":"x@example.com"}\n', b'{"tenant":1,"rcpt":"a@b.c"}'])
     targets = Targets({"1": [(E, "a@b.c", "r")]})
-    logs.rewrite_object(s3, MAIL, BUCKET, key, targets, batch_id=BATCH)
+    log_scrub.rewrite_object(s3, MAIL, BUCKET, key, targets, batch_id=BATCH)
     assert read(s3, key) == b'{"tenant":1,"rcpt":"x@example.com"}\n{"tenant":1,"rcpt":"[redacted]"}'
 
 
 def test_block_boundaries_and_replay_of_the_part_before_the_first_match(bucket, monkeypatch):
     """Small blocks: the first match comes late, lines straddle reads and scan slices."""
-    monkeypatch.setattr(logs, "READ_SIZE", 700)
-    monkeypatch.setattr(logs, "SCAN_SIZE", 300)
+    monkeypatch.setattr(reading, "READ_SIZE", 700)
+    monkeypatch.setattr(matching, "SCAN_SIZE", 300)
     s3 = bucket
     rnd = random.Random(5)
     lines, expected = [], []
@@ -346,18 +348,18 @@ def test_block_boundaries_and_replay_of_the_part_before_the_first_match(bucket, 
             expected.append(line)
     key = "app/dt=2024-05-01/big.json.gz"
     put(s3, key, lines)
-    result = logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     assert result.lines_matched == len(lines) - len(expected) > 5
     assert read(s3, key).splitlines(keepends=True) == expected
 
 
 def test_multipart_upload_path(bucket, monkeypatch):
-    monkeypatch.setattr(logs, "PUT_LIMIT", 0)
+    monkeypatch.setattr(log_scrub, "PUT_LIMIT", 0)
     s3 = bucket
     key = "app/dt=2024-05-01/mp.json.gz"
     keep = jl(client_id=1, email="keep@example.com")
     put(s3, key, [keep, jl(client_id=1, email="john.doe@example.com"), keep])
-    result = logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     assert result.rewritten
     assert read(s3, key) == keep + keep
     assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"] == {"cj-rewritten": BATCH}
@@ -375,7 +377,7 @@ def test_content_type_user_metadata_and_tags_are_kept(bucket):
         Metadata={"shipper": "fluentbit"},
         Tagging="retention=400d",
     )
-    logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     head = s3.head_object(Bucket=BUCKET, Key=key)
     assert head["ContentType"] == "application/x-ndjson"
     assert head["Metadata"] == {"shipper": "fluentbit", "cj-rewritten": BATCH}
@@ -395,8 +397,8 @@ def test_concurrent_change_is_not_overwritten(bucket, monkeypatch):
         return real_put(**kwargs)
 
     monkeypatch.setattr(s3, "put_object", racing_put)
-    with pytest.raises(logs.ObjectChanged):
-        logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    with pytest.raises(log_scrub.ObjectChanged):
+        log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     monkeypatch.undo()
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == newer
     assert len(versions(s3, key)) == 2  # nothing was deleted either
@@ -406,8 +408,8 @@ def test_not_gzip_raises_and_changes_nothing(bucket):
     s3 = bucket
     key = "app/dt=2024-05-01/plain.json"
     version = s3.put_object(Bucket=BUCKET, Key=key, Body=jl(client_id=1))["VersionId"]
-    with pytest.raises(logs.LogFormatError):
-        logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+    with pytest.raises(logfiles.LogFormatError):
+        log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     assert [v["VersionId"] for v in versions(s3, key)] == [version]
 
 
@@ -425,28 +427,28 @@ def test_crash_between_put_and_version_cleanup(bucket, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(logs, "_delete_noncurrent", crash)
+    monkeypatch.setattr(log_scrub, "_delete_noncurrent", crash)
     with pytest.raises(RuntimeError):
-        logs.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
+        log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     monkeypatch.undo()
     assert len(versions(s3, key)) == 2  # the old data is still there
-    assert logs.clean_versions(s3, BUCKET, "app/dt=2024-05-01/") == 1
+    assert log_scrub.clean_versions(s3, BUCKET, "app/dt=2024-05-01/") == 1
     remaining = versions(s3, key)
     assert len(remaining) == 1 and remaining[0]["IsLatest"]
     assert read(s3, key) == jl(client_id=1, x=1)
     assert len(versions(s3, other)) == 2
-    assert logs.clean_versions(s3, BUCKET, "app/dt=2024-05-01/") == 0
+    assert log_scrub.clean_versions(s3, BUCKET, "app/dt=2024-05-01/") == 0
 
 
 def test_scrub_shard_cleans_up_after_a_crash(bucket, monkeypatch):
     s3 = bucket
     day = "app/dt=2024-05-01/"
     put(s3, day + "a.json.gz", [jl(client_id=1, email="john.doe@example.com")])
-    monkeypatch.setattr(logs, "_delete_noncurrent", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(log_scrub, "_delete_noncurrent", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        logs.scrub_shard(s3, APP, day, JOHN, batch_id=BATCH)
+        log_scrub.scrub_shard(s3, APP, day, JOHN, batch_id=BATCH)
     monkeypatch.undo()
-    result = logs.scrub_shard(s3, APP, day, JOHN, batch_id=BATCH)
+    result = log_scrub.scrub_shard(s3, APP, day, JOHN, batch_id=BATCH)
     assert (result.objects_rewritten, result.versions_deleted, result.residue) == (0, 1, 0)
     assert len(versions(s3, day + "a.json.gz")) == 1
 
@@ -462,7 +464,7 @@ def test_scrub_shard(bucket):
     put(s3, day + "b.json.gz", [jl(client_id=1, phone="+15550002222")] * 3)
     quiet = put(s3, day + "c.json.gz", [jl(client_id=2, email="john.doe@example.com")])
     put(s3, "app/dt=2024-05-02/d.json.gz", [jl(client_id=1, email="john.doe@example.com")])
-    result = logs.scrub_shard(s3, APP, day, targets, batch_id=BATCH)
+    result = log_scrub.scrub_shard(s3, APP, day, targets, batch_id=BATCH)
     assert result.objects == 3
     assert result.objects_rewritten == 2
     assert result.rewritten_keys == [day + "a.json.gz", day + "b.json.gz"]
@@ -474,7 +476,7 @@ def test_scrub_shard(bucket):
     assert b"john" in read(s3, "app/dt=2024-05-02/d.json.gz")  # other days untouched
     text = json.dumps(result.to_dict())
     assert "john" not in text and "+1555" not in text
-    changed = logs.scrub_shard(s3, APP, day, targets, batch_id=BATCH, verify="changed")
+    changed = log_scrub.scrub_shard(s3, APP, day, targets, batch_id=BATCH, verify="changed")
     assert (changed.objects, changed.objects_verified, changed.residue) == (3, 0, 0)
 
 
@@ -483,8 +485,8 @@ def test_scrub_shard_reports_residue(bucket, monkeypatch):
     s3 = bucket
     day = "app/dt=2024-05-01/"
     put(s3, day + "a.json.gz", [jl(client_id=1, email="john.doe@example.com")])
-    monkeypatch.setattr(logs, "_write_edited", lambda out, block, *a: out.write(block))
-    result = logs.scrub_shard(s3, APP, day, JOHN, batch_id=BATCH)
+    monkeypatch.setattr(log_scrub, "_write_edited", lambda out, block, *a: out.write(block))
+    result = log_scrub.scrub_shard(s3, APP, day, JOHN, batch_id=BATCH)
     assert (result.objects_rewritten, result.residue) == (1, 1)
     assert result.residue_keys == [day + "a.json.gz"]
 
@@ -505,21 +507,21 @@ def test_day_prefixes_both_partition_styles(bucket):
         "mail/archive/x.gz",
     ]:
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
-    assert logs.day_prefixes(s3, APP) == [
+    assert logfiles.day_prefixes(s3, APP) == [
         "app/dt=2024-04-30/",
         "app/dt=2024-05-01/",
         "app/dt=2024-05-03/",
     ]
     window = {"since": date(2024, 5, 1), "until": date(2024, 5, 2)}
-    assert logs.day_prefixes(s3, APP, **window) == ["app/dt=2024-05-01/"]
-    assert logs.day_prefixes(s3, MAIL) == [
+    assert logfiles.day_prefixes(s3, APP, **window) == ["app/dt=2024-05-01/"]
+    assert logfiles.day_prefixes(s3, MAIL) == [
         "mail/2024/04/30/",
         "mail/2024/05/01/",
         "mail/2024/05/02/",
     ]
-    assert logs.day_prefixes(s3, MAIL, **window) == ["mail/2024/05/01/", "mail/2024/05/02/"]
-    assert logs.day_prefixes(s3, MAIL, since=date(2024, 5, 2)) == ["mail/2024/05/02/"]
-    assert logs.day_prefixes(s3, MAIL, until=date(2024, 4, 30)) == ["mail/2024/04/30/"]
+    assert logfiles.day_prefixes(s3, MAIL, **window) == ["mail/2024/05/01/", "mail/2024/05/02/"]
+    assert logfiles.day_prefixes(s3, MAIL, since=date(2024, 5, 2)) == ["mail/2024/05/02/"]
+    assert logfiles.day_prefixes(s3, MAIL, until=date(2024, 4, 30)) == ["mail/2024/04/30/"]
 
 
 def test_collect_shard_window_and_two_refs(bucket):
@@ -541,7 +543,7 @@ def test_collect_shard_window_and_two_refs(bucket):
         ],
     )
     got = list(
-        logs.collect_shard(
+        logfiles.collect_shard(
             s3,
             MAIL,
             day,
@@ -559,7 +561,7 @@ def test_collect_shard_window_and_two_refs(bucket):
         ("req-2", 6),
     ]
     assert got[0][1] is not got[1][1]
-    everything = list(logs.collect_shard(s3, MAIL, day, targets, since=None, until=None))
+    everything = list(logfiles.collect_shard(s3, MAIL, day, targets, since=None, until=None))
     assert len(everything) == 10
 
 
@@ -576,7 +578,7 @@ def test_per_ref_counts_when_two_requests_share_a_line(bucket):
             jl(client_id=1, email="other@example.com"),
         ],
     )
-    result = logs.rewrite_object(s3, APP, BUCKET, key, targets, batch_id=BATCH)
+    result = log_scrub.rewrite_object(s3, APP, BUCKET, key, targets, batch_id=BATCH)
     assert result.lines_matched == 2
     assert result.per_ref == {"req-a": 1, "req-b": 2}
     assert read(s3, key) == jl(client_id=1, email="other@example.com")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,14 +18,15 @@ import sqlalchemy as sa
 import yaml
 
 from compliance.core import ledger
+from compliance.core.context import JobContext, Workspace
 from compliance.core.datamap.model import Recipient, SubProcessor
 from compliance.core.datamap.validate import check_text, load_datamap
 from compliance.core.outputs import put_json
-from compliance.core.settings import REPO_ROOT
+from compliance.core.settings import REPO_ROOT, Settings
 from compliance.core.stores.sql import engine_from_url
 from compliance.deletion import outbox
 from compliance.deletion.erasure import Targets
-from compliance.requests import state
+from compliance.requests import batches, state
 
 KEY = b"unit-outbox-key"
 BUCKET = "cj-outbox-unit"
@@ -202,10 +204,9 @@ def test_unacknowledged_notice_is_given_up_at_the_configured_day(engine, bucket,
     assert len(server.bodies) == sent  # never again
 
 
-def test_not_configured_channel_is_retried_and_alerted(engine, bucket, monkeypatch):
+def test_not_configured_channel_is_retried_and_alerted(engine, bucket):
     """An e-mail sub-processor without an SMTP connection: `not_configured`, re-checked at the
     base interval, reported by the watchdog as a channel and, after the alert age, a notice."""
-    monkeypatch.delenv("COMPLIANCE_SUBPROCESSOR_SMTP_CONN", raising=False)
     s3 = bucket
     dm = load_datamap(DEMO).model_copy(
         update={
@@ -318,3 +319,87 @@ def test_old_state_db_gets_the_outbox_columns(sqlite_url):
     assert {"kind", "queued_at", "next_attempt_at", "reported_status"} <= cols
     assert state.notices(eng, 1)["esp"].status == "failed"
     eng.dispose()
+
+
+class _Recorder:
+    """A `Channels` that keeps what it was asked to send (the deployment's sends via Airflow)."""
+
+    def __init__(self) -> None:
+        self.emails: list[tuple[str, str, str, str]] = []
+        self.alerts: list = []
+
+    def configured(self) -> list[str]:
+        return ["email"]
+
+    def alert(self, alert) -> list[str]:
+        self.alerts.append(alert)
+        return ["email"]
+
+    def email(self, conn_id: str, to: str, subject: str, html: str) -> None:
+        self.emails.append((conn_id, to, subject, html))
+
+
+def _ctx(engine, s3, dm, channels, now, **env) -> JobContext:
+    settings = Settings.from_env({"COMPLIANCE_HASH_KEY": KEY.decode(), **env})
+    return JobContext(
+        settings=settings,
+        datamap=dm,
+        datamap_hash="unit",
+        workspace=Workspace(s3, BUCKET),
+        state=engine,
+        engines={},
+        stores={},
+        clock=lambda: now,
+        run_day=now.date(),
+        channels=channels,
+    )
+
+
+def test_email_notices_go_through_the_context_channels(engine, bucket):
+    """The job entry points take the context: e-mail notices go out through `ctx.channels` on
+    the SMTP connection the settings name; the watchdog's `chase` and `send_alerts` report an
+    unacknowledged one through the same channels; the policy comes from `settings.env`."""
+    s3 = bucket
+    dm = load_datamap(DEMO).model_copy(
+        update={
+            "subprocessors": [
+                SubProcessor(
+                    name="payments",
+                    channel="email",
+                    target="privacy@payments.example",
+                    categories=["commercial"],
+                    purpose="card payments",
+                )
+            ],
+            "recipients": [],
+        }
+    )
+    pk, targets = _completed_request(engine, s3, dm)
+    put_json(s3, BUCKET, batches.targets_key(targets.batch_id), asdict(targets))
+    channels = _Recorder()
+    env = {"COMPLIANCE_SUBPROCESSOR_SMTP_CONN": "smtp_privacy", "COMPLIANCE_NOTICE_ALERT_DAYS": "1"}
+    got = outbox.run(_ctx(engine, s3, dm, channels, T0, **env), targets.batch_id)
+    assert got["sent"] == 1
+    [(conn, to, subject, html)] = channels.emails
+    assert (conn, to, subject) == (
+        "smtp_privacy",
+        "privacy@payments.example",
+        "Deletion request (R16)",
+    )
+    assert EMAIL in html  # the body carries the identities: the recipient needs them
+    assert state.notices(engine, pk)["payments"].status == "sent"
+
+    later = T0 + timedelta(days=1)
+    summary = outbox.chase(_ctx(engine, s3, dm, channels, later, **env))
+    assert summary["delivered"] == {"sent": 1} and summary["by_problem"] == {"unacknowledged": 1}
+    assert len(channels.emails) == 2  # due again (backoff), same request_ref
+    assert outbox.send_alerts(_ctx(engine, s3, dm, channels, later, **env), summary) == {
+        "sent": ["email"]
+    }
+    [digest] = channels.alerts
+    assert "payments" in digest.body and EMAIL not in digest.body
+
+    # Without the SMTP connection in the settings the notice waits, reported as not configured.
+    summary = outbox.chase(_ctx(engine, s3, dm, channels, later + timedelta(days=2)))
+    assert summary["delivered"] == {"not_configured": 1}
+    assert summary["by_problem"]["channel_not_configured"] == 1

@@ -1,7 +1,7 @@
 """Phones a CRM stores as typed still match (issue 14, deliverable 4; R5).
 
 The resolver compares a phone column as stored, so the CRM's own index serves; the request
-therefore carries every common written form of its number (`intake._written_forms`). Here the
+therefore carries every common written form of its number (`identities._written_forms`). Here the
 CRM keeps '415-555-0134', '(415) 555-0177' and '+14155550199' side by side and requests give
 the numbers in other forms.
 """
@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from compliance.core.datamap.model import IdentityType, SqlSystem
-from compliance.requests import intake
+from compliance.requests import identities
 from compliance.requests.resolve import Subject, resolve
 
 md = sa.MetaData()
@@ -67,7 +67,7 @@ def engine(tmp_path):
 
 
 def _subject(ref: str, sent: str, region: str | None = None) -> Subject:
-    e164, variants = intake._phone(sent, region)
+    e164, variants = identities._phone(sent, region)
     values = (e164, *variants)
     return Subject(ref, "acme", tuple((IdentityType.phone, v) for v in values))
 
@@ -88,7 +88,7 @@ def test_each_stored_form_is_found_from_any_sent_form(engine, sent, expected):
 
 
 def test_written_forms_are_one_number_only():
-    e164, variants = intake._phone("+14155550134")
+    e164, variants = identities._phone("+14155550134")
     digits = {"".join(ch for ch in v if ch.isdigit()).removeprefix("1") for v in variants}
     assert e164 == "+14155550134"
     assert digits == {"4155550134"}  # every spelling is the same number, none a neighbour

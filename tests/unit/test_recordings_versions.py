@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from compliance.deletion import recordings
+from compliance.core.stores import recordings
 
 BUCKET = "audio"
 

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from compliance.core.stores.sql import engine_from_url
-from compliance.requests import deadlines, inbox, request_records, state
+from compliance.requests import deadline_watch, inbox, request_records, state
 from compliance.stats import config, metrics
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
@@ -223,12 +223,12 @@ def test_a_late_forwarded_request_alerts_on_the_first_watchdog_run_after_intake(
     drop("1/late.json", doc, now=now)
     (row,) = state.actionable_requests(engine, "delete")
     assert row.accepted_at == now
-    alerts = deadlines.watch(engine, now.date(), now - timedelta(days=1))
+    alerts = deadline_watch.watch(engine, now.date(), now - timedelta(days=1))
     assert [(a.request_id, a.clock, a.level) for a in alerts] == [
-        ("LATE-1", deadlines.ACK, deadlines.OVERDUE)
+        ("LATE-1", deadline_watch.ACK, deadline_watch.OVERDUE)
     ]
     # the next day it is no longer new: an overdue acknowledgement is reported once
-    assert deadlines.watch(engine, now.date() + timedelta(days=1), now) == []
+    assert deadline_watch.watch(engine, now.date() + timedelta(days=1), now) == []
 
 
 def test_a_repeat_deletion_is_a_new_request_linked_to_the_earlier_one(world):

@@ -16,7 +16,7 @@ import pytest
 
 from compliance.core.datamap.validate import load_datamap
 from compliance.retention.objects import FILTERED_META, expire_store, plan_store
-from compliance.retention.policy import load_policy
+from compliance.retention.policy_file import load_policy
 
 REPO = Path(__file__).resolve().parents[2]
 DM = load_datamap(REPO / "config" / "datamap.yaml")

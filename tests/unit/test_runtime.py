@@ -31,3 +31,16 @@ def test_dry_run_unless_scheduled_or_turned_off(run_type, params, dry):
 def test_run_type_enum_values_are_read():
     enum_like = SimpleNamespace(value="scheduled")
     assert runtime.scheduled({"dag_run": SimpleNamespace(run_type=enum_like), "params": {}})
+
+
+def test_context_channels_are_airflows_hooks_behind_the_protocol():
+    """runtime wires `ctx.channels` from plugins/compliance_channels.py (on the plugins path)."""
+    import airflow  # noqa: F401  (puts the plugins folder on sys.path, as in every component)
+
+    from compliance.core.context import Channels
+    from compliance.core.settings import Settings
+
+    channels = runtime.channels(Settings.from_env({"COMPLIANCE_ALERT_SNS_TOPIC": "arn:x"}))
+    assert type(channels).__name__ == "AirflowChannels"
+    assert all(callable(getattr(channels, name)) for name in Channels.__dict__ if name[0] != "_")
+    assert channels.configured() == ["sns"]

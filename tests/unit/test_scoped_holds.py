@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from compliance.core.datamap.validate import load_datamap
-from compliance.deletion import erase_sql, erasure, residue_oracle
+from compliance.deletion import erase_sql, plan, residue_oracle
+from compliance.deletion import finalize as finalize_step
 from compliance.requests import holds
 from compliance_dev.world import schema as w
 from tests.unit import test_erase_sql as base
@@ -61,7 +62,7 @@ def _row(engine, table, key):
 
 
 def _pending(ref="1", client="1", **identities):
-    return erasure.Pending(ref, client, f"R-{ref}", T0.isoformat(), identities)
+    return plan.Pending(ref, client, f"R-{ref}", T0.isoformat(), identities)
 
 
 # -- the hold itself --------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_the_hold_ends_and_the_rest_is_erased(crm):
 
 
 def _assemble(crm, *pending):
-    return erasure.assemble(DM, {"crm": crm}, "b1", list(pending), NOW)
+    return plan.assemble(DM, {"crm": crm}, "b1", list(pending), NOW)
 
 
 def test_plan_partial_request_names_what_is_kept_and_why(crm):
@@ -232,12 +233,12 @@ def test_invalid_codes_and_unknown_scopes_are_honoured_conservatively(crm):
 def test_unchanged_holds_keep_a_partial_request_waiting(crm):
     _hold(crm, 1, 1, 10, "messages", "legal_claims")
     targets, _ = _assemble(crm, _pending(email="jo@example.com"))
-    memo = erasure._held_doc(targets, "1")
-    again, _ = _assemble(crm, erasure.Pending("1", "1", "R-1", T0.isoformat(), {}, memo))
+    memo = finalize_step._held_doc(targets, "1")
+    again, _ = _assemble(crm, plan.Pending("1", "1", "R-1", T0.isoformat(), {}, memo))
     assert again.waiting == {"1": "legal_claims"} and again.active_refs() == []
     with crm.begin() as c:
         c.execute(sa.delete(w.legal_holds))
-    released, _ = _assemble(crm, erasure.Pending("1", "1", "R-1", T0.isoformat(), {}, memo))
+    released, _ = _assemble(crm, plan.Pending("1", "1", "R-1", T0.isoformat(), {}, memo))
     assert released.active_refs() == ["1"] and released.partial == {}
     assert set(released.consumers["crm"]["1"]) == {"10", "11"}  # remembered
     assert released.requests["1"]["earlier"]["kept"] == targets.kept["1"]

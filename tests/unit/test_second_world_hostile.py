@@ -137,7 +137,7 @@ def test_hold_registry_with_a_varchar_client_column(crm):
 def test_scan_finds_exactly_the_persons_lines_at_nested_paths(store_name, role):
     """The eraser's scan over the world's lines: the person's lines (ground truth), and never
     the twin's, whose e-mail or phone is the same in another tenant."""
-    from compliance.deletion.logs import Targets, scan_lines
+    from compliance.core.logfiles import Targets, scan_lines
 
     person = WORLD.person(role)
     lines = [ln for ln in WORLD.lines if ln.store == store_name]
@@ -155,7 +155,7 @@ def test_scan_finds_exactly_the_persons_lines_at_nested_paths(store_name, role):
 
 def test_unicode_tenant_spelt_with_json_escapes():
     """`zürich-süd` written as `z\\u00fcrich-s\\u00fcd` is the same tenant; `zurich-sud` is not."""
-    from compliance.deletion.logs import Targets, scan_lines
+    from compliance.core.logfiles import Targets, scan_lines
 
     person = WORLD.person("unicode")
     email = person.primary_email
@@ -191,7 +191,7 @@ def _put(s3, store, lines: list[bytes], day: date) -> str:
 
 def test_identity_at_an_unmapped_path_only(s3):
     """The eraser (mapped paths) misses it; the naive oracle finds it, so no receipt (R16)."""
-    from compliance.deletion.logs import Targets, scan_lines
+    from compliance.core.logfiles import Targets, scan_lines
     from compliance.deletion.residue_oracle import Value, verify_log_prefix
 
     person = WORLD.person("hostile")
@@ -219,7 +219,8 @@ def test_same_value_at_a_mapped_and_an_unmapped_path(s3):
     """Drop-line store: the mapped path condemns the whole line, so both copies go. Redact store:
     only the mapped copy is redacted; the unmapped copy stays, and the oracle must see it."""
     from compliance.core.datamap import paths
-    from compliance.deletion.logs import Targets, rewrite_object, scan_lines
+    from compliance.core.logfiles import Targets, scan_lines
+    from compliance.deletion.log_scrub import rewrite_object
     from compliance.deletion.residue_oracle import Value, verify_log_prefix
 
     person = WORLD.person("hostile")

@@ -30,6 +30,7 @@ from compliance.__main__ import main
 from compliance.access import gather, render, report
 from compliance.access.batch import AccessBatch, targets_key
 from compliance.access.disclosure import Retention
+from compliance.core.context import Workspace
 from compliance.core.datamap.graph import time_path
 from compliance.core.datamap.model import DataMap
 from compliance.core.datamap.validate import (
@@ -245,7 +246,7 @@ def gathered(s3: Any, engine: sa.Engine, dm: DataMap) -> list[dict[str, Any]]:
         consumers={"crm": {"1": [1]}},
     )
     put_json(s3, BUCKET, targets_key(batch.batch_id), batch.__dict__)
-    gather.gather_system(s3, BUCKET, dm, engine, batch.batch_id, "crm")
+    gather.gather_system(Workspace(s3, BUCKET), dm, engine, batch.batch_id, "crm")
     return gather.read_parts(s3, BUCKET, batch.batch_id).get("1", [])
 
 

@@ -10,29 +10,31 @@ only the batch id and a system or shard name.
 
 Convergence: a batch stays `planned` until `deliver.build_bundles` has delivered every request;
 a rerun finds it through its open requests and reuses the stored targets, so the windows, the
-`generated_at` stamp and therefore the bundles' bytes are the same as a clean run's.
+`generated_at` stamp and therefore the bundles' bytes are the same as a clean run's. The
+lifecycle (plan or resume, the targets document stamped with the data map's digest, refusing to
+resume under another map) is the one deletion uses: `compliance.requests.batches`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
+from compliance.core import logfiles as logs
+from compliance.core.context import JobContext, Workspace
 from compliance.core.datamap.model import DataMap, IdentityType, LogStore
-from compliance.core.outputs import put_json
-from compliance.deletion import logs
-from compliance.requests import intake, state
+from compliance.core.settings import Settings
+from compliance.core.shards import LogShard
+from compliance.requests import batches, intake, state
 from compliance.requests.resolve import Subject, resolve
 
-BATCHES = "batches/"
+BATCHES = batches.BATCHES
 KIND = "access"
-AUDIO_ENV = "COMPLIANCE_ACCESS_INCLUDE_AUDIO"
 REPEAT_THRESHOLD = 3  # R7: the business need not answer a third request within 12 months
 # R5: an access request the business verified only for categories (`verification.level`).
 SCOPE_CATEGORIES = "categories"
@@ -92,73 +94,49 @@ class AccessBatch:
         return logs.Targets(by_tenant)
 
 
-def targets_key(batch_id: str) -> str:
-    return f"{BATCHES}{batch_id}/targets.json"
+targets_key = batches.targets_key
 
 
-def load(s3: Any, bucket: str, batch_id: str) -> AccessBatch:
-    body = s3.get_object(Bucket=bucket, Key=targets_key(batch_id))["Body"].read()
-    return AccessBatch(**json.loads(body))
+def load(ws: Workspace, batch_id: str, datamap_hash: str | None = None) -> AccessBatch:
+    """The stored targets; `MapChanged` when planned under another map than `datamap_hash`
+    (None: no check, for readers that change nothing)."""
+    return AccessBatch(**batches.load_targets(ws, batch_id, datamap_hash))
 
 
-def audio_setting(value: bool | None) -> bool:
+def audio_setting(value: bool | None, settings: Settings) -> bool:
     """A run's choice (the trigger form) wins, else COMPLIANCE_ACCESS_INCLUDE_AUDIO (deployment).
 
     Off by default: audio makes bundles large and carries other voices (the client's staff).
     """
     if value is not None:
         return bool(value)
-    return os.environ.get(AUDIO_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return settings.access_include_audio
 
 
-def plan(
-    s3: Any,
-    bucket: str,
-    dm: DataMap,
-    engines: dict[str, Engine],
-    state_engine: Engine,
-    now: datetime,
-    *,
-    include_audio: bool = False,
-) -> dict[str, Any]:
+def plan(ctx: JobContext, *, include_audio: bool = False) -> dict[str, Any]:
     """Form (or resume) the batch; return small JSON naming what to fan out over."""
-    pending = state.actionable_requests(state_engine, KIND)
-    resumable = sorted(
-        {r.batch_id for r in pending if r.batch_id and _is_planned(state_engine, r.batch_id)}
-    )
+    resumable, pending = batches.pending(ctx.state, KIND)
     if resumable:
-        batch = load(s3, bucket, resumable[0])
+        batch = load(ctx.workspace, resumable, ctx.datamap_hash)
     else:
-        batch = _new_batch(s3, bucket, dm, engines, state_engine, now, pending, include_audio)
-    return fanout(s3, dm, batch)
-
-
-def _is_planned(state_engine: Engine, batch_id: str) -> bool:
-    found = state.get_batch(state_engine, batch_id)
-    return found is not None and found.status == "planned"
+        batch = _new_batch(ctx, pending, include_audio)
+    return fanout(ctx.datamap, batch, ctx.stores)
 
 
 def _new_batch(
-    s3: Any,
-    bucket: str,
-    dm: DataMap,
-    engines: dict[str, Engine],
-    state_engine: Engine,
-    now: datetime,
-    pending: list[state.RequestRow],
-    include_audio: bool,
+    ctx: JobContext, pending: list[state.RequestRow], include_audio: bool
 ) -> AccessBatch:
     if not pending:
         return AccessBatch("")
-    digest = hashlib.sha256(",".join(str(r.id) for r in pending).encode()).hexdigest()[:8]
-    now = state.to_utc(now).replace(microsecond=0)
+    now = state.to_utc(ctx.now()).replace(microsecond=0)
     batch = AccessBatch(
-        f"acc-{now:%Y%m%dT%H%M%S}-{digest}", now.isoformat(), include_audio=include_audio
+        batches.new_batch_id("acc", pending, now), now.isoformat(), include_audio=include_audio
     )
+    ws = ctx.workspace
     subjects: list[Subject] = []
     for row in pending:
         ref = str(row.id)
-        doc = json.loads(s3.get_object(Bucket=bucket, Key=row.source)["Body"].read())
+        doc = json.loads(ws.s3.get_object(Bucket=ws.bucket, Key=row.source)["Body"].read())
         # R5: verified only for categories -> no identity is resolved, searched or echoed; the
         # request's identities never enter the batch. Documents before the field: specific.
         scope = (
@@ -182,23 +160,23 @@ def _new_batch(
             "response_due": row.due.isoformat() if row.due else None,
             "since": since.isoformat() if since else None,
             "until": until.isoformat(),
-            "repeat": repeat(state_engine, row),
+            "repeat": repeat(ctx.state, row),
         }
-    for sname, system in dm.systems.items():
+    for sname, system in ctx.datamap.systems.items():
         # categories-only requests are not subjects; with none else, no store is queried (R5)
-        resolved = resolve(engines[sname], system, subjects) if subjects else {}
+        resolved = resolve(ctx.engine(sname), system, subjects) if subjects else {}
         batch.consumers[sname] = {ref: sorted(res.consumer_ids) for ref, res in resolved.items()}
         for ref, res in resolved.items():
             per_kind = batch.identities.setdefault(ref, {})
             for kind, values in res.identities.items():
                 per_kind[kind.value] = sorted(set(per_kind.get(kind.value, [])) | values)
-    put_json(s3, bucket, targets_key(batch.batch_id), asdict(batch))
+    batches.store_targets(ws, batch.batch_id, asdict(batch), ctx.datamap_hash)
     plan_rows = [
         state.PlanRow(int(ref), sname, "consumers", len(ids))
         for sname, per_ref in batch.consumers.items()
         for ref, ids in per_ref.items()
     ]
-    with state_engine.begin() as conn:  # the batch exists only with its requests pointing at it
+    with ctx.state.begin() as conn:  # the batch exists only with its requests pointing at it
         state.plan_batch(conn, batch.batch_id, KIND, plan_rows, created_at=now)
         state.set_status(conn, [int(r) for r in batch.refs], "open", batch_id=batch.batch_id)
     return batch
@@ -244,7 +222,7 @@ def repeat(state_engine: Engine, row: state.RequestRow) -> dict[str, Any]:
     return {"requests_in_12_months": count, "flagged": count >= REPEAT_THRESHOLD, "rule": "R7"}
 
 
-def fanout(s3: Any, dm: DataMap, batch: AccessBatch) -> dict[str, Any]:
+def fanout(dm: DataMap, batch: AccessBatch, stores: Mapping[str, Any]) -> dict[str, Any]:
     """Small JSON for XCom: the batch id, counts, and the systems and log days to map over.
 
     Log days are those of the union window, one day wider on each side: a line's day folder may
@@ -263,10 +241,10 @@ def fanout(s3: Any, dm: DataMap, batch: AccessBatch) -> dict[str, Any]:
     first = (since - timedelta(days=1)).date() if since else None
     last = (until + timedelta(days=1)).date() if until else None
     shards = [
-        f"{name}|{prefix}"
+        LogShard(name, prefix).key
         for name, store in sorted(dm.stores.items())
         if isinstance(store, LogStore)
-        for prefix in logs.day_prefixes(s3, store, first, last)
+        for prefix in logs.day_prefixes(stores[name], store, first, last)
     ]
     return {
         "batch_id": batch.batch_id,

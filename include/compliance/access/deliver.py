@@ -22,19 +22,19 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from botocore.exceptions import ClientError
-from sqlalchemy import Engine
 
 from compliance.access import bundle, disclosure, gather, report
 from compliance.access.batch import AccessBatch, load, targets_key
 from compliance.core import ledger
+from compliance.core.context import JobContext
 from compliance.core.datamap.model import DataMap, RecordingStore
 from compliance.core.hashing import keyed_hash
 from compliance.core.outputs import THREADS, delete_many, encryption_args, put_json, put_summary
@@ -104,43 +104,45 @@ class Delivered:
     entry: ledger.Entry
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    """What every bundle of one batch shares: the context, the batch, one clock reading (every
+    receipt of the batch says the same `delivered_at`), the link lifetime and the policy."""
+
+    ctx: JobContext
+    batch: AccessBatch
+    now: datetime
+    lifetime: timedelta
+    policy: Any
+
+
 def build_bundles(
-    s3: Any,
-    bucket: str,
-    dm: DataMap,
-    store_clients: dict[str, Any],
-    state_engine: Engine,
-    hash_key: bytes,
-    batch_id: str,
-    now: datetime,
-    *,
-    retention_path: str | Path,
-    link_days: int | None = DEFAULT_LINK_DAYS,
+    ctx: JobContext, batch_id: str, *, link_days: int | None = DEFAULT_LINK_DAYS
 ) -> dict[str, Any]:
     """Deliver every request of the batch, then close it; return the run's summary (counts)."""
+    s3, bucket = ctx.workspace.s3, ctx.workspace.bucket
+    now = ctx.now()
     lifetime = link_lifetime(link_days)
     if not batch_id:
         summary = {"batch_id": "", "delivered": 0, "repeats_flagged": 0}
         put_summary(s3, bucket, "access_reports", summary)
         return summary
-    batch = load(s3, bucket, batch_id)
-    policy = disclosure.load_policy(retention_path, dm)
-    rows = state.get_requests(state_engine, [int(r) for r in batch.refs])
+    batch = load(ctx.workspace, batch_id, ctx.datamap_hash)
+    policy = disclosure.load_policy(ctx.settings.retention_path, ctx.datamap)
+    rows = state.get_requests(ctx.state, [int(r) for r in batch.refs])
     pending = [ref for ref in batch.refs if rows[int(ref)].status != "completed"]
     skipped = len(batch.refs) - len(pending)  # delivered by an earlier attempt of this batch
 
     gathered = gather.read_parts(s3, bucket, batch_id)
+    run = _Delivery(ctx, batch, now, lifetime, policy)
 
     def deliver(ref: str) -> Delivered:
-        return _deliver_one(
-            s3, bucket, dm, store_clients, batch, ref, gathered.get(ref, []), hash_key, now,
-            lifetime, policy, rows[int(ref)],
-        )  # fmt: skip
+        return _deliver_one(run, ref, gathered.get(ref, []), rows[int(ref)])
 
     with ThreadPoolExecutor(max_workers=THREADS) as pool:  # a dozen S3 round trips per bundle
         delivered = list(pool.map(deliver, pending))
-    with state_engine.begin() as conn:  # entries, completed requests and batch: all or nothing
-        ledger.append(conn, hash_key, [d.entry for d in delivered])
+    with ctx.state.begin() as conn:  # entries, completed requests and batch: all or nothing
+        ledger.append(conn, ctx.hash_key, [d.entry for d in delivered])
         state.set_status(conn, [int(d.ref) for d in delivered], "completed", completed_at=now)
         state.finish_batch(conn, batch_id, finished_at=now)
     _forget(s3, bucket, batch, rows)
@@ -161,19 +163,15 @@ def build_bundles(
 
 
 def _deliver_one(
-    s3: Any,
-    bucket: str,
-    dm: DataMap,
-    store_clients: dict[str, Any],
-    batch: AccessBatch,
+    run: _Delivery,
     ref: str,
     records: list[dict[str, Any]],
-    hash_key: bytes,
-    now: datetime,
-    lifetime: timedelta,
-    policy: Any,
     row: state.RequestRow | None = None,
 ) -> Delivered:
+    """One request's bundle, link, receipt and (returned) ledger entry."""
+    s3, bucket = run.ctx.workspace.s3, run.ctx.workspace.bucket
+    dm, store_clients, hash_key = run.ctx.datamap, run.ctx.stores, run.ctx.hash_key
+    batch, now, lifetime, policy = run.batch, run.now, run.lifetime, run.policy
     req = batch.requests[ref]
     client_id, request_id = str(req["client_id"]), str(req["request_id"])
     if batch.categories_only(ref):  # R5: verified for categories only; nothing was gathered
@@ -283,7 +281,7 @@ def _deliver_one(
 
 
 def _recordings(
-    dm: DataMap, store_clients: dict[str, Any], records: list[dict[str, Any]], include: bool
+    dm: DataMap, store_clients: Mapping[str, Any], records: list[dict[str, Any]], include: bool
 ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[bundle.Audio]]:
     """Which recordings go into the bundle, under names we assign (never the stored key)."""
     stores = {

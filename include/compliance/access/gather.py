@@ -34,13 +34,15 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from compliance.access.batch import BATCHES, load
+from compliance.core import logfiles as logs
+from compliance.core.context import Workspace
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import DataMap, LogStore, RecordingStore
 from compliance.core.datamap.validate import TimeColumnTypeError, type_family
 from compliance.core.outputs import THREADS, put_bytes
+from compliance.core.shards import LogShard
 from compliance.core.sqlmap import MappedSql, key_text, record_id, typed_values
 from compliance.core.stores.s3 import list_keys
-from compliance.deletion import logs
 
 CHUNK = 500
 
@@ -109,10 +111,20 @@ def _held(col: sa.ColumnElement) -> sa.ColumnElement:
 
 
 def gather_system(
-    s3: Any, bucket: str, dm: DataMap, engine: Engine, batch_id: str, system: str
+    ws: Workspace,
+    dm: DataMap,
+    engine: Engine,
+    batch_id: str,
+    system: str,
+    *,
+    datamap_hash: str | None = None,
 ) -> dict[str, Any]:
-    """Every mapped table's rows owned by the batch's consumers, per request, into parts."""
-    batch = load(s3, bucket, batch_id)
+    """Every mapped table's rows owned by the batch's consumers, per request, into parts.
+
+    `datamap_hash`: the map the caller reads with; a batch planned under another is refused
+    (`MapChanged`), since the targets name tables and columns of the map they were planned on."""
+    s3, bucket = ws.s3, ws.bucket
+    batch = load(ws, batch_id, datamap_hash)
     spec = dm.systems[system]
     per_ref = batch.consumers.get(system, {})
     owners: dict[str, list[str]] = defaultdict(list)  # consumer id (as text) -> refs
@@ -252,14 +264,20 @@ def _record_line(source: str, row: dict[str, Any]) -> bytes:
 
 
 def gather_log_shard(
-    s3: Any, bucket: str, dm: DataMap, store_s3: Any, batch_id: str, shard: str
+    ws: Workspace,
+    dm: DataMap,
+    store_s3: Any,
+    batch_id: str,
+    shard: LogShard,
+    *,
+    datamap_hash: str | None = None,
 ) -> dict[str, Any]:
     """One day folder of one log store: each request's lines inside its window, into parts."""
-    store_name, prefix = shard.split("|", 1)
+    store_name, prefix = shard.store, shard.prefix
     store = dm.stores[store_name]
     if not isinstance(store, LogStore):
         raise ValueError(f"{store_name} is not a log store")
-    batch = load(s3, bucket, batch_id)
+    batch = load(ws, batch_id, datamap_hash)
     since, until = batch.union_window()
     out: dict[str, list[bytes]] = defaultdict(list)
     withheld = [name for name, f in store.fields.items() if f.withhold is not None]
@@ -269,7 +287,7 @@ def gather_log_shard(
         if ref not in batch.requests or batch.categories_only(ref):
             continue  # R5: no log line is kept for a categories-only request
         # the scanner's own parser, so "inside the window" means the same thing in both places
-        moment = logs._timestamp(fpaths.first(line, store.timestamp_field))
+        moment = logs.timestamp(fpaths.first(line, store.timestamp_field))
         if not _inside(moment, *batch.window(ref)):
             continue
         tenant = fpaths.first(line, store.tenant_field)
@@ -277,7 +295,7 @@ def gather_log_shard(
             continue  # the scanner matched on this tenant; checked again, cheaply
         out[ref].append(_log_line(store_name, store, line, moment, withheld))
     name = f"log-{store_name}-{hashlib.sha256(prefix.encode()).hexdigest()[:16]}"
-    _put_part(s3, bucket, batch_id, name, out)
+    _put_part(ws.s3, ws.bucket, batch_id, name, out)
     return {
         "store": store_name,
         "shard": prefix,

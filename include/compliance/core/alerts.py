@@ -16,17 +16,23 @@ in lowercase without the prefix, e.g. {"email": "...", "sns_topic": "..."}); the
 
 With none configured nothing is sent and nothing fails: one warning per process says so, the
 first time an alert would have gone out.
+
+Plain Python: the settings come from a mapping (`Settings.env`), and the senders are handed in.
+The Airflow senders (SMTP, Slack, SNS hooks) live in `plugins/compliance_channels.py`, which
+implements `compliance.core.context.Channels` with the `dispatch` below; the jobs reach it
+through `ctx.channels` and never know which hooks stand behind it.
 """
 
 from __future__ import annotations
 
-import html
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compliance.core.context import Channels
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +115,8 @@ def deadline_missed_message(
 
     `context` is what the scheduler hands the triggerer: `dag_run` (the REST API's DAGRun
     model as JSON) and `deadline`. Only ids and times are read; the run's `conf` (which may hold
-    a form's consumer e-mail) is never touched.
+    a form's consumer e-mail) is never touched. `base_url` is the UI's address
+    (AIRFLOW__API__BASE_URL, from `Settings.env`); without it the link is relative.
     """
     run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
@@ -119,7 +126,7 @@ def deadline_missed_message(
     due = deadline.get("deadline_time", "?")
     if isinstance(due, datetime):
         due = due.isoformat()
-    base = (base_url or os.environ.get("AIRFLOW__API__BASE_URL") or "").rstrip("/")
+    base = (base_url or "").rstrip("/")
     link = f"{base}/dags/{dag_id}/runs/{run_id}" if base else f"/dags/{dag_id}/runs/{run_id}"
     subject = f"[compliance] {dag_id} run {run_id} missed its deadline"
     lines = [
@@ -137,31 +144,21 @@ def deadline_missed_message(
 # --------------------------------------------------------------------------- configuration
 
 ConnectionLookup = Callable[[str], Mapping[str, Any] | None]
-
-
-def _airflow_extra(conn_id: str) -> Mapping[str, Any] | None:
-    """The `extra` of an Airflow connection, or None if it does not exist or cannot be read."""
-    try:
-        from airflow.sdk import BaseHook
-
-        return BaseHook.get_connection(conn_id).extra_dejson
-    except Exception:  # absent connection, or no Airflow context (unit tests, CLI)
-        return None
+Sender = Callable[[Alert, Mapping[str, str]], None]
 
 
 def alert_settings(
-    env: Mapping[str, str] | None = None, lookup: ConnectionLookup | None = None
+    env: Mapping[str, str], lookup: ConnectionLookup | None = None
 ) -> dict[str, str]:
-    """Channel settings: environment first, then the `compliance_alerts` connection's extra.
+    """Channel settings: `env` (`Settings.env`) first, then the `compliance_alerts` connection's
+    extra, read by `lookup` (Airflow's connections in `compliance_channels`; none: skipped).
 
     The connection is only consulted when the environment names no channel at all, so a
     deployment configured by environment never pays for (or depends on) a connection lookup.
     """
-    env = os.environ if env is None else env
     out = {name: env[var] for name, var in _ENV.items() if env.get(var)}
-    if not any(out.get(key) for key in _CHANNEL_KEY.values()):
-        conn_id = env.get("COMPLIANCE_ALERT_CONN", DEFAULT_CONFIG_CONN)
-        extra = (lookup or _airflow_extra)(conn_id) or {}
+    if lookup is not None and not any(out.get(key) for key in _CHANNEL_KEY.values()):
+        extra = lookup(config_connection(env)) or {}
         for name in _ENV:
             value = extra.get(name)
             if isinstance(value, str) and value and name not in out:
@@ -171,12 +168,16 @@ def alert_settings(
     return out
 
 
-def configured_channels(settings: Mapping[str, str] | None = None) -> list[str]:
-    settings = alert_settings() if settings is None else settings
+def config_connection(env: Mapping[str, str]) -> str:
+    """The Airflow connection whose extra may configure the channels."""
+    return env.get("COMPLIANCE_ALERT_CONN") or DEFAULT_CONFIG_CONN
+
+
+def configured_channels(settings: Mapping[str, str]) -> list[str]:
     return [channel for channel, key in _CHANNEL_KEY.items() if settings.get(key)]
 
 
-def warn_once_unconfigured() -> bool:
+def warn_once_unconfigured(conn_id: str = DEFAULT_CONFIG_CONN) -> bool:
     """Log the 'nothing configured' warning once per process; True if it was logged now."""
     global _warned
     if _warned:
@@ -185,7 +186,7 @@ def warn_once_unconfigured() -> bool:
     log.warning(
         "no alert channel configured (COMPLIANCE_ALERT_EMAIL / _SLACK_CONN / _SNS_TOPIC or "
         "connection %s): alerts are not sent; see %s",
-        os.environ.get("COMPLIANCE_ALERT_CONN", DEFAULT_CONFIG_CONN),
+        conn_id,
         RUNBOOK,
     )
     return True
@@ -194,22 +195,26 @@ def warn_once_unconfigured() -> bool:
 # --------------------------------------------------------------------------- sending
 
 
-def dispatch(alert: Alert, settings: Mapping[str, str] | None = None) -> list[str]:
-    """Send to every configured channel; return the channels that took it.
+def dispatch(
+    alert: Alert,
+    settings: Mapping[str, str],
+    senders: Mapping[str, Sender],
+    config_conn: str = DEFAULT_CONFIG_CONN,
+) -> list[str]:
+    """Send to every configured channel through `senders`; return the channels that took it.
 
     A broken channel never hides the others (each is tried, its failure logged by class only).
     Nothing configured is not an error: one warning per process, then silence.
     """
-    settings = alert_settings() if settings is None else settings
     channels = configured_channels(settings)
     if not channels:
-        warn_once_unconfigured()
+        warn_once_unconfigured(config_conn)
         log.info("alert not sent (no channel configured): %s", alert.subject)
         return []
     sent = []
     for channel in channels:
         try:
-            _SENDERS[channel](alert, settings)
+            senders[channel](alert, settings)
             sent.append(channel)
         except Exception as exc:
             # Class only: a channel's error text can echo the message or the endpoint's reply.
@@ -218,40 +223,19 @@ def dispatch(alert: Alert, settings: Mapping[str, str] | None = None) -> list[st
     return sent
 
 
-def _send_email(alert: Alert, settings: Mapping[str, str]) -> None:
-    from airflow.providers.smtp.hooks.smtp import SmtpHook
+def send_digest(channels: Channels | None, message: Alert | None, what: str) -> dict[str, Any]:
+    """Send a watchdog's digest (deadlines, holds, notices): `{"sent": [channels]}`.
 
-    recipients = [a.strip() for a in settings["email"].split(",") if a.strip()]
-    with SmtpHook(smtp_conn_id=settings["smtp_conn"]) as hook:
-        hook.send_email_smtp(
-            to=recipients,
-            subject=alert.subject,
-            html_content=f"<pre>{html.escape(alert.body)}</pre>",
-            from_email=settings["from_email"],
-            custom_headers={"X-Compliance-Alert": alert.kind},
-        )
-
-
-def _send_slack(alert: Alert, settings: Mapping[str, str]) -> None:
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
-    hook = SlackWebhookHook(slack_webhook_conn_id=settings["slack_conn"])
-    hook.send(text=f"*{alert.subject}*\n```{alert.body}```")
-
-
-def _send_sns(alert: Alert, settings: Mapping[str, str]) -> None:
-    from airflow.providers.amazon.aws.hooks.sns import SnsHook
-
-    SnsHook(aws_conn_id=settings["aws_conn"]).publish_to_target(
-        target_arn=settings["sns_topic"],
-        message=alert.body,
-        subject=alert.subject[:99],  # SNS subjects are limited to 100 characters
-        message_attributes={"kind": alert.kind},
-    )
-
-
-_SENDERS: dict[str, Callable[[Alert, Mapping[str, str]], None]] = {
-    "email": _send_email,
-    "slack": _send_slack,
-    "sns": _send_sns,
-}
+    Fails when channels are configured and none accepted it, so the task is retried and shows
+    red rather than staying silent about a deadline. No message: nothing to say, nothing sent.
+    No channels object (a job run outside Airflow without one): only logged.
+    """
+    if message is None:
+        return {"sent": []}
+    if channels is None:
+        log.info("alert not sent (no channels in this context): %s", message.subject)
+        return {"sent": []}
+    sent = channels.alert(message)
+    if channels.configured() and not sent:
+        raise RuntimeError(f"no alert channel accepted the {what}")
+    return {"sent": sent}

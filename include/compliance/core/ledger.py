@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Column, Engine, Integer, String, Table, Text, select, update
 from sqlalchemy.engine import Connection
 
-from compliance.requests.state import UTCDateTime, insert_if_absent, metadata, transaction, utcnow
+from compliance.core.statedb import UTCDateTime, insert_if_absent, metadata, transaction, utcnow
 
 GENESIS_MAC = "0" * 64
 _PAGE = 1000

@@ -1,23 +1,28 @@
 """Writing the workspace bucket: every object the project writes goes through here.
 
 One place means one policy: server-side encryption on every object (KMS when
-COMPLIANCE_KMS_KEY_ID is set, else SSE-S3), JSON written the same way everywhere, and each DAG's
-one-line summary at `summaries/<dag_id>.json` for people and `make demo` to read.
+COMPLIANCE_KMS_KEY_ID is set, i.e. `Settings.kms_key_id`, else SSE-S3), JSON written the same
+way everywhere, and each DAG's one-line summary at `summaries/<dag_id>.json` for people and
+`make demo` to read.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from compliance.core.settings import Settings
+
 THREADS = 8  # S3 calls overlap: per-object latency, not bandwidth, bounds many small writes
+FROM_SETTINGS = "<from settings>"  # sentinel: read the deployment's key (None means SSE-S3)
 
 
-def encryption_args() -> dict[str, str]:
-    key = os.environ.get("COMPLIANCE_KMS_KEY_ID")
+def encryption_args(kms_key_id: str | None = FROM_SETTINGS) -> dict[str, str]:
+    """The SSE arguments of every put: `kms_key_id` (default: the deployment's
+    `Settings.kms_key_id`, read per call so a changed setting applies at once)."""
+    key = Settings.from_env().kms_key_id if kms_key_id == FROM_SETTINGS else kms_key_id
     if key:
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key}
     return {"ServerSideEncryption": "AES256"}

@@ -26,7 +26,7 @@ from compliance.core.datamap.model import BackupStore, DataMap, IdentityType
 from compliance.core.sqlmap import MappedSql, key_text
 from compliance.core.stores.s3 import list_keys, list_prefixes
 from compliance.deletion import erase_sql
-from compliance.deletion.erasure import tombstone_hash
+from compliance.deletion.targets import tombstone_hash
 from compliance.requests import holds, state
 from compliance.requests.resolve import identity_columns
 

@@ -2,11 +2,11 @@
 
 Manual runs of `deletion_requests` default to this; scheduled runs always execute. The preview
 covers the requests already open plus those the inbox (and the form) would add, examined without
-moving a document or writing a state row. It goes through the same `erasure.assemble` as a real
+moving a document or writing a state row. It goes through the same `plan.assemble` as a real
 batch (resolution within the tenant, legal holds, per-table counts, recordings), and the log
 shards are *scanned* by the same mapped tasks that would scrub them. The only writes are the
 report under `deletion/dry-runs/<id>/` and a transient targets file for the scans, removed by
-`report` (or by the next run's `erasure.sweep` if the dry run crashed).
+`report` (or by the next run's `targets.sweep` if the dry run crashed).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import hashlib
 import html
 import json
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
-
-from compliance.core.datamap.model import DataMap
+from compliance.core import logfiles as logs
+from compliance.core.context import JobContext
 from compliance.core.outputs import put_bytes, put_json, put_summary
+from compliance.core.shards import LogShard
 from compliance.core.stores.s3 import list_keys
-from compliance.deletion import erasure, logs
+from compliance.deletion import plan
+from compliance.deletion.targets import Targets, load_targets, store_targets, sweep, targets_key
 from compliance.requests import intake, state
 from compliance.requests.inbox import Examination
 
@@ -31,23 +31,16 @@ DRY_RUNS = "deletion/dry-runs/"
 PREFIX = "dry-"
 
 
-def preview(
-    s3: Any,
-    bucket: str,
-    dm: DataMap,
-    engines: dict[str, Engine],
-    state_engine: Engine,
-    exam: Examination,
-    now: datetime,
-) -> dict[str, Any]:
+def preview(ctx: JobContext, exam: Examination) -> dict[str, Any]:
     """Plan without storing: fan-out JSON whose only non-empty list is the log shards to scan."""
-    erasure.sweep(s3, bucket, state_engine)
+    ws, now = ctx.workspace, ctx.now()
+    sweep(ws, ctx.state)
     pending = [
-        erasure.Pending.stored(s3, bucket, row)
-        for row in state.actionable_requests(state_engine, "delete")
+        plan.Pending.stored(ws.s3, ws.bucket, row)
+        for row in state.actionable_requests(ctx.state, "delete")
     ]
     pending += [
-        erasure.Pending(
+        plan.Pending(
             f"new-{i}",
             a.client_id,
             a.request_id,
@@ -58,7 +51,7 @@ def preview(
     ]
     digest = hashlib.sha256(",".join(p.ref for p in pending).encode()).hexdigest()[:8]
     batch_id = f"{PREFIX}{now:%Y%m%dT%H%M%S}-{digest}"
-    targets, counts = erasure.assemble(dm, engines, batch_id, pending, now)
+    targets, counts = plan.assemble(ctx.datamap, ctx.engines, batch_id, pending, now)
     rejections = [r.as_dict() for r, _ in exam.results if isinstance(r, intake.Rejected)]
     draft = {
         "batch_id": batch_id,
@@ -84,10 +77,10 @@ def preview(
             for ref in targets.requests
         ],
     }
-    put_json(s3, bucket, f"{DRY_RUNS}{batch_id}/draft.json", draft)
-    fan = erasure.fanout(s3, dm, targets)
+    put_json(ws.s3, ws.bucket, f"{DRY_RUNS}{batch_id}/draft.json", draft)
+    fan = plan.fanout(ctx, targets)
     if fan["shards"]:
-        put_json(s3, bucket, erasure.targets_key(batch_id), targets.__dict__)
+        store_targets(ws, targets, ctx.datamap_hash)
     return {
         **fan,
         "batch_id": batch_id,
@@ -98,25 +91,27 @@ def preview(
     }
 
 
-def scan_log_shard(
-    s3: Any, bucket: str, dm: DataMap, store_s3: Any, batch_id: str, shard: str
-) -> dict[str, Any]:
+def scan_log_shard(ctx: JobContext, batch_id: str, shard: LogShard) -> dict[str, Any]:
     """Count the lines a scrub of one day folder would erase, per request; read only."""
-    store_name, prefix = shard.split("|", 1)
-    store = dm.stores[store_name]
-    wanted = erasure.load_targets(s3, bucket, batch_id).log_targets(store_name)  # holds: R19
+    store = ctx.datamap.stores[shard.store]
+    store_s3 = ctx.store(shard.store)
+    wanted = load_targets(ctx.workspace, batch_id).log_targets(shard.store)  # holds: R19
     per_ref: Counter[str] = Counter()
     objects = 0
-    for obj in list_keys(store_s3, store.bucket, prefix):
+    for obj in list_keys(store_s3, store.bucket, shard.prefix):
         per_ref.update(logs.scan_object(store_s3, store, store.bucket, obj["Key"], wanted).per_ref)
         objects += 1
-    return {"store": store_name, "shard": prefix, "objects": objects, "per_ref": dict(per_ref)}
+    return {
+        "store": shard.store,
+        "shard": shard.prefix,
+        "objects": objects,
+        "per_ref": dict(per_ref),
+    }
 
 
-def report(
-    s3: Any, bucket: str, batch_id: str, shard_results: list[dict[str, Any]]
-) -> dict[str, Any]:
+def report(ctx: JobContext, batch_id: str, shard_results: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge the log scans into the draft; write report.json and index.html; drop the targets."""
+    s3, bucket = ctx.workspace.s3, ctx.workspace.bucket
     base = f"{DRY_RUNS}{batch_id}/"
     doc = json.loads(s3.get_object(Bucket=bucket, Key=base + "draft.json")["Body"].read())
     lines: dict[str, Counter[str]] = {}
@@ -135,7 +130,7 @@ def report(
     doc["rules"] = ["R16", "R19"]
     put_json(s3, bucket, base + "report.json", doc)
     put_bytes(s3, bucket, base + "index.html", render_html(doc).encode(), "text/html")
-    s3.delete_object(Bucket=bucket, Key=erasure.targets_key(batch_id))
+    s3.delete_object(Bucket=bucket, Key=targets_key(batch_id))
     s3.delete_object(Bucket=bucket, Key=base + "draft.json")
     summary = {
         "batch_id": batch_id,
@@ -150,7 +145,7 @@ def report(
     return summary
 
 
-def _action(targets: erasure.Targets, ref: str) -> str:
+def _action(targets: Targets, ref: str) -> str:
     if ref in targets.deferred:
         return "defer"
     if ref in targets.waiting:

@@ -3,9 +3,11 @@
 Each sub-processor in the data map, and each recipient that is to be told, gets one notice per
 request by its channel: an HTTP webhook (a JSON POST; a 2xx answer with `{"acknowledged": true}`
 counts as acknowledged), an SNS topic, or e-mail through the SMTP connection named by
-`COMPLIANCE_SUBPROCESSOR_SMTP_CONN`. The notice must carry the identities (the recipient cannot
-find the data otherwise), so it is sent over the channel and never logged; everything else in it
-is a keyed hash (`request_ref`), the tenant id, the categories and the rules.
+`COMPLIANCE_SUBPROCESSOR_SMTP_CONN` (`Settings.subprocessor_smtp_conn`), sent by the
+deployment's `Channels` (Airflow's SMTP hook in `plugins/compliance_channels.py`; nothing here
+knows Airflow). The notice must carry the identities (the recipient cannot find the data
+otherwise), so it is sent over the channel and never logged; everything else in it is a keyed
+hash (`request_ref`), the tenant id, the categories and the rules.
 
 What is sent when, the retries with backoff, the give-up and the receipts re-issued on a change
 of status are the outbox's (`compliance.deletion.outbox`); this module only builds and sends one
@@ -16,15 +18,18 @@ A failed channel never fails the erasure: it is recorded and retried.
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from compliance.core.hashing import keyed_hash
 
+if TYPE_CHECKING:
+    from compliance.core.context import Channels, JobContext
+
 TIMEOUT = 10
-SMTP_ENV = "COMPLIANCE_SUBPROCESSOR_SMTP_CONN"
+SUBJECT = "Deletion request (R16)"
 # The fields of a notice (the contract with the recipient): nothing else is ever sent.
 PAYLOAD_FIELDS = ("type", "request_ref", "client_id", "identities", "categories", "rules")
 
@@ -51,21 +56,39 @@ def payload(
     }
 
 
-def channel_missing(channel: str, sns_client: Any) -> str | None:
+@dataclass(frozen=True)
+class Senders:
+    """What this deployment can send notices with: an SNS client, the staff `Channels` (for
+    e-mail) and the SMTP connection id they send through. A channel missing here is not an
+    error: its notices wait, `not_configured`, until it is set up (the outbox re-checks)."""
+
+    sns: Any = None
+    channels: Channels | None = None
+    smtp_conn: str | None = None
+
+    @classmethod
+    def of(cls, ctx: JobContext) -> Senders:
+        return cls(ctx.sns, ctx.channels, ctx.settings.subprocessor_smtp_conn)
+
+
+NO_SENDERS = Senders()
+
+
+def channel_missing(channel: str, senders: Senders) -> str | None:
     """Why a channel cannot be used here (a short code), or None when it can."""
-    if channel == "sns" and sns_client is None:
+    if channel == "sns" and senders.sns is None:
         return "no_sns_client"
-    if channel == "email" and not os.environ.get(SMTP_ENV):
+    if channel == "email" and not (senders.smtp_conn and senders.channels is not None):
         return "no_smtp_connection"
     return None
 
 
 def send(
-    channel: str, target: str, payload: dict[str, Any], sns_client: Any
+    channel: str, target: str, payload: dict[str, Any], senders: Senders
 ) -> tuple[str, str | None, bool]:
     """Send one notice: (status, error kind, acknowledged); never raises. The error kind is a
     short code (an exception class, `http_503`), never a message that could echo the payload."""
-    missing = channel_missing(channel, sns_client)
+    missing = channel_missing(channel, senders)
     if missing:
         return "not_configured", missing, False
     try:
@@ -84,19 +107,12 @@ def send(
                 acked = False
             return "sent", None, acked
         if channel == "sns":
-            sns_client.publish(
-                TopicArn=target, Message=json.dumps(payload), Subject="Deletion request (R16)"
-            )
+            senders.sns.publish(TopicArn=target, Message=json.dumps(payload), Subject=SUBJECT)
             return "sent", None, False
-        conn_id = os.environ[SMTP_ENV]
-        from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-        with SmtpHook(smtp_conn_id=conn_id) as hook:
-            hook.send_email_smtp(
-                to=target,
-                subject="Deletion request (R16)",
-                html_content=f"<pre>{json.dumps(payload, indent=2)}</pre>",
-            )
+        assert senders.channels is not None and senders.smtp_conn  # channel_missing checked
+        senders.channels.email(
+            senders.smtp_conn, target, SUBJECT, f"<pre>{json.dumps(payload, indent=2)}</pre>"
+        )
         return "sent", None, False
     except urllib.error.HTTPError as exc:  # the status only: a body may echo the payload
         return "failed", f"http_{exc.code}", False

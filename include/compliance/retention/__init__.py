@@ -2,12 +2,14 @@
 request records at least 24 months (R22), and never what a legal hold protects (R19).
 
 Modules, in the order a sweep uses them:
-- `policy`: the policy file's model and validation (every error at once), rule resolution;
+- `policy`: the policy's model and rule resolution; `policy_file`: reading and checking the
+  file (every error at once), with `policy_checks` (the checks against the data map);
 - `coverage`: the gate that every personal item of the data map is covered or exempt;
 - `holds`: the legal-hold registry as predicates;
 - `rows`: the one SQL predicate builder shared by plan and execute;
 - `plan`: the dry-run diff (`Sweep`, `plan_sweep`);
-- `execute`: one rule in short batches (`execute_step`); `objects`: S3 expiry;
+- `execute`: one rule in short batches (`execute_step`); `aggregates`: counts kept before a
+  deletion; `objects`: S3 expiry;
 - `report`: JSON and HTML report, ledger entry; `run`: what the DAG's tasks call.
 """
 
@@ -18,14 +20,8 @@ from pathlib import Path
 from compliance.retention.coverage import Coverage, coverage
 from compliance.retention.execute import execute_step
 from compliance.retention.plan import Sweep, plan_sweep
-from compliance.retention.policy import (
-    LoadedPolicy,
-    Period,
-    Policy,
-    PolicyInvalid,
-    check_text,
-    load_policy,
-)
+from compliance.retention.policy import Period, Policy
+from compliance.retention.policy_file import LoadedPolicy, PolicyInvalid, check_text, load_policy
 from compliance.retention.rows import RetentionError
 
 __all__ = [

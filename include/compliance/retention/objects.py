@@ -37,10 +37,10 @@ from botocore.exceptions import ClientError
 from compliance.core import checkpoints
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import BackupStore, LogStore
+from compliance.core.logfiles import day_prefixes
 from compliance.core.outputs import encryption_args
+from compliance.core.stores import recordings
 from compliance.core.stores.s3 import delete_versions, list_prefixes
-from compliance.deletion import recordings
-from compliance.deletion.logs import day_prefixes
 from compliance.retention.policy import Rule
 
 log = logging.getLogger(__name__)

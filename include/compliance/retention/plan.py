@@ -7,7 +7,8 @@ is this plan and nothing else: it only reads.
 
 `Sweep` carries everything a step needs as plain values: the data map, the policy, the as-of date,
 the moment used for S3 ages and Object Lock (`now`), and factories for engines and S3 clients by
-connection id (the DAG passes `compliance.runtime`'s, tests pass their own).
+connection id (`compliance.jobs.retention` looks them up in its `JobContext`; tests pass their
+own).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from compliance.core.datamap.model import DataMap, TableErase
+from compliance.core.stores.recordings import recording_keys
 from compliance.deletion.erase_sql import plan_erasure
-from compliance.deletion.recordings import recording_keys
 from compliance.retention import objects
 from compliance.retention.holds import Hold, active_holds, held_clients, honoured
 from compliance.retention.policy import (

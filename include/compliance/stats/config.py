@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -103,7 +102,9 @@ class StatsConfig(Strict):
 
 
 def default_path() -> Path:
-    return Path(os.environ.get("COMPLIANCE_STATISTICS", REPO_ROOT / "config" / "statistics.yaml"))
+    """The repository's file. A deployment names its own in `Settings.statistics_path`
+    (COMPLIANCE_STATISTICS), which the jobs pass in: this module reads no environment."""
+    return REPO_ROOT / "config" / "statistics.yaml"
 
 
 def load_config(path: str | Path | None = None) -> StatsConfig:

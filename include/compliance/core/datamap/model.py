@@ -83,7 +83,7 @@ class TableErase(StrEnum):
     keep = "keep"  # keep rows under an exception code
 
 
-# Patterns are named so the validator can explain a mismatch in words (validate._PATTERN_HELP).
+# Patterns are named so the validator can explain a mismatch in words (structure._PATTERN_HELP).
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 REFERENCE_PATTERN = r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$"
 PREFIX_PATTERN = r"^([A-Za-z0-9!_.*'()=-]+/)*$"

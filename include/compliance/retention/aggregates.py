@@ -1,0 +1,99 @@
+"""Aggregation before deletion: a row rule with `aggregate` adds the rows it is about to delete
+to counts per rule, source table, client, month and grouping values (no consumer data), in the
+same transaction as the deletion (`execute._delete_batch`): a crash can neither count rows twice
+nor delete rows uncounted. One statement per batch; nothing per row leaves the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from compliance.retention.policy import AGGREGATE_TABLE, Step
+from compliance.retention.rows import SystemRows
+
+
+def aggregates_table(name: str | None) -> sa.Table:
+    """Counts per rule, source table, client, month and grouping values (no consumer data).
+
+    Lives next to the rows it summarises, so a batch's counts and its deletion commit together:
+    a crash can neither count rows twice nor delete rows uncounted.
+    """
+    return sa.Table(
+        name or AGGREGATE_TABLE,
+        sa.MetaData(),
+        sa.Column("rule_id", sa.String(63), primary_key=True),
+        sa.Column("source", sa.String(130), primary_key=True),
+        sa.Column("client_id", sa.String(255), primary_key=True),  # the tenant id as text
+        sa.Column("month", sa.String(7), primary_key=True),
+        sa.Column("dims", sa.String(500), primary_key=True),
+        sa.Column("row_count", sa.BigInteger, nullable=False),
+    )
+
+
+def aggregate(
+    conn: sa.Connection, rows: SystemRows, step: Step, agg: sa.Table, where: sa.ColumnElement
+) -> None:
+    """Add the batch's rows to the counts per client, month and `by` values: one statement,
+    `INSERT ... SELECT ... GROUP BY ... ON CONFLICT` (nothing per row leaves the database)."""
+    name = step.table or ""
+    owned = rows.owned(name)
+    by = step.rule.aggregate.by if step.rule.aggregate else []
+    table = rows.table(name)
+    when = rows.time(name)
+    pg = conn.dialect.name == "postgresql"
+    month = sa.func.to_char(when, "YYYY-MM") if pg else sa.func.strftime("%Y-%m", when)
+    dims = _dims_json([(c, table.c[c]) for c in sorted(by)], pg)
+    tenant = _tenant_text(conn, agg, owned.tenant)
+    counted = (
+        sa.select(
+            sa.literal(step.id, sa.String),
+            sa.literal(f"{step.system}.{name}", sa.String),
+            tenant,
+            month,
+            dims,
+            sa.func.count(),
+        )
+        .select_from(owned.from_clause)
+        .where(where)
+        .group_by(tenant, month, dims)
+    )
+    if pg:
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(agg).from_select(
+        ["rule_id", "source", "client_id", "month", "dims", "row_count"], counted
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[c.name for c in agg.primary_key.columns],
+        set_={"row_count": agg.c.row_count + stmt.excluded.row_count},
+    )
+    conn.execute(stmt)
+
+
+def _tenant_text(conn: sa.Connection, agg: sa.Table, tenant: sa.ColumnElement) -> Any:
+    """The tenant as text for the counts' `client_id` (any-CRM tenant ids: integer, text, UUID).
+
+    A cast in the projection only, never in a WHERE clause, so no index is lost. A counts table
+    created before tenant ids became text keeps its integer column: the tenant goes in as is.
+    """
+    existing = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(agg.name)}
+    if isinstance(existing.get("client_id"), sa.Integer):
+        return tenant
+    return sa.cast(tenant, sa.String)
+
+
+def _dims_json(columns: list[tuple[str, sa.ColumnElement]], pg: bool) -> sa.ColumnElement:
+    """`{"a": <value>, "b": <value>}` with sorted keys, rendered by the database's own JSON
+    quoting (`to_json` / `json_quote`), so equal values always give the same key."""
+    expr: sa.ColumnElement = sa.literal("{", sa.Text)
+    for i, (name, col) in enumerate(columns):
+        value = (
+            sa.func.coalesce(sa.cast(sa.func.to_json(col), sa.Text), "null")
+            if pg
+            else sa.func.json_quote(col)
+        )
+        expr = expr + sa.literal(f'{", " if i else ""}"{name}": ', sa.Text) + value
+    return expr + sa.literal("}", sa.Text)
