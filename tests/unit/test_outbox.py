@@ -19,7 +19,7 @@ import yaml
 
 from compliance.core import ledger
 from compliance.core.context import JobContext, Workspace
-from compliance.core.datamap.model import Recipient, SubProcessor
+from compliance.core.datamap.model import DataMap, Recipient, SubProcessor
 from compliance.core.datamap.validate import check_text, load_datamap
 from compliance.core.outputs import put_json
 from compliance.core.settings import REPO_ROOT, Settings
@@ -204,24 +204,23 @@ def test_unacknowledged_notice_is_given_up_at_the_configured_day(engine, bucket,
     assert len(server.bodies) == sent  # never again
 
 
+def _email_processor_map() -> DataMap:
+    """The demo map with one e-mail sub-processor and no recipients."""
+    processor = SubProcessor(
+        name="payments",
+        channel="email",
+        target="privacy@payments.example",
+        categories=["commercial"],
+        purpose="card payments",
+    )
+    return load_datamap(DEMO).model_copy(update={"subprocessors": [processor], "recipients": []})
+
+
 def test_not_configured_channel_is_retried_and_alerted(engine, bucket):
     """An e-mail sub-processor without an SMTP connection: `not_configured`, re-checked at the
     base interval, reported by the watchdog as a channel and, after the alert age, a notice."""
     s3 = bucket
-    dm = load_datamap(DEMO).model_copy(
-        update={
-            "subprocessors": [
-                SubProcessor(
-                    name="payments",
-                    channel="email",
-                    target="privacy@payments.example",
-                    categories=["commercial"],
-                    purpose="card payments",
-                )
-            ],
-            "recipients": [],
-        }
-    )
+    dm = _email_processor_map()
     pk, _ = _completed_request(engine, s3, dm)
     assert outbox.deliver(s3, BUCKET, dm, engine, KEY, T0) == {"not_configured": 1}
     row = state.notices(engine, pk)["payments"]
@@ -360,20 +359,7 @@ def test_email_notices_go_through_the_context_channels(engine, bucket):
     the SMTP connection the settings name; the watchdog's `chase` and `send_alerts` report an
     unacknowledged one through the same channels; the policy comes from `settings.env`."""
     s3 = bucket
-    dm = load_datamap(DEMO).model_copy(
-        update={
-            "subprocessors": [
-                SubProcessor(
-                    name="payments",
-                    channel="email",
-                    target="privacy@payments.example",
-                    categories=["commercial"],
-                    purpose="card payments",
-                )
-            ],
-            "recipients": [],
-        }
-    )
+    dm = _email_processor_map()
     pk, targets = _completed_request(engine, s3, dm)
     put_json(s3, BUCKET, batches.targets_key(targets.batch_id), asdict(targets))
     channels = _Recorder()

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
+from compliance.core import alerts
 from compliance.core.alerts import Alert
 from compliance.core.context import JobContext
 from compliance.deletion import outbox
@@ -36,17 +37,7 @@ def _as_of(ctx: JobContext, params: Mapping[str, Any]) -> date:
 
 
 def _send(ctx: JobContext, message: Alert | None, what: str) -> dict[str, Any]:
-    """Send a digest to every configured channel; raise when channels exist and none took it."""
-    if message is None:
-        return {"sent": []}
-    channels = ctx.channels
-    if channels is None:  # no channel in this deployment: the report in the workspace stands
-        return {"sent": []}
-    sent = channels.alert(message)
-    if channels.configured() and not sent:
-        # Every configured channel failed: fail (and retry) rather than stay silent.
-        raise RuntimeError(f"no alert channel accepted the {what} digest")
-    return {"sent": sent}
+    return alerts.send_digest(ctx.channels, message, f"{what} digest")
 
 
 def check(

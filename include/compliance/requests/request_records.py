@@ -56,7 +56,7 @@ def verifier_hash(hash_key: bytes, client_id: str, who: str) -> str:
 
 
 def request_ref(hash_key: bytes, client_id: str, request_id: str, type_: str) -> str:
-    """The keyed ref the ledger files a request under (`inbox._ref`, `erasure.finalize`)."""
+    """The keyed ref the ledger files a request under (`inbox._ref`, `deletion.finalize`)."""
     return keyed_hash(hash_key, "request", f"{client_id}\x1f{request_id}\x1f{type_}")
 
 

@@ -45,13 +45,13 @@ run's notice step), `chase` and `send_alerts` (the watchdog's). The parts: who a
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from compliance.core import alerts
 from compliance.core.context import JobContext
 from compliance.core.outputs import put_json
 from compliance.deletion.outbox.delivery import deliver, enqueue, sweep
@@ -95,8 +95,6 @@ __all__ = [
     "sweep",
     "watch",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -183,12 +181,4 @@ def send_alerts(ctx: JobContext, summary: Mapping[str, Any]) -> dict[str, Any]:
     ws = ctx.workspace
     doc = json.loads(ws.s3.get_object(Bucket=ws.bucket, Key=summary["key"])["Body"].read())
     message = digest([NoticeAlert(**a) for a in doc["alerts"]], ctx.now().date())
-    channels = ctx.channels
-    if channels is None:  # no channels wired (a test, a bare context): logged only
-        if message is not None:
-            log.warning("notice digest not sent (no alert channels): %s", message.subject)
-        return {"sent": []}
-    sent = channels.alert(message) if message else []
-    if channels.configured() and not sent:
-        raise RuntimeError("no alert channel accepted the notice digest")
-    return {"sent": sent}
+    return alerts.send_digest(ctx.channels, message, "notice digest")
