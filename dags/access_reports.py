@@ -62,6 +62,13 @@ FORM = {
         description="Empty: the deployment setting COMPLIANCE_ACCESS_INCLUDE_AUDIO (off).",
         section=RUN,
     ),
+    "replan": Param(
+        False,
+        type="boolean",
+        title="Re-plan",
+        description="Abandon a batch planned under another data map; plan its requests afresh.",
+        section=RUN,
+    ),
 }
 
 
@@ -90,7 +97,7 @@ def access_reports():
 
     @task
     def plan(_intake: dict, params: dict | None = None) -> dict:
-        return jobs_access.plan(runtime.context(), (params or {}).get("include_audio"))
+        return jobs_access.plan(runtime.context(), params or {})
 
     @task
     def pick(batch: dict, what: str) -> list[str]:

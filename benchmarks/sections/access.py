@@ -50,7 +50,7 @@ def stage_intake(ctx: dict[str, str]) -> dict[str, Any]:
 def stage_plan(ctx: dict[str, str]) -> dict[str, Any]:
     from compliance.jobs import access as job
 
-    return job.plan(job_context(ctx))
+    return job.plan(job_context(ctx), {})
 
 
 def stage_gather_system(ctx: dict[str, str], batch_id: str, system: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -70,12 +71,20 @@ def test_scheduled_dags_do_not_catch_up(dagbag):
             assert dag.max_active_runs == 1, f"{dag.dag_id}: one run at a time"
 
 
+# Libraries that make a DAG file slow to parse (the dag-processor re-parses every file every
+# few seconds): the jobs import them inside the task functions that need them.
+HEAVY_AT_PARSE = {"pandas", "numpy", "matplotlib", "pyarrow", "moto", "playwright", "scipy"}
+
+
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_import_has_no_io_and_is_fast(path):
-    """Parse-time must not touch the network, databases or S3, and must stay under a second."""
+def test_import_has_no_io_and_no_heavy_library(path):
+    """Parse time must not touch the network, databases or S3, nor load a heavy library.
+
+    Deterministic on purpose: a wall-clock limit failed on a loaded machine while the code was
+    fine (speed is measured in benchmarks/, never asserted in tests)."""
     probe = textwrap.dedent(
         f"""
-        import socket, time, runpy
+        import json, socket, sys, runpy
         import airflow.sdk, compliance_alerts, compliance.runtime  # warm shared imports
         import boto3, sqlalchemy
         def refuse(*a, **k):
@@ -83,9 +92,9 @@ def test_import_has_no_io_and_is_fast(path):
         socket.socket.connect = refuse
         boto3.client = boto3.resource = refuse
         sqlalchemy.create_engine = refuse
-        t0 = time.perf_counter()
+        before = set(sys.modules)
         runpy.run_path({str(path)!r})
-        print(time.perf_counter() - t0)
+        print(json.dumps(sorted({{m.split(".")[0] for m in set(sys.modules) - before}})))
         """
     )
     env_path = f"{REPO / 'plugins'}"
@@ -97,5 +106,5 @@ def test_import_has_no_io_and_is_fast(path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    seconds = float(out.stdout.strip().splitlines()[-1])
-    assert seconds < 1.0, f"{path.name} took {seconds:.2f}s to import"
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert not loaded & HEAVY_AT_PARSE, f"{path.name} loads {sorted(loaded & HEAVY_AT_PARSE)}"

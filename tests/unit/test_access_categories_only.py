@@ -10,8 +10,10 @@ batch targets, and a categories-only batch fans out over no system and no log da
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from compliance.access import batch as access_batch
@@ -21,7 +23,7 @@ from compliance.core.datamap.validate import load_datamap
 from compliance.core.outputs import put_json
 from compliance.core.settings import REPO_ROOT, Settings
 from compliance.core.stores.sql import engine_from_url
-from compliance.requests import inbox, state
+from compliance.requests import batches, inbox, state
 from compliance_dev.world import schema as w
 
 DM = load_datamap(REPO_ROOT / "config" / "datamap.yaml")
@@ -83,7 +85,8 @@ def _world(db_url: str) -> sa.Engine:
     return crm
 
 
-def test_categories_only_request_is_never_resolved_or_gathered(db_url, s3, tmp_path):
+def _accepted(db_url: str, s3, tmp_path) -> tuple[JobContext, sa.Engine]:
+    """The tiny CRM, FULL-1 and CAT-1 accepted from the inbox, and a context over them."""
     crm = _world(db_url)
     state_engine = engine_from_url(f"sqlite:///{tmp_path / 'state.db'}")
     state.create_state_schema(state_engine)
@@ -112,6 +115,11 @@ def test_categories_only_request_is_never_resolved_or_gathered(db_url, s3, tmp_p
         clock=lambda: NOW,
         run_day=NOW.date(),
     )
+    return ctx, crm
+
+
+def test_categories_only_request_is_never_resolved_or_gathered(db_url, s3, tmp_path):
+    ctx, crm = _accepted(db_url, s3, tmp_path)
     out = access_batch.plan(ctx)
     assert out["requests"] == 2 and out["systems"] == ["crm"]
     batch = access_batch.load(ctx.workspace, out["batch_id"], ctx.datamap_hash)
@@ -143,4 +151,23 @@ def test_categories_only_request_is_never_resolved_or_gathered(db_url, s3, tmp_p
         "shards": [],
     }
     crm.dispose()
-    state_engine.dispose()
+    ctx.state.dispose()
+
+
+def test_a_planned_access_batch_is_not_resumed_under_another_map(db_url, s3, tmp_path):
+    """The batch's targets carry the map's digest: a resumed plan under an edited map refuses
+    (`MapChanged`), and the form's `replan` abandons it and plans the same requests afresh."""
+    ctx, crm = _accepted(db_url, s3, tmp_path)
+    first = access_batch.plan(ctx)["batch_id"]
+    assert access_batch.plan(ctx)["batch_id"] == first  # resumed: still planned
+    edited = replace(ctx, datamap_hash="edited-map")
+    with pytest.raises(batches.MapChanged, match=first):
+        access_batch.plan(edited)
+    assert state.get_batch(ctx.state, first).status == "planned"  # nothing was given up
+    later = replace(edited, clock=lambda: NOW + timedelta(minutes=5))
+    out = access_batch.plan(later, replan=True)
+    assert out["batch_id"] != first and out["requests"] == 2
+    assert state.get_batch(ctx.state, first).status != "planned"
+    assert access_batch.load(ctx.workspace, out["batch_id"], "edited-map").refs
+    crm.dispose()
+    ctx.state.dispose()

@@ -113,9 +113,11 @@ def audio_setting(value: bool | None, settings: Settings) -> bool:
     return settings.access_include_audio
 
 
-def plan(ctx: JobContext, *, include_audio: bool = False) -> dict[str, Any]:
-    """Form (or resume) the batch; return small JSON naming what to fan out over."""
-    resumable, pending = batches.pending(ctx.state, KIND)
+def plan(ctx: JobContext, *, include_audio: bool = False, replan: bool = False) -> dict[str, Any]:
+    """Form (or resume) the batch; return small JSON naming what to fan out over.
+
+    `replan`: abandon a batch planned under another data map and plan its requests afresh."""
+    resumable, pending = batches.to_plan(ctx.state, KIND, replan=replan)
     if resumable:
         batch = load(ctx.workspace, resumable, ctx.datamap_hash)
     else:

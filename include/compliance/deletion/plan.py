@@ -44,11 +44,9 @@ def plan(ctx: JobContext, *, replan: bool = False) -> dict[str, Any]:
     it is abandoned (finished without receipts) and its requests planned afresh."""
     ws = ctx.workspace
     sweep(ws, ctx.state)
-    resume, pending = batches.pending(ctx.state, "delete")
-    if resume and replan:
-        batches.abandon(ctx.state, resume)
-        sweep(ws, ctx.state)  # its targets go now: a new batch replaces them
-        resume = None
+    resume, pending = batches.to_plan(ctx.state, "delete", replan=replan)
+    if replan:
+        sweep(ws, ctx.state)  # an abandoned batch's targets go now: a new batch replaces them
     if resume:  # a crash left it planned: the same targets, unless the map changed (MapChanged)
         return fanout(ctx, load_targets(ws, resume, ctx.datamap_hash))
     return fanout(ctx, _new_batch(ctx, pending))

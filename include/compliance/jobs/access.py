@@ -25,12 +25,13 @@ def intake(ctx: JobContext, form: dict[str, Any]) -> dict[str, Any]:
     return intake_job.intake(ctx, form, "access")
 
 
-def plan(ctx: JobContext, include_audio: bool | None = None) -> dict[str, Any]:
+def plan(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """One batch of every open access request (or the planned one, resumed); what to map over.
 
-    `include_audio`: the run's choice (the form), else the deployment's setting."""
-    audio = access_batch.audio_setting(include_audio, ctx.settings)
-    return access_batch.plan(ctx, include_audio=audio)
+    The form's `include_audio`, else the deployment's setting; its `replan` abandons a batch
+    planned under another data map (docs/architecture.md)."""
+    audio = access_batch.audio_setting(params.get("include_audio"), ctx.settings)
+    return access_batch.plan(ctx, include_audio=audio, replan=bool(params.get("replan")))
 
 
 def gather_system(ctx: JobContext, batch: dict[str, Any], system: str) -> dict[str, Any]:

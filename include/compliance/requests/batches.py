@@ -53,6 +53,18 @@ def pending(engine: Engine, kind: str) -> tuple[str | None, list[state.RequestRo
     return (planned[0] if planned else None), rows
 
 
+def to_plan(
+    engine: Engine, kind: str, *, replan: bool
+) -> tuple[str | None, list[state.RequestRow]]:
+    """`pending`, with the operator's explicit re-plan applied: the planned batch (if any) is
+    abandoned, and None comes back so the caller plans every actionable request afresh."""
+    resume, rows = pending(engine, kind)
+    if resume and replan:
+        abandon(engine, resume)
+        resume = None
+    return resume, rows
+
+
 def _is_planned(engine: Engine, batch_id: str) -> bool:
     found = state.get_batch(engine, batch_id)
     return found is not None and found.status == "planned"
