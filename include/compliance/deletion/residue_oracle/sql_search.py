@@ -191,12 +191,11 @@ def verify_system(
             report["tables"] += 1
             report["columns"] += len(columns)
             unheld = _not_held(joined, kept_of.get(tname, set()))
+            table = _Table(sname, tname, spec, joined, columns, unheld)
             if columns and every:
-                _search_table(
-                    conn, sname, tname, spec, joined, columns, by_tenant, consumers, verdict, unheld
-                )
+                _search_table(conn, table, by_tenant, consumers, verdict)
             checked = {t: ks - exempt.get(tname, set()) for t, ks in consumers.items()}
-            _key_check(conn, sname, tname, spec, joined, checked, verdict)
+            _key_check(conn, table, checked, verdict)
         _short_contact_ids(conn, md, sname, system, values, verdict, kept_of)
 
 
@@ -209,11 +208,25 @@ def _not_held(joined: _Joined, consumers: set[str]) -> sa.ColumnElement:
     return sa.or_(joined.consumer.is_(None), joined.consumer.not_in(typed))
 
 
-def _search_table(
-    conn, sname, tname, spec, joined, columns, by_tenant, consumers, verdict, unheld=None
-):
+@dataclass(frozen=True)
+class _Table:
+    """One mapped table as the search sees it: its joins toward consumer and tenant, the text
+    columns searched (kept ones left out) and the filter that skips rows under a hold."""
+
+    system: str
+    name: str
+    spec: Any
+    joined: _Joined
+    columns: list[sa.Column]
+    unheld: sa.ColumnElement
+
+
+def _search_table(conn, table: _Table, by_tenant, consumers, verdict) -> None:
     """Rows of each tenant holding one of its values; then rows whose tenant cannot be told
     (an orphan whose parent is gone), against every tenant's values."""
+    sname, tname, spec, joined, columns = (
+        table.system, table.name, table.spec, table.joined, table.columns
+    )  # fmt: skip
     low = _haystack(columns)
     digits = _digits(low)
     identity_cols = {c for c, col in spec.columns.items() if col.identity is not None}
@@ -230,7 +243,7 @@ def _search_table(
                 sa.select(joined.consumer, *columns)
                 .select_from(joined.from_clause)
                 .where(where)
-                .where(unheld if unheld is not None else sa.true())
+                .where(table.unheld)
                 .where(sa.or_(*(_term(v, low, digits) for v in chunk)))
             )
             for row in conn.execute(stmt):
@@ -252,8 +265,9 @@ def _search_table(
                         verdict.residue[f"{sname}:{tname}.{col.name}"] += 1
 
 
-def _key_check(conn, sname, tname, spec, joined, consumers, verdict) -> None:
+def _key_check(conn, table: _Table, consumers, verdict) -> None:
     """Rows still referencing an erased consumer where the map says they are erased."""
+    sname, tname, spec, joined = table.system, table.name, table.spec, table.joined
     if spec.erase is TableErase.mask:
         if joined.depth != 1:
             return  # the kept row references the consumer through a parent: kept by the map
