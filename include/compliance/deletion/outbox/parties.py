@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 
 from compliance.core.datamap.model import DataMap
 from compliance.core.hashing import keyed_hash
+from compliance.deletion.targets import RECEIPTS
 
 OUTBOX = "outbox/"
-RECEIPTS = "receipts/"  # as compliance.deletion.erasure.RECEIPTS (erasure imports this module)
 OPEN = ("pending", "sent", "failed", "not_configured")  # retried until final
 ENV = {
     "base": "COMPLIANCE_NOTICE_BACKOFF_MINUTES",
