@@ -40,14 +40,29 @@ def no_channels(monkeypatch):
 
 @pytest.fixture
 def captured(monkeypatch):
-    """Replace the senders: record (channel, alert) instead of talking to a server."""
+    """Record (channel, alert) instead of talking to a server.
+
+    Wraps the core's `dispatch`, which every copy of the plugin module calls, and swaps the
+    plugin's own senders for recorders (a test's stand-in, like a broken sender, stays). A patch
+    on `compliance_channels.SENDERS` alone is not enough: Airflow's plugin manager re-imports
+    plugins/ files under the same names, so after an earlier test loaded the plugins, the
+    callback can hold another copy of the module than this test imported."""
     sent: list[tuple[str, alerts.Alert]] = []
-    for name in ("email", "slack", "sns"):
-        monkeypatch.setitem(
-            compliance_channels.SENDERS,
-            name,
-            lambda alert, settings, name=name: sent.append((name, alert)),
-        )
+    real = alerts.dispatch
+
+    def recorder(name: str):
+        return lambda alert, settings: sent.append((name, alert))
+
+    def dispatch(alert, settings, senders, *args, **kwargs):
+        swapped = {
+            name: recorder(name)
+            if getattr(fn, "__module__", "").endswith("compliance_channels")
+            else fn
+            for name, fn in senders.items()
+        }
+        return real(alert, settings, swapped, *args, **kwargs)
+
+    monkeypatch.setattr(alerts, "dispatch", dispatch)
     return sent
 
 
