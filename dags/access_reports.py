@@ -5,8 +5,8 @@ Compiles everything we hold about a consumer into a bundle the business can hand
 forwards a verified "right to know" request (R8-R15, R7, R27; GDPR Art. 15, G2):
 
 1. **intake**: the same inbox as deletions (`compliance.requests.inbox`): every document in the S3
-inbox,
-   plus the one entered in this form, is validated and moved to `accepted/` or `rejected/`;
+   inbox (clients' and the staff page's) is validated and moved to `accepted/` or `rejected/`;
+   the form names at most a reference to a request staff entered, never an identity;
 2. **plan**: one batch of every open access request: identities resolved within each client's
    tenant, each request's window (12 months before receipt, since 2022-01-01 on request, R9; no
    limit for the GDPR, G2), third request in 12 months flagged (R7);
@@ -16,8 +16,10 @@ inbox,
    enabled) at `access/<client>/<request_id>/bundle.zip`, encrypted, a link that expires within
    7 days (`link.json` beside it, R12), a receipt in `receipts/`, a ledger entry; requests closed.
 
-Backups are not searched, and every report says so (R13). Rerun = converge: a crashed batch is
-resumed from its stored targets. Logic: `compliance.access`; guide: docs/access.md.
+Backups are searched, one mapped **gather_backups** per snapshot day, unless the data map states
+R13's four conditions for a store; every report lists what was not searched and why (R13).
+Rerun = converge: a crashed batch is resumed from its stored targets. Logic:
+`compliance.access`; guide: docs/access.md.
 """
 
 from __future__ import annotations
@@ -29,23 +31,12 @@ from airflow.sdk import Param, dag, task
 from compliance import access, runtime
 from compliance.jobs import access as jobs_access
 from compliance_alerts import DEFAULT_ARGS
-from compliance_forms import ONE, request_form
+from compliance_forms import request_form
 
 RUN = "This run"
 
 FORM = {
     **request_form(),
-    "look_back": Param(
-        "default",
-        enum=["default", "since_2022", "all"],
-        title="Look-back",
-        description=(
-            "default: the jurisdiction's own (CCPA: 12 months before receipt, R9; GDPR: all "
-            "data, G2). since_2022: everything since 2022-01-01, when the consumer asks (CCPA, "
-            "R9). all: GDPR only."
-        ),
-        section=ONE,
-    ),
     "link_expiry_days": Param(
         access.MAX_LINK_DAYS,
         type="integer",
@@ -59,7 +50,7 @@ FORM = {
         None,
         type=["null", "boolean"],
         title="Include call audio",
-        description="Empty: the deployment setting COMPLIANCE_ACCESS_INCLUDE_AUDIO (off).",
+        description="Empty: the deployment setting COMPLIANCE_ACCESS_INCLUDE_AUDIO (on).",
         section=RUN,
     ),
     "replan": Param(
@@ -70,14 +61,6 @@ FORM = {
         section=RUN,
     ),
 }
-
-
-def _form(params: dict) -> dict:
-    """'default' means the jurisdiction's default: omitted, so a GDPR form is not refused (G2)."""
-    out = dict(params)
-    if out.get("look_back") == "default" and out.get("jurisdiction") == "gdpr":
-        out["look_back"] = None
-    return out
 
 
 @dag(
@@ -93,7 +76,7 @@ def _form(params: dict) -> dict:
 def access_reports():
     @task
     def intake(params: dict | None = None) -> dict:
-        return jobs_access.intake(runtime.context(), _form(params or {}))
+        return jobs_access.intake(runtime.context(), params or {})
 
     @task
     def plan(_intake: dict, params: dict | None = None) -> dict:
@@ -113,6 +96,10 @@ def access_reports():
     def gather_logs(batch: dict, shard: str) -> dict:
         return jobs_access.gather_logs(runtime.context(), batch, shard)
 
+    @task(map_index_template="{{ shard }}")
+    def gather_backups(batch: dict, shard: str) -> dict:
+        return jobs_access.gather_backups(runtime.context(), batch, shard)
+
     @task(trigger_rule="none_failed")
     def build_bundles(batch: dict, _gathered: list | None, params: dict | None = None) -> dict:
         return jobs_access.build_bundles(
@@ -126,7 +113,10 @@ def access_reports():
     shards = gather_logs.partial(batch=batch).expand(
         shard=pick.override(task_id="log_shards")(batch, "shards")
     )
-    systems >> build_bundles(batch, shards)
+    backups = gather_backups.partial(batch=batch).expand(
+        shard=pick.override(task_id="backup_shards")(batch, "backup_shards")
+    )
+    [systems, backups] >> build_bundles(batch, shards)
 
 
 access_reports()

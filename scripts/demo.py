@@ -3,6 +3,11 @@
 Everything lives under `.demo/` (gitignored): `demo/` holds the SQLite CRM and Airflow home,
 `out/` what a person would open, `logs/` each DAG run's output. Exits non-zero if any DAG fails,
 and always stops the S3 server it started.
+
+One access request is entered the way staff enter one (issue 16, deliverable 2): through the
+staff page's code path (`compliance.requests.staff_entry`, what /compliance/requests calls),
+with the consumer's identities, and access_reports then runs with only its reference in the
+run's conf. The demo prints where to look.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ DAGS: list[tuple[str, dict]] = [
     ("retention_sweep", {"dry_run": False}),
     ("statistics_reports", {"period": "last-month"}),
     ("deadline_watchdog", {}),
+    ("client_offboarding", {"dry_run": True}),  # contract end: counts only (G4, R27)
 ]
 ESP_WEBHOOK_PORT = 8719  # the demo data map's esp_mailer target
 
@@ -92,7 +98,9 @@ def main() -> int:
         for key, body in dropped.items():
             s3.put_object(Bucket=env["COMPLIANCE_WORKSPACE_BUCKET"], Key=key, Body=body)
         print(f"  dropped {len(dropped)} request document(s) into the inbox (some invalid)")
-        for step, (dag_id, conf) in enumerate(DAGS, 1):
+        staff = staff_entry(env, crm)
+        dags = [(d, staff["conf"] if staff and d == staff["dag_id"] else c) for d, c in DAGS]
+        for step, (dag_id, conf) in enumerate(dags, 1):
             t0 = time.monotonic()
             label = f"{dag_id} (dry run)" if conf.get("dry_run") is True else dag_id
             log = LOGS / f"{step:02d}-{dag_id}{'-dry-run' if label != dag_id else ''}.log"
@@ -108,12 +116,100 @@ def main() -> int:
         for path in sorted((OUT / "summaries").glob("*.json")):
             print(f"  {path.stem}: {json.dumps(json.loads(path.read_text()))}")
         print(f"logs of each step: {LOGS.relative_to(REPO_ROOT)}/")
+        if staff:
+            where_to_look(staff, env)
     finally:
         stop_group(s3_proc.pid)
     if failed:
         print(f"\nFAILED DAGs: {', '.join(failed)} (see .demo/logs/)", file=sys.stderr)
         return 1
     return 0
+
+
+def staff_entry(env: dict[str, str], crm: Path) -> dict | None:
+    """Enter one access request as staff do, in Airflow's environment (its connections)."""
+    log = LOGS / "staff-entry.log"
+    rc = run([sys.executable, __file__, "--staff-entry", str(crm)], env, log)
+    lines = log.read_text(errors="replace").strip().splitlines()
+    if rc or not lines or not lines[-1].startswith("{"):
+        print(f"  staff entry                  FAILED (see {log.relative_to(REPO_ROOT)})")
+        return None
+    staff = json.loads(lines[-1])
+    print(f"  staff entry                  {staff['ref']} -> {staff['key']}")
+    print(f"    {staff['dag_id']} runs with conf {json.dumps(staff['conf'])} and nothing else")
+    return staff
+
+
+def where_to_look(staff: dict, env: dict[str, str]) -> None:
+    client, request_id = staff["ref"].rsplit("/", 1)
+    print("\nthe staff path (identities entered by staff, none in Airflow's database):")
+    print(f"  its bundle: {OUT.relative_to(REPO_ROOT)}/access/{client}/{request_id}/bundle.zip")
+    log = LOGS / "run-confs.log"
+    run([sys.executable, __file__, "--run-confs", staff["dag_id"]], env, log)
+    print(f"  every {staff['dag_id']} run's conf, as Airflow's database holds it:")
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            print(f"    {line}")
+    print("  the page itself: `make up`, then Compliance (/compliance/requests) in the Airflow UI")
+
+
+def _run_confs(dag_id: str) -> int:
+    """`demo.py --run-confs <dag_id>`: each run's conf, read from Airflow's metadata DB."""
+    import sqlalchemy as sa
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.execute(sa.select(DagRun.run_id, DagRun.conf).where(DagRun.dag_id == dag_id))
+        for run_id, conf in rows:
+            print(json.dumps({"run_id": run_id, "conf": conf}))
+    return 0
+
+
+def _enter_as_staff(crm: str) -> int:
+    """`demo.py --staff-entry <crm>`: the staff page's code path on a consumer of the world;
+    prints the reference, never an identity."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    sys.path.insert(0, str(REPO_ROOT / "plugins"))  # the runtime's alert channels live there
+    from compliance import runtime
+    from compliance.requests import staff_entry as entry
+
+    received = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    engine = engine_from_url(f"sqlite:///{crm}")
+    with engine.connect() as c:
+        people = c.execute(
+            sa.text(
+                "select c.client_id, c.email, c.phone, c.external_id from contacts c "
+                "join clients k on k.client_id = c.client_id where k.active "
+                "and c.email is not null and c.phone is not null and not c.is_child "
+                "and not exists (select 1 from legal_holds h where h.client_id = c.client_id) "
+                "order by c.contact_id desc limit 5"
+            )
+        ).all()
+    engine.dispose()
+    ctx = runtime.context()
+    for n, (client, email, phone, contact_id) in enumerate(people, 1):
+        fields = {
+            "request_id": f"STAFF-ACC-{n}",
+            "client_id": str(client),
+            "email": email,
+            "phone": phone,
+            "contact_id": contact_id,
+            "received_at": received,
+            "verification_method": "email_link",
+            "verified_by": "demo-staff",
+        }
+        result = entry.enter(ctx, "access", fields)
+        if isinstance(result, entry.Entered):
+            conf = result.conf()
+            out = {"ref": result.ref, "key": result.key, "dag_id": result.dag_id, "conf": conf}
+            print(json.dumps(out))
+            return 0
+        print(f"refused: {[r['reason'] for r in result.reasons]}")  # codes only
+    return 1
 
 
 def collect(s3, bucket: str) -> int:
@@ -134,4 +230,8 @@ def collect(s3, bucket: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--staff-entry"]:
+        sys.exit(_enter_as_staff(sys.argv[2]))
+    if sys.argv[1:2] == ["--run-confs"]:
+        sys.exit(_run_confs(sys.argv[2]))
     sys.exit(main())

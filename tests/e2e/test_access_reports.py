@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import sqlalchemy as sa
 
-from compliance.access import bundle
+from compliance.access import bundle, r10
 from compliance.core.datamap.validate import load_datamap
 from compliance.core.settings import REPO_ROOT
 from compliance.requests.intake import add_months
@@ -360,10 +360,11 @@ def _expected(url: str, client: int, identities: dict, since, until) -> dict:
                     rows.add((f"crm.{table}", int(pk)))
                 else:
                     outside += 1
-        secrets = set()
+        secrets = set()  # (R10 kind, value): G2 decides per jurisdiction which are shown
         for table, col in WITHHELD_COLUMNS:
+            kind = DM.systems["crm"].tables[table].columns[col].withhold
             secrets |= {
-                v
+                (kind, v)
                 for (v,) in c.execute(
                     sa.text(f"select {col} from {table} where contact_id in ({inlist})")
                 )
@@ -504,9 +505,16 @@ def test_access_bundles_hold_exactly_the_consumers_data(stack, dropped):
         manifest = json.loads(zf.read("manifest.json"))
         assert manifest["request_id"] == f"ACC-{name}" and manifest["generator"]["version"]
 
-        # R10: no withheld value anywhere in the bundle
-        withheld = {c for _, c in WITHHELD_COLUMNS}
-        secrets = exp["secrets"] | {v for c, v in PLANTED_SECRETS.items() if c in withheld}
+        # R10: no withheld value anywhere in the bundle; G2: a GDPR request (U) is shown the
+        # consumer's own ids and account numbers, never credentials (r10.WITHHELD_BY_JURISDICTION)
+        kind_of = {c: DM.systems["crm"].tables[t].columns[c].withhold for t, c in WITHHELD_COLUMNS}
+        shown = r10.shown_kinds("gdpr" if name == "U" else "ccpa")
+        secrets = {v for k, v in exp["secrets"] if k not in shown}
+        secrets |= {
+            v for c, v in PLANTED_SECRETS.items() if c in kind_of and kind_of[c] not in shown
+        }
+        disclosed = {v for k, v in exp["secrets"] if k in shown}
+        assert all(str(v) in zf.read("data.json").decode() for v in disclosed), name
         for member in zf.namelist():
             body = zf.read(member).decode("utf-8", "replace")
             leaked = [x for x in secrets if str(x) in body]
@@ -558,7 +566,8 @@ def test_access_bundles_hold_exactly_the_consumers_data(stack, dropped):
     html = zf.read("index.html").decode()
     assert SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script" not in html.lower()
-    assert "R13" in html and "Nightly CRM snapshots" in html  # backups: not searched, said so
+    # R13: the demo's disaster-recovery backups are searched (test_access_backups.py)
+    assert data["not_searched"] == []
     cells = [
         cell
         for name in zf.namelist()

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ from compliance_dev.localenv import (
 from compliance_dev.world.generate import seed_world
 
 from ..conftest import IN_CI, fresh_pg_database
+from . import staff_desk
 from .conftest import AS_OF, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
@@ -273,17 +275,24 @@ def test_deletion_dag_runs_on_two_celery_workers(tmp_path):
         api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
         request_id = f"CEL-{uuid.uuid4().hex[:8]}"
         received = (datetime.now(UTC) - timedelta(days=2)).isoformat()
-        conf = {
-            "dry_run": False,
+        fields = {  # the staff page: identities go to the inbox, the run gets a reference
+            "type": "delete",
+            "execute": "on",
             "request_id": request_id,
-            "client_id": str(client_id),  # the form takes the id as text (any-CRM)
+            "client_id": str(client_id),
             "email": address,
             "received_at": received,
             "verification_method": "email_link",
             "verified_by": "client-staff",
         }
-        run = api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
-        run_id = run["dag_run_id"]
+        api("GET", "/api/v2/version")  # signs in
+        page = urllib.request.Request(
+            f"{url}/compliance/requests",
+            data=urllib.parse.urlencode(fields).encode(),
+            headers={"Authorization": f"Bearer {api.token}"},
+        )
+        with urllib.request.urlopen(page, timeout=60) as resp:
+            _, run_id = staff_desk.run_id_of(resp.read().decode())
         path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
         state = _wait("the run", lambda: _finished(api, path), 240, logs, procs)
         timings["run"] = time.monotonic() - t_start

@@ -261,11 +261,29 @@ def test_access_bundles_hold_every_row_and_line_and_no_r10_value(w2):
     problems = []
     for request_id, (person, since, until) in windows.items():
         zf = checker.read_bundle(w2.s3, WORKSPACE, person.org, request_id)
+        law = "gdpr" if request_id == "ACC-GDPR" else "ccpa"  # G2
         problems += [
             f"{request_id}: {p}"
-            for p in checker.check_access(world, snap, zf, person.uuid, since, until)
+            for p in checker.check_access(world, snap, zf, person.uuid, since, until, law)
         ]
     _ok(problems, "access bundles")
+    # R13: this world's archive is declared not searched: never read, listed with its reasons
+    assert not [
+        ti
+        for ti in run.get_task_instances()
+        if ti.task_id == "gather_backups" and ti.state not in (None, "skipped")
+    ]
+    from compliance.core.datamap.validate import load_datamap
+
+    declared = load_datamap(HERE / "datamap.yaml").stores["crm2_backups"].not_searched
+    for request_id, (person, _, _) in windows.items():
+        zf = checker.read_bundle(w2.s3, WORKSPACE, person.org, request_id)
+        listed = json.loads(zf.read("data.json"))["not_searched"]
+        assert [(n["store"], n["conditions"]) for n in listed] == [
+            ("crm2_backups", declared.model_dump())
+        ], request_id
+        html = zf.read("index.html").decode()
+        assert all(text in html for text in declared.model_dump().values()), request_id
     # the CCPA subject has rows before the window: the window was applied, not "everything"
     old = [
         k
@@ -274,6 +292,12 @@ def test_access_bundles_hold_every_row_and_line_and_no_r10_value(w2):
         and world.rows[k].time < datetime.combine(year_before, datetime.min.time())
     ]
     assert old
+    # R10 from every source (issue 16): check_access scanned every member for the planted values
+    # (the person's secrets); each type is stated instead, in the data and on the page
+    ccpa_zip = checker.read_bundle(w2.s3, WORKSPACE, ccpa.org, "ACC-CCPA")
+    for member in ("data.json", "index.html"):
+        text = ccpa_zip.read(member).decode()
+        assert all(s in text for s in generate.R10_STATEMENTS), member
 
 
 def _spoken(stored: str) -> str:

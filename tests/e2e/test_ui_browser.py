@@ -3,8 +3,9 @@
 One `airflow standalone` on 127.0.0.1 (free ports) over a seeded world and a local S3, started
 once for this module and stopped afterwards (process groups, SIGKILL after a grace period):
 
-- staff (`compliance`, role op) log in, open the access-report DAG, fill its trigger form as a
-  person would, trigger it, and the run succeeds; the consumer's bundle is then in S3;
+- staff (`compliance`, role op) log in, enter an access request on the desk's staff page
+  (/compliance/requests) as a person would; the run it starts carries only the reference and
+  succeeds; the consumer's bundle is then in S3; a viewer cannot open the page;
 - a viewer (`auditor`) can open the same form, but the trigger is refused (HTTP 403) and no
   run is created;
 - the forms' rules hold server-side too: bad values are refused (HTTP 400) before a run starts.
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -201,37 +203,39 @@ def _wait_for_run(ui: UI, run_id: str, timeout: float = 240) -> str:
     return state
 
 
-def test_staff_fill_the_form_trigger_and_get_the_bundle(ui, browser):
+def test_staff_enter_a_request_on_the_desk_and_get_the_bundle(ui, browser):
+    """Staff enter the request on the desk's page (identities never go into a trigger form,
+    issue 16); the run it starts carries only the reference and produces the bundle."""
     client_id, address = _consumer(ui.crm)
     request_id = f"UI-ACC-{datetime.now(UTC):%H%M%S}"
     received = datetime.now(UTC) - timedelta(days=1)
+    ui.api("PATCH", f"/api/v2/dags/{DAG_ID}", STAFF, {"is_paused": False})
     page = _login(browser, ui, STAFF)
     try:
-        dialog = _open_trigger_form(page, ui)
-        _shot(page, "01-staff-trigger-form")
-        dialog.get_by_role("button", name="Enter one request (optional)").click()
-        dialog.locator("#element_request_id").fill(request_id)
-        dialog.locator("input[name=element_client_id]").fill(str(client_id))
-        dialog.locator("#element_email").fill(address)
-        dialog.locator("#element_verification_method").fill("email_link")
-        dialog.locator("#element_verified_by").fill("client-staff")
-        picker = dialog.get_by_test_id("config-form").get_by_test_id("datetime-input").first
-        picker.click()
-        page.get_by_placeholder("YYYY/MM/DD").fill(received.strftime("%Y/%m/%d"))
-        page.get_by_placeholder("HH:mm").fill(received.strftime("%H:%M"))
-        page.keyboard.press("Escape")  # close the picker, keep the dialog
-        dialog.get_by_text("Received by the business at").click()
-        _shot(page, "02-staff-form-filled")
+        page.goto(f"{ui.url}/compliance/requests")
+        _shot(page, "01-staff-request-page")
+        page.select_option("#type", "access")
+        page.fill("#request_id", request_id)
+        page.fill("#client_id", str(client_id))
+        page.fill("#email", address)
+        page.fill("#received_at", received.isoformat())
+        page.fill("#verification_method", "email_link")
+        page.fill("#verified_by", "client-staff")
+        _shot(page, "02-staff-request-filled")
         with page.expect_response(
-            lambda r: r.url.endswith(f"/dags/{DAG_ID}/dagRuns") and r.request.method == "POST"
+            lambda r: r.url.endswith("/compliance/requests") and r.request.method == "POST"
         ) as posted:
-            dialog.get_by_role("button", name="Trigger", exact=True).click()
+            page.get_by_role("button", name="Enter and start").click()
         assert posted.value.status == 200, posted.value.text()
-        run = posted.value.json()
-        assert run["conf"]["request_id"] == request_id
-        assert run["conf"]["received_at"].startswith(received.strftime("%Y-%m-%dT%H:%M"))
-        state = _wait_for_run(ui, run["dag_run_id"])
-        page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{run['dag_run_id']}")
+        entered = page.get_by_role("status")
+        assert entered.get_attribute("data-ref") == f"{client_id}/{request_id}"
+        href = entered.get_by_role("link").get_attribute("href")
+        run_id = urllib.parse.unquote(href.rsplit("/runs/", 1)[1])
+        run = ui.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id)}", STAFF)
+        assert run["conf"] == {"request_ref": f"{client_id}/{request_id}"}
+        assert address.lower() not in json.dumps(run).lower()
+        state = _wait_for_run(ui, urllib.parse.quote(run_id))
+        page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id)}")
         page.get_by_text("success", exact=False).first.wait_for()
         _shot(page, "03-staff-run-finished")
         assert state == "success", f"run ended {state}; see {ui.log}"
@@ -240,6 +244,13 @@ def test_staff_fill_the_form_trigger_and_get_the_bundle(ui, browser):
         raise
     finally:
         page.context.close()
+    ui.api("GET", "/api/v2/version", VIEWER)  # signs the viewer in (a token)
+    viewer = urllib.request.Request(
+        f"{ui.url}/compliance/requests", headers={"Authorization": f"Bearer {ui.tokens[VIEWER]}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(viewer, timeout=30)
+    assert refused.value.code == 403  # a viewer cannot enter requests
 
     prefix = f"access/{client_id}/{request_id}/"
     keys = {o["Key"] for o in ui.s3.list_objects_v2(Bucket=ui.bucket, Prefix=prefix)["Contents"]}

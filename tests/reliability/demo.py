@@ -200,6 +200,12 @@ def _corpus_phase(demo: Demo, stack: Any, monkeypatch: Any) -> None:
         "objects_changed": before.objects != after.objects,
         "keys": sorted(o["Key"] for o in listing),
         "ledger_rejections": int(rejected),
+        # what the erasure of the request on record removed of it (issue 16: its duplicates)
+        "existing_receipt": json.loads(
+            stack.s3.get_object(Bucket=stack.bucket, Key="receipts/1/hc-existing-1.delete.json")[
+                "Body"
+            ].read()
+        ),
     }
 
 

@@ -367,9 +367,14 @@ def check_access(
     person: str,
     since: datetime | None,
     until: datetime,
+    jurisdiction: str = "ccpa",
 ) -> list[str]:
     """Every row and log line of the person in the window is in the bundle, nothing of anyone
     else's, and no R10 value anywhere in it.
+
+    G2 (issue 16): a GDPR bundle shows the person's own national id (a row of theirs) and never
+    a credential (portal digest, recovery answer); log lines' IBANs stay withheld (a line names
+    several people).
 
     Rows of a table without a time column must be there when their nearest timed ancestor is in
     the window, and may be there otherwise (the product may treat them as always in scope).
@@ -435,6 +440,13 @@ def check_access(
             kinds.add("government_id")
         if key[0] == "portal_logins":
             kinds |= {"password", "security_answer"}
+    if jurisdiction == "gdpr":
+        own = {p.national_id} if p.national_id and ("people", (person,)) in must else set()
+        secrets -= own
+        kinds.discard("government_id")
+        body = zf.read("data.json")
+        if not all(v.encode() in body for v in own):
+            problems.append("G2: the person's own national id is not shown")
     named = {w.get("kind") for w in data.get("withheld", [])}
     if not kinds <= named:
         problems.append(f"R10: withheld kinds {sorted(named)} do not name {sorted(kinds - named)}")

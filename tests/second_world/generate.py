@@ -523,6 +523,72 @@ def _plant(b: _Builder) -> None:
     b.deal(old, 900, [(800, 2), (100, 1)])
 
 
+# R10 fixtures (issue 16): values of R10 kinds where the data map does not look, for the CCPA
+# access subject. None uses the seeded RNG, so the rest of the world is unchanged.
+R10_NOTE = "Caller gave SSN 219-09-9999 and card 4539 1488 0343 6467 for the deposit."
+R10_LOG = {
+    "msg": "retry: ssn 078-05-1120 card 5425233430109903",
+    "customer": {"ssn": "078051120"},  # unmapped keys, nested
+    "bank": {"routing_number": "021000021", "account_number": "000123456789"},
+}
+R10_VALUES = {
+    "219-09-9999",
+    "4539 1488 0343 6467",
+    "078-05-1120",
+    "5425233430109903",
+    "078051120",
+    "021000021",
+    "000123456789",
+}
+R10_STATEMENTS = {
+    "[withheld: social security number held]",
+    "[withheld: payment card number held]",
+    "[withheld: bank routing number held]",
+    "[withheld: bank account number held]",
+}
+# inside the CCPA subject's 12-month window, a log day, and not one the data inventory samples
+# for drift (the oldest and the newest two objects): the unmapped keys are planted on purpose
+R10_DAYS = 20
+
+
+def _r10(b: _Builder) -> None:
+    """A deal note (a mapped free-text column, so every backup snapshot's row too) and a log
+    line (free text and unmapped JSON keys) of the CCPA access subject."""
+    w = b.w
+    p = w.person("access_ccpa")
+    deal = max(d["deal_id"] for d in w.records["deals"] if d["person_uuid"] == p.uuid)
+    when = w.midnight - timedelta(days=R10_DAYS) + timedelta(hours=10)
+    b.add_row(
+        "deal_notes",
+        {"note_id": "n-r10", "deal_id": deal, "body": R10_NOTE, "written_at": when},
+        p,
+        ("deals", (str(deal),)),
+    )
+    p.secrets |= R10_VALUES
+    ts = when.replace(tzinfo=UTC) + timedelta(minutes=5)
+    record = {
+        "ts": _iso(ts),
+        "org": {"code": p.org},
+        "event": "payment.retry",
+        "actor": {"uuid": p.uuid, "email": p.primary_email},
+        **R10_LOG,
+    }
+    day = (w.as_of - timedelta(days=R10_DAYS)).strftime(STORE_PARTITION[ACTIVITY])
+    key = f"{STORE_PREFIX[ACTIVITY]}{day}part-r10.jsonl.gz"
+    raw = _dump(record)
+    w.lines.append(
+        Line(ACTIVITY, LOG_BUCKET, key, 0, raw, p.org, ts, frozenset({p.uuid}), frozenset())
+    )
+    w.objects[(LOG_BUCKET, key)] = gzip.compress(raw + b"\n", mtime=0)
+    # G2: the GDPR access subject holds a national id, which its bundle must show (its own row)
+    g = w.person("access_gdpr")
+    if not g.national_id:
+        g.national_id = "NID900000001"
+        g.secrets.add(g.national_id)
+        row = next(r for r in w.records["people"] if r["person_uuid"] == g.uuid)
+        row["national_id"] = g.national_id
+
+
 def _holds(b: _Builder) -> None:
     w = b.w
     w.holds = [
@@ -702,7 +768,13 @@ def build(as_of: date, seed: int = SEED) -> World:
     b = _Builder(seed, as_of)
     for code, name, active, sector in ORGS:
         b.w.records["orgs"].append(
-            {"org_code": code, "display_name": name, "is_active": active, "sector": sector}
+            {
+                "org_code": code,
+                "display_name": name,
+                "is_active": active,
+                "sector": sector,
+                "ended_on": None if active else as_of - timedelta(days=400),
+            }
         )
     _plant(b)
     for code, *_ in ORGS:
@@ -710,6 +782,7 @@ def build(as_of: date, seed: int = SEED) -> World:
             b.generic(code)
     _holds(b)
     _logs(b)
+    _r10(b)
     _backups(b)
     return b.w
 

@@ -25,6 +25,7 @@ orgs = sa.Table(
     sa.Column("display_name", sa.String(200), nullable=False),
     sa.Column("is_active", sa.Boolean, nullable=False),
     sa.Column("sector", sa.String(40), nullable=False),
+    sa.Column("ended_on", sa.Date),  # the contract's end (offboarding, G4 Art. 28(3)(g))
 )
 
 people = sa.Table(

@@ -149,6 +149,7 @@ def test_categories_only_request_is_never_resolved_or_gathered(db_url, s3, tmp_p
         "requests": 1,
         "systems": [],
         "shards": [],
+        "backup_shards": [],
     }
     crm.dispose()
     ctx.state.dispose()

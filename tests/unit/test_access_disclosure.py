@@ -59,10 +59,18 @@ def test_withheld_statements_name_the_type_never_a_value():
     assert set(disclosure.WITHHELD) == set(Withhold)  # every R10 kind has a statement
 
 
-def test_r13_lists_backup_stores_only():
-    stores = disclosure.not_searched(DM)
-    assert [s["store"] for s in stores] == ["crm_backups"]
-    assert stores[0]["rule"] == "R13" and "not searchable" in stores[0]["reason"]
+def test_r13_lists_only_stores_the_map_declares_not_searched():
+    # the demo's disaster-recovery backups fail R13's condition 2: searched, not listed
+    assert disclosure.not_searched(DM) == []
+    second = load_datamap(REPO_ROOT / "tests" / "second_world" / "datamap.yaml")
+    stores = disclosure.not_searched(second)
+    assert [s["store"] for s in stores] == ["crm2_backups"]
+    declared = second.stores["crm2_backups"].not_searched
+    assert stores[0]["rule"] == "R13"
+    assert stores[0]["conditions"] == declared.model_dump()  # the map's four statements, as is
+    text = stores[0]["description"] + " " + stores[0]["reason"]
+    for statement in declared.model_dump().values():
+        assert statement in text
 
 
 def test_every_category_has_a_title():

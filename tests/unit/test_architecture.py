@@ -42,9 +42,10 @@ LAYERS: dict[str, int] = {
     "inventory": 2,
     "retention": 3,
     "access": 4,
-    "jobs": 5,
-    "runtime": 6,
-    "__main__": 6,
+    "offboarding": 5,
+    "jobs": 6,
+    "runtime": 7,
+    "__main__": 7,
 }
 ENTRY_POINTS = {"runtime", "__main__"}  # one group: they may import each other
 AIRFLOW_ALLOWED = {"compliance.runtime"}  # in include/; dags/ and plugins/ are not scanned
@@ -62,6 +63,7 @@ ONE_LINE_TASK_DAGS = [
     "deadline_watchdog",
     "request_extension",
     "statistics_reports",
+    "client_offboarding",
 ]
 
 

@@ -268,6 +268,18 @@ BROKEN: dict[str, tuple[Mutation, set[tuple[str, str]]]] = {
         put("subprocessors.0.categories", ["professional"]),
         {("category-undescribed", "subprocessors.0.categories")},
     ),
+    "sensitive-column-without-withhold": (  # R10
+        put(f"{CRM}.contacts.columns.drivers_license", {"categories": ["sensitive"]}),
+        {("withhold-required", f"{CRM}.contacts.columns.drivers_license.withhold")},
+    ),
+    "sensitive-log-field-without-withhold": (  # R10
+        put("stores.app_logs.fields.card_number", {"categories": ["sensitive"]}),
+        {("withhold-required", "stores.app_logs.fields.card_number.withhold")},
+    ),
+    "inference-marked-provided": (  # G3: derived data is never provided
+        put(f"{CRM}.leads.columns.score", {"categories": ["inferences"], "provided": True}),
+        {("provided-derived", f"{CRM}.leads.columns.score.provided")},
+    ),
     # object stores
     "store-unknown-system": (
         put("stores.mail_logs.system", "crm2"),
@@ -292,6 +304,16 @@ BROKEN: dict[str, tuple[Mutation, set[tuple[str, str]]]] = {
     "bad-prefix": (
         put("stores.crm_backups.prefix", "crm"),
         {("structure", "stores.crm_backups.prefix")},
+    ),
+    "backup-not-searched-without-r13": (  # R13: all four conditions or searched
+        put(
+            "stores.crm_backups.not_searched",
+            {"not_reasonably_accessible": "tape", "records_described": "CRM rows"},
+        ),
+        {
+            ("not-searched", "stores.crm_backups.not_searched.solely_legal_or_compliance"),
+            ("not-searched", "stores.crm_backups.not_searched.not_sold_or_used_commercially"),
+        },
     ),
     "partition-unknown-directive": (
         put("stores.app_logs.partition", "dt=%Y-%m-%d-%Q/"),

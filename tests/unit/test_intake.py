@@ -570,6 +570,16 @@ CASES: list[tuple[Reason, object, str | None]] = [
         make(type="access", verification={**DELETE["verification"], "level": "some"}),
         "verification.level",
     ),
+    (  # G3: portability is the GDPR's right; the CCPA's access bundle is already portable
+        Reason.portability_needs_gdpr,
+        make(type="portability"),
+        "type",
+    ),
+    (  # G3: https only (tests/unit/test_portability.py has the other refusals)
+        Reason.bad_transfer_to,
+        make(type="portability", jurisdiction="gdpr", transfer_to="ftp://x.example/in"),
+        "transfer_to",
+    ),
 ]
 
 
@@ -603,7 +613,7 @@ def test_messages_cite_a_rule():
         message = rejected(doc).message
         assert any(
             f"({rule}" in message or f", {rule})" in message or f"; {rule})" in message
-            for rule in ("R1", "R5", "R6", "R9", "R22", "R24", "G1", "G2", "R3")
+            for rule in ("R1", "R5", "R6", "R9", "R22", "R24", "G1", "G2", "G3", "R3")
         ), message
 
 
@@ -924,9 +934,10 @@ def test_examples_in_docs_are_accepted():
     """Every JSON example in docs/requests.md parses as stated there."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "requests.md").read_text()
     blocks = re.findall(r"```json\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     results = [accepted(block.encode()) for block in blocks]
-    delete, child_access, gdpr = results
+    delete, child_access, gdpr, portability = results
+    assert portability.type is RequestType.portability and portability.transfer_to  # G3
     assert delete.identities.email == "jane.doe@example.com"
     assert (delete.due.ack_due, delete.due.response_due, delete.due.extended_due) == (
         date(2025, 3, 11),

@@ -241,6 +241,7 @@ def gathered(s3: Any, engine: sa.Engine, dm: DataMap) -> list[dict[str, Any]]:
                 "client_id": 1,
                 "since": (NOW - timedelta(days=365)).isoformat(),
                 "until": NOW.isoformat(),
+                "jurisdiction": "ccpa",
             }
         },
         consumers={"crm": {"1": [1]}},

@@ -44,7 +44,7 @@ from sqlalchemy.schema import AddConstraint, CreateIndex
 
 from compliance.core.datamap.model import DataMap
 from compliance.core.stores.sql import is_sqlite
-from compliance_dev.world import objects, schema
+from compliance_dev.world import objects, r10_values, schema
 
 DAY = 86_400
 YEAR = 365 * DAY
@@ -682,6 +682,11 @@ def _clients(w: _World) -> pa.Table:
             "state": _strings([CITIES[c][1] for c in city]),
             "active": pa.array(active),
             "created_at": _ts(created),
+            # the churned client's contract ended when its activity stopped (offboarding, R27)
+            "contract_ended_at": pa.array(
+                [end[i].astype("datetime64[s]") if not active[i] else None for i in range(k)],
+                pa.timestamp("s"),
+            ),
         }
     )
 
@@ -1668,6 +1673,9 @@ def seed_world(
     timed("_analyze", lambda: _analyze(engine))
 
     pa.default_memory_pool().release_unused()  # the load's chunks are gone: give memory back
+    # R10 fixtures (issue 16): before the backups are dumped, so a snapshot row holds them too
+    planted = r10_values.plant_rows(engine, as_of)
+    counts["support_tickets"] = counts.get("support_tickets", 0) + 1
     t0 = time.perf_counter()
     objects.ensure_buckets(s3, datamap)
     stats = objects.write_stores(
@@ -1697,6 +1705,8 @@ def seed_world(
         seed=seed,
         contacts=plan.contacts,
     )
+    for name, _key in r10_values.write_log_lines(s3, datamap, planted):
+        stats.objects[name] = stats.objects.get(name, 0) + 1  # the line is not a generated one
     seconds["_objects"] = time.perf_counter() - t0
     seconds.update({f"_{k}": v for k, v in stats.seconds.items()})
     seconds["_total"] = time.perf_counter() - started

@@ -45,6 +45,7 @@ clients = Table(
     Column("state", String(2), nullable=False),
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", DateTime, nullable=False),
+    Column("contract_ended_at", DateTime),  # NULL while the contract runs (offboarding, R27)
 )
 
 contacts = Table(

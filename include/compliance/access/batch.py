@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from compliance.access import snapshots
 from compliance.core import logfiles as logs
 from compliance.core.context import JobContext, Workspace
 from compliance.core.datamap.model import DataMap, IdentityType, LogStore
@@ -35,6 +36,9 @@ from compliance.requests.resolve import Subject, resolve
 
 BATCHES = batches.BATCHES
 KIND = "access"
+# Request types an access batch answers: portability (G3) is gathered in the same passes and
+# delivered by `access.portability` (restricted to what the consumer provided).
+PLANNED_KINDS = (KIND, "portability")
 REPEAT_THRESHOLD = 3  # R7: the business need not answer a third request within 12 months
 # R5: an access request the business verified only for categories (`verification.level`).
 SCOPE_CATEGORIES = "categories"
@@ -106,18 +110,19 @@ def load(ws: Workspace, batch_id: str, datamap_hash: str | None = None) -> Acces
 def audio_setting(value: bool | None, settings: Settings) -> bool:
     """A run's choice (the trigger form) wins, else COMPLIANCE_ACCESS_INCLUDE_AUDIO (deployment).
 
-    Off by default: audio makes bundles large and carries other voices (the client's staff).
+    On by default: the audio is a specific piece of the consumer's information (R8). A run or
+    deployment may opt out; the bundle then says what was left out and why (R14).
     """
     if value is not None:
         return bool(value)
     return settings.access_include_audio
 
 
-def plan(ctx: JobContext, *, include_audio: bool = False, replan: bool = False) -> dict[str, Any]:
+def plan(ctx: JobContext, *, include_audio: bool = True, replan: bool = False) -> dict[str, Any]:
     """Form (or resume) the batch; return small JSON naming what to fan out over.
 
     `replan`: abandon a batch planned under another data map and plan its requests afresh."""
-    resumable, pending = batches.to_plan(ctx.state, KIND, replan=replan)
+    resumable, pending = batches.to_plan(ctx.state, PLANNED_KINDS, replan=replan)
     if resumable:
         batch = load(ctx.workspace, resumable, ctx.datamap_hash)
     else:
@@ -225,19 +230,27 @@ def repeat(state_engine: Engine, row: state.RequestRow) -> dict[str, Any]:
 
 
 def fanout(dm: DataMap, batch: AccessBatch, stores: Mapping[str, Any]) -> dict[str, Any]:
-    """Small JSON for XCom: the batch id, counts, and the systems and log days to map over.
+    """Small JSON for XCom: the batch id, counts, and the systems, log days and backup
+    snapshot days to map over.
 
     Log days are those of the union window, one day wider on each side: a line's day folder may
     differ from its timestamp's UTC day; lines are then kept by their own timestamps.
     """
     if not batch.batch_id or not batch.requests:
-        return {"batch_id": batch.batch_id, "requests": 0, "systems": [], "shards": []}
+        return {
+            "batch_id": batch.batch_id,
+            "requests": 0,
+            "systems": [],
+            "shards": [],
+            "backup_shards": [],
+        }
     if not batch.gather_refs:  # only categories-only requests (R5): no store is read
         return {
             "batch_id": batch.batch_id,
             "requests": len(batch.requests),
             "systems": [],
             "shards": [],
+            "backup_shards": [],
         }
     since, until = batch.union_window()
     first = (since - timedelta(days=1)).date() if since else None
@@ -253,4 +266,7 @@ def fanout(dm: DataMap, batch: AccessBatch, stores: Mapping[str, Any]) -> dict[s
         "requests": len(batch.requests),
         "systems": sorted(dm.systems),
         "shards": shards,
+        # R13: one snapshot day per shard of every backup store the map does not declare
+        # not searched (`snapshots.backup_shards`)
+        "backup_shards": snapshots.backup_shards(dm, stores),
     }

@@ -7,9 +7,15 @@ Members, all named by us (stored text never becomes a member name, so no zip sli
 - `csv/<category>.csv`: one long-format table per CCPA category (`source, record, collected_at,
   field, value`), for spreadsheets; a cell starting with `= + - @` (or a tab or carriage return)
   gets a leading apostrophe so no spreadsheet runs it as a formula (OWASP CSV injection);
-- `recordings/recording-NNNN.<ext>`: call audio, when the run includes it;
+- `recordings/recording-NNNN.<ext>`: call audio (R8), unless the run leaves it out or a file
+  is above the size limit (then `data.json` lists its own expiring link instead);
 - `manifest.json`: the SHA-256 and size of every other member, the request, the window and the
   generator version.
+
+R10 from every source: every text member (page, JSON, CSV, manifest) passes through the R10
+scanner (`access.r10`) of the request's jurisdiction as it is written, after the report's own
+values were scanned field by field: a value that reached the text by any path is replaced by a
+statement of its type. Audio is binary and is not scanned.
 
 Same inputs, same bytes: fixed member order, timestamps from the batch's `generated_at`, fixed
 permissions and compression level. The zip is written to a caller-supplied file (a spooled
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from compliance.access import render
+from compliance.access import r10, render
 from compliance.core.datamap.model import Category
 
 INDEX = "index.html"
@@ -146,9 +152,11 @@ def write_bundle(
     data = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
     listed = [DATA, *csvs, *(a.name for a in audio), MANIFEST]
     html = render.render_html(report, listed).encode("utf-8")
+    scanner = r10.Scanner.for_jurisdiction(report["request"]["jurisdiction"])
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
 
         def put(name: str, body: bytes) -> None:
+            body = scanner.redact_text(body.decode("utf-8")).encode("utf-8")  # R10, last line
             zf.writestr(
                 _info(name, when), body, compress_type=zipfile.ZIP_DEFLATED, compresslevel=6
             )

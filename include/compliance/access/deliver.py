@@ -33,22 +33,22 @@ from botocore.exceptions import ClientError
 
 from compliance.access import bundle, disclosure, gather, report
 from compliance.access.batch import AccessBatch, load, targets_key
-from compliance.core import ledger
+from compliance.core import ledger, workspace_layout
 from compliance.core.context import JobContext
 from compliance.core.datamap.model import DataMap, RecordingStore
 from compliance.core.hashing import keyed_hash
 from compliance.core.outputs import THREADS, delete_many, encryption_args, put_json, put_summary
 from compliance.core.stores.s3 import list_keys
+from compliance.core.workspace_layout import ACCESS, RECEIPTS
 from compliance.requests import state
 from compliance.requests.request_records import receipt_fields as request_record_fields
 
 log = logging.getLogger(__name__)
 
-ACCESS = "access/"
-RECEIPTS = "receipts/"
 DEFAULT_LINK_DAYS = 7
 MAX_LINK_DAYS = 7  # SigV4 presigned URLs cannot outlive 7 days; R12 asks for expiring links
 SPOOL_BYTES = 32 << 20
+PORTABILITY = "portability"  # G3: request type delivered by `access.portability`
 
 
 class LinkExpiryRefused(ValueError):
@@ -74,15 +74,15 @@ def link_lifetime(days: int | None) -> timedelta:
 
 
 def bundle_key(client_id: str, request_id: str) -> str:
-    return f"{ACCESS}{client_id}/{request_id}/bundle.zip"
+    return workspace_layout.bundle_key(client_id, request_id)
 
 
 def link_key(client_id: str, request_id: str) -> str:
-    return f"{ACCESS}{client_id}/{request_id}/link.json"
+    return workspace_layout.link_key(client_id, request_id)
 
 
 def receipt_key(client_id: str, request_id: str) -> str:
-    return f"{RECEIPTS}{client_id}/{request_id}.access.json"
+    return workspace_layout.receipt_key(client_id, request_id, "access")
 
 
 def presign(s3: Any, bucket: str, key: str, lifetime: timedelta) -> str:
@@ -130,7 +130,12 @@ def build_bundles(
     batch = load(ctx.workspace, batch_id, ctx.datamap_hash)
     policy = disclosure.load_policy(ctx.settings.retention_path, ctx.datamap)
     rows = state.get_requests(ctx.state, [int(r) for r in batch.refs])
-    pending = [ref for ref in batch.refs if rows[int(ref)].status != "completed"]
+    # portability requests (G3) are delivered by `access.portability`, before this runs
+    pending = [
+        ref
+        for ref in batch.refs
+        if rows[int(ref)].status != "completed" and rows[int(ref)].type != PORTABILITY
+    ]
     skipped = len(batch.refs) - len(pending)  # delivered by an earlier attempt of this batch
 
     gathered = gather.read_parts(s3, bucket, batch_id)
@@ -145,7 +150,8 @@ def build_bundles(
         ledger.append(conn, ctx.hash_key, [d.entry for d in delivered])
         state.set_status(conn, [int(d.ref) for d in delivered], "completed", completed_at=now)
         state.finish_batch(conn, batch_id, finished_at=now)
-    _forget(s3, bucket, batch, rows)
+    # a portability request whose transfer failed stays open with its document (G3)
+    _forget(s3, bucket, batch, {k: r for k, r in rows.items() if not _transfer_pending(r)})
     summary = {
         "batch_id": batch_id,
         "delivered": len(delivered),
@@ -183,7 +189,16 @@ def _deliver_one(
             generated_at=datetime.fromisoformat(batch.created_at),
         )
     else:
-        recordings, audio = _recordings(dm, store_clients, records, batch.include_audio)
+        recordings, audio = _recordings(
+            dm,
+            store_clients,
+            records,
+            batch.include_audio,
+            limit=run.ctx.settings.access_audio_link_bytes,
+            link=lambda member, client, src_bucket, obj: _audio_link(
+                run, client_id, request_id, member, client, src_bucket, obj
+            ),
+        )
         body = report.assemble(
             dm,
             req,
@@ -250,12 +265,17 @@ def _deliver_one(
         "recordings": {
             "rows": len(body["recordings"]),
             "audio_included": sum(1 for a in body["recordings"] if a["file"]),
+            "audio_linked": sum(1 for a in body["recordings"] if a["status"] == "linked"),
+            "audio_left_out": sum(1 for a in body["recordings"] if a["status"] == "not_requested"),
         },
         "not_searched": [n["store"] for n in body["not_searched"]],
         "scope": body["scope"]["level"],  # R5: "categories" = the categories page only
         "repeat": req["repeat"],
         **(request_record_fields(row) if row is not None else {}),  # R1, R5, R24; R7 links
-        "rules": ["R7", "R8", "R9", "R10", "R12", "R13", "R15"]
+        # R14: the parts withheld or denied, by kind (counts and types only; the bundle says why)
+        "partial_denial": [d["part"] for d in body["partial_denial"]],
+        "withheld_in_text": {f["type"]: f["values"] for f in body["withheld_in_text"]},
+        "rules": ["R7", "R8", "R9", "R10", "R12", "R13", "R14", "R15"]
         + (["G2"] if req["jurisdiction"] == "gdpr" else []),
     }
     if batch.categories_only(ref):
@@ -280,10 +300,48 @@ def _deliver_one(
     return Delivered(ref, receipt, entry)
 
 
+def audio_key(client_id: str, request_id: str, member: str) -> str:
+    """A recording too large for the zip, beside the bundle: the request's folder, whose
+    retention rule removes it with the bundle (`workspace_layout`)."""
+    return f"{workspace_layout.bundle_prefix(client_id, request_id)}{member}"
+
+
+def _audio_link(
+    run: _Delivery,
+    client_id: str,
+    request_id: str,
+    member: str,
+    client: Any,
+    src_bucket: str,
+    obj: str,
+) -> dict[str, Any]:
+    """Copy one large recording next to the bundle (encrypted, streamed) and presign it with
+    the bundle's lifetime (R12): the consumer downloads it separately, the zip stays small."""
+    s3, bucket = run.ctx.workspace.s3, run.ctx.workspace.bucket
+    key = audio_key(client_id, request_id, member)
+    body = client.get_object(Bucket=src_bucket, Key=obj)["Body"]
+    s3.upload_fileobj(body, bucket, key, ExtraArgs={**encryption_args()})
+    return {
+        "link": presign(s3, bucket, key, run.lifetime),
+        "link_expires_at": (run.now + run.lifetime).isoformat(),
+    }
+
+
 def _recordings(
-    dm: DataMap, store_clients: Mapping[str, Any], records: list[dict[str, Any]], include: bool
+    dm: DataMap,
+    store_clients: Mapping[str, Any],
+    records: list[dict[str, Any]],
+    include: bool,
+    *,
+    limit: int | None = None,
+    link: Any = None,
 ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[bundle.Audio]]:
-    """Which recordings go into the bundle, under names we assign (never the stored key)."""
+    """Which recordings go into the bundle, under names we assign (never the stored key).
+
+    R8: the audio is a specific piece, so it is included unless the run opts out
+    (`not_requested`, which the report's R14 section states). A file above `limit` bytes is
+    not put in the zip: `link(member, client, bucket, key)` copies it beside the bundle and
+    returns its expiring link (`linked`). The voiceprint column stays withheld (R10)."""
     stores = {
         f"{s.system}.{s.table}": (name, s)
         for name, s in dm.stores.items()
@@ -291,6 +349,7 @@ def _recordings(
     }
     status: dict[tuple[str, str], dict[str, Any]] = {}
     audio: list[bundle.Audio] = []
+    number = 0  # linked and included recordings share one numbering
     rows = sorted(
         (r for r in records if r["source"] in stores),
         key=lambda r: (r["source"], str(r["record"])),
@@ -304,14 +363,24 @@ def _recordings(
         name, store = stores[rec["source"]]
         client = store_clients[name]
         try:
-            client.head_object(Bucket=store.bucket, Key=obj)
+            head = client.head_object(Bucket=store.bucket, Key=obj)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 status[ident] = {"file": None, "status": "missing"}
                 continue
             raise
-        member = bundle.recording_name(len(audio) + 1, obj)
-        status[ident] = {"file": member, "status": "included"}
+        size = int(head.get("ContentLength") or 0)
+        number += 1
+        member = bundle.recording_name(number, obj)
+        if limit is not None and link is not None and size > limit:
+            status[ident] = {
+                "file": None,
+                "status": "linked",
+                "bytes": size,
+                **link(member, client, store.bucket, obj),
+            }
+            continue
+        status[ident] = {"file": member, "status": "included", "bytes": size}
         audio.append(
             bundle.Audio(
                 member,
@@ -321,10 +390,16 @@ def _recordings(
     return status, audio
 
 
+def _transfer_pending(row: state.RequestRow) -> bool:
+    """A portability request not delivered (its transfer failed): planned again, so its
+    accepted document must stay (G3)."""
+    return row.type == PORTABILITY and row.status != "completed"
+
+
 def _forget(s3: Any, bucket: str, batch: AccessBatch, rows: dict[int, state.RequestRow]) -> None:
     """After delivery only keyed hashes remain: the accepted documents, the batch's targets and
     its parts (which hold identities and data) are deleted (R20's minimal record)."""
-    accepted = [rows[int(ref)].source for ref in batch.refs]
+    accepted = [rows[int(ref)].source for ref in batch.refs if int(ref) in rows]
     delete_many(s3, bucket, [k for k in accepted if k.startswith("accepted/")])
     parts = [o["Key"] for o in list_keys(s3, bucket, gather.parts_prefix(batch.batch_id))]
     delete_many(s3, bucket, parts)

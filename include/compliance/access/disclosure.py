@@ -64,22 +64,34 @@ def withheld_statement(kind: Withhold | str, field: str) -> str:
 
 
 def not_searched(dm: DataMap) -> list[dict[str, Any]]:
-    """R13: the record stores skipped, each with what it holds and why it may be skipped."""
-    return [
-        {
-            "store": name,
-            "description": store.description or "Backup copies of the records above.",
-            "reason": (
-                "Point-in-time backup copies of the systems searched above, kept solely to "
-                "recover from a disaster: not searchable or reasonably accessible, not sold "
-                "or used commercially, and holding only what the systems above held when each "
-                "copy was made. Copies are deleted on a fixed schedule (R13, R18)."
-            ),
-            "rule": "R13",
+    """R13: the record stores skipped, each with the four conditions as the data map states
+    them (`BackupStore.not_searched`, all four required by the validator). A backup store
+    without that block is searched, so it is not listed: nothing is skipped silently."""
+    out = []
+    for name, store in sorted(dm.stores.items()):
+        if not isinstance(store, BackupStore) or store.not_searched is None:
+            continue
+        why = store.not_searched
+        conditions = {
+            "not_reasonably_accessible": why.not_reasonably_accessible or "",
+            "solely_legal_or_compliance": why.solely_legal_or_compliance or "",
+            "not_sold_or_used_commercially": why.not_sold_or_used_commercially or "",
+            "records_described": why.records_described or "",
         }
-        for name, store in sorted(dm.stores.items())
-        if isinstance(store, BackupStore)
-    ]
+        out.append(
+            {
+                "store": name,
+                "description": conditions["records_described"],
+                "reason": (
+                    f"Not searched (R13): {conditions['not_reasonably_accessible']} "
+                    f"{conditions['solely_legal_or_compliance']} "
+                    f"{conditions['not_sold_or_used_commercially']}"
+                ),
+                "conditions": conditions,
+                "rule": "R13",
+            }
+        )
+    return out
 
 
 def category_info(dm: DataMap, category: Category) -> dict[str, Any]:

@@ -7,11 +7,17 @@ keeps only rows of the request's own tenant inside the request's window. `gather
 one day folder with the shared log engine (`logs.collect_shard`) for the union window, then keeps
 each line only inside its own request's window. Rows and lines go to *parts*, one per system and log
 day for the whole batch, under `batches/<id>/parts/` in the workspace bucket (encrypted), each
-line a request's ref and a JSON record; XCom carries counts only.
+line a request's ref and a JSON record; XCom carries counts only. Backup snapshots are
+searched the same way, one snapshot day per shard (`gather_backups`, R13); `read_parts` merges
+their records across days (`snapshots.merge_snapshot_records`).
 
 R10 at the source: a column or field the data map marks `withhold` is never selected. The
 database answers only whether a value is held, so an SSN, a password hash or a voiceprint never
-leaves the store, not even into a part.
+leaves the store, not even into a part. G2: when a batch holds a request of a jurisdiction that
+shows some of those kinds (the GDPR: government ids, account numbers), the rows' values of those
+kinds are read too and written to that request's part alone (`r10.disclosed_row`); a log
+line's withheld paths stay withheld for every jurisdiction, since a line can concern several
+people and the value cannot be attributed (Art. 15(4)).
 
 What is disclosed: mapped columns (the data map is the declaration of personal information; an
 unmapped column is drift the inventory reports), plus each row's id and collection time. For log
@@ -25,6 +31,7 @@ import base64
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -33,11 +40,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.access.batch import BATCHES, load
+from compliance.access import r10
+from compliance.access.batch import AccessBatch, load
+from compliance.access.snapshots import merge_snapshot_records
 from compliance.core import logfiles as logs
+from compliance.core import workspace_layout
 from compliance.core.context import Workspace
 from compliance.core.datamap import paths as fpaths
-from compliance.core.datamap.model import DataMap, LogStore, RecordingStore
+from compliance.core.datamap.model import DataMap, LogStore, RecordingStore, SqlSystem, Withhold
 from compliance.core.datamap.validate import TimeColumnTypeError, type_family
 from compliance.core.outputs import THREADS, put_bytes
 from compliance.core.shards import LogShard
@@ -48,14 +58,14 @@ CHUNK = 500
 
 
 def parts_prefix(batch_id: str) -> str:
-    return f"{BATCHES}{batch_id}/parts/"
+    return workspace_layout.parts_prefix(batch_id)
 
 
 def part_key(batch_id: str, name: str) -> str:
     return f"{parts_prefix(batch_id)}{name}.jsonl"
 
 
-def _put_part(s3: Any, bucket: str, batch_id: str, name: str, out: dict[str, list[bytes]]) -> None:
+def put_part(s3: Any, bucket: str, batch_id: str, name: str, out: dict[str, list[bytes]]) -> None:
     """One object per system or log day for the whole batch, each line `<ref>\t<record>`: a
     batch costs one write per source and one read per source when bundles are built, not one
     per request and source. A rerun replaces it whole."""
@@ -127,40 +137,61 @@ def gather_system(
     batch = load(ws, batch_id, datamap_hash)
     spec = dm.systems[system]
     per_ref = batch.consumers.get(system, {})
-    owners: dict[str, list[str]] = defaultdict(list)  # consumer id (as text) -> refs
     # R5: a request verified only for categories has no consumers in the batch; skipped here
     # too, so no row is ever read for it whatever the targets say.
-    for ref in batch.gather_refs:
-        for cid in per_ref.get(ref, []):
-            owners[str(cid)].append(ref)
-    ids = sorted({cid for ref in batch.gather_refs for cid in per_ref.get(ref, [])}, key=str)
+    owners = {ref: [str(c) for c in per_ref.get(ref, [])] for ref in batch.gather_refs}
+    audio_keys = {
+        s.table: s.key_column
+        for s in dm.stores.values()
+        if isinstance(s, RecordingStore) and s.system == system
+    }
     out: dict[str, list[bytes]] = defaultdict(list)
-    if ids:
-        sql = MappedSql(engine, spec)
-        since, until = batch.union_window()
-        audio_keys = {
-            s.table: s.key_column
-            for s in dm.stores.values()
-            if isinstance(s, RecordingStore) and s.system == system
-        }
-        with engine.connect() as conn:
-            for tname, table in spec.tables.items():
-                rows = _table_rows(conn, sql, tname, table, ids, since, until, audio_keys)
-                for row in rows:
-                    for ref in owners.get(str(row["consumer"]), []):
-                        req = batch.requests[ref]
-                        r_since, r_until = batch.window(ref)
-                        if row["tenant"] != str(req["client_id"]):  # both text (key_text)
-                            continue  # never another tenant's row, whatever the join says
-                        if not _inside(row["time"], r_since, r_until):
-                            continue
-                        out[ref].append(_record_line(f"{system}.{tname}", row))
-    _put_part(s3, bucket, batch_id, f"sql-{system}", out)
+    for ref, tname, row in owned_rows(engine, spec, batch, owners, audio_keys):
+        out[ref].append(record_line(f"{system}.{tname}", row))
+    put_part(s3, bucket, batch_id, f"sql-{system}", out)
     return {
         "system": system,
         "rows": sum(len(v) for v in out.values()),
         "requests_with_rows": len(out),
     }
+
+
+def owned_rows(
+    engine: Engine,
+    spec: SqlSystem,
+    batch: AccessBatch,
+    owners: dict[str, list[str]],
+    audio_keys: dict[str, str] | None = None,
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(ref, table, row) of every mapped table's rows owned by `owners` (ref -> consumer keys
+    as text), each kept only in its request's tenant and window. One SELECT per table and chunk
+    of consumers for the whole batch; the live system and a loaded backup snapshot alike
+    (`gather_backups`)."""
+    by_consumer: dict[str, list[str]] = defaultdict(list)
+    for ref, cids in owners.items():
+        for cid in cids:
+            by_consumer[cid].append(ref)
+    ids = sorted(by_consumer, key=str)
+    if not ids:
+        return
+    sql = MappedSql(engine, spec)
+    since, until = batch.union_window()
+    shown = {ref: r10.shown_kinds(batch.requests[ref]["jurisdiction"]) for ref in owners}
+    disclose = frozenset().union(*shown.values())  # G2: empty for a CCPA-only batch
+    with engine.connect() as conn:
+        for tname, table in spec.tables.items():
+            rows = _table_rows(
+                conn, sql, tname, table, ids, since, until, audio_keys or {}, disclose
+            )
+            for row in rows:
+                for ref in by_consumer.get(str(row["consumer"]), []):
+                    req = batch.requests[ref]
+                    r_since, r_until = batch.window(ref)
+                    if row["tenant"] != str(req["client_id"]):  # both text (key_text)
+                        continue  # never another tenant's row, whatever the join says
+                    if not _inside(row["time"], r_since, r_until):
+                        continue
+                    yield ref, tname, r10.disclosed_row(row, shown[ref])
 
 
 _NDJSON = "application/x-ndjson"
@@ -175,7 +206,10 @@ def _table_rows(
     since: datetime | None,
     until: datetime | None,
     audio_keys: dict[str, str],
+    disclose: frozenset[Withhold] = frozenset(),
 ) -> list[dict[str, Any]]:
+    """`disclose`: `withhold` kinds whose values are read as well, for the requests of a
+    jurisdiction that shows them (G2); `r10.disclosed_row` gives each request only its own."""
     owned = sql.owned(tname)
     t = owned.table
     plain = [c for c, col in table.columns.items() if col.withhold is None]
@@ -189,6 +223,8 @@ def _table_rows(
     ]
     cols += [t.c[c].label(f"v{i}") for i, c in enumerate(plain)]
     cols += [_held(t.c[c]).label(f"w{i}") for i, c in enumerate(withheld)]
+    shown = [c for c in withheld if table.columns[c].withhold in disclose]
+    cols += [t.c[c].label(f"d{i}") for i, c in enumerate(shown)]
     key_col = audio_keys.get(tname)
     if key_col is not None:
         cols.append(t.c[key_col].label("_object"))
@@ -212,6 +248,9 @@ def _table_rows(
                     "tenant": key_text(m["_tenant"]),
                     "values": {c: m[f"v{i}"] for i, c in enumerate(plain)},
                     "withheld": [c for i, c in enumerate(withheld) if m[f"w{i}"]],
+                    "disclosable": {
+                        c: (table.columns[c].withhold, m[f"d{i}"]) for i, c in enumerate(shown)
+                    },
                     "object": m["_object"] if key_col is not None else None,
                 }
             )
@@ -250,7 +289,8 @@ def _within(
     return stmt
 
 
-def _record_line(source: str, row: dict[str, Any]) -> bytes:
+def record_line(source: str, row: dict[str, Any], snapshot: str | None = None) -> bytes:
+    """One gathered row as a part line's record; `snapshot`: the backup day it was found in."""
     record: dict[str, Any] = {
         "source": source,
         "record": json_value(row["record"]),
@@ -260,6 +300,8 @@ def _record_line(source: str, row: dict[str, Any]) -> bytes:
     }
     if row["object"]:
         record["object"] = str(row["object"])  # internal: never a file name in the bundle
+    if snapshot is not None:
+        record["snapshot"] = snapshot  # merged across days by read_parts (R13)
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
@@ -295,7 +337,7 @@ def gather_log_shard(
             continue  # the scanner matched on this tenant; checked again, cheaply
         out[ref].append(_log_line(store_name, store, line, moment, withheld))
     name = f"log-{store_name}-{hashlib.sha256(prefix.encode()).hexdigest()[:16]}"
-    _put_part(ws.s3, ws.bucket, batch_id, name, out)
+    put_part(ws.s3, ws.bucket, batch_id, name, out)
     return {
         "store": store_name,
         "shard": prefix,
@@ -344,4 +386,4 @@ def read_parts(s3: Any, bucket: str, batch_id: str) -> dict[str, list[dict[str, 
                 if line.strip():
                     ref, _, record = line.partition(b"\t")
                     records[ref.decode()].append(json.loads(record))
-    return dict(records)
+    return {ref: merge_snapshot_records(recs) for ref, recs in records.items()}

@@ -14,9 +14,17 @@ from datetime import datetime
 from typing import Any
 
 from compliance import __version__
-from compliance.access import disclosure
+from compliance.access import disclosure, partial, r10
+from compliance.access.snapshots import SNAPSHOT_FIELD
 from compliance.core.datamap.graph import time_path
-from compliance.core.datamap.model import Category, DataMap, LogStore, RecordingStore
+from compliance.core.datamap.model import (
+    BackupStore,
+    Category,
+    DataMap,
+    LogStore,
+    RecordingStore,
+    Withhold,
+)
 
 SCHEMA = "compliance-jobs/access-report/1"
 GENERATOR = {"name": "compliance-jobs access_reports", "version": __version__}
@@ -32,10 +40,9 @@ NOTES = {
         "Some information is too sensitive to show: government identification numbers, "
         "financial account numbers, medical identification numbers, passwords, security "
         "questions and answers, and biometric data. This report says that such information is "
-        "held and in which field, never its value (R10). The same applies to GDPR requests: "
-        "these values would open accounts and identities to anyone who intercepted the "
-        "report, so they are disclosed, if at all, only through a separately verified channel "
-        "arranged by the business (Art. 15(4))."
+        "held and in which field, never its value (R10; Cal. Code Regs. tit. 11, 7024(d)). "
+        "Such values are also looked for in free text, log lines and backup copies, and "
+        "replaced by a statement of their type wherever they appear."
     ),
     "logs": (
         "Application and e-mail delivery logs are kept briefly for debugging and security. "
@@ -43,6 +50,25 @@ NOTES = {
         "we include the log lines that mention you anyway, so that you see everything we hold."
     ),
 }
+
+# G2: a GDPR request gets a copy of all its personal data (Art. 15(3)); only credentials are
+# withheld (Art. 15(4)); the policy itself is `r10.WITHHELD_BY_JURISDICTION`.
+NOTES_WITHHELD_GDPR = (
+    "Your identification, account and medical numbers are in this copy: the GDPR gives you a "
+    "copy of all personal data we process about you (Art. 15(3)). Only credentials are "
+    "withheld: password hashes, security questions and answers, and the voiceprint template "
+    "used to recognise callers. A copy of them would let anyone who obtained this report "
+    "impersonate you, so they are withheld to protect your rights and those of others "
+    "(Art. 15(4), with Art. 32); this report says that they are held and in which field."
+)
+
+
+def notes(jurisdiction: str) -> dict[str, str]:
+    """The report's fixed texts, the withholding note per jurisdiction (G2)."""
+    if jurisdiction == "gdpr":
+        return {**NOTES, "withheld": NOTES_WITHHELD_GDPR}
+    return dict(NOTES)
+
 
 # What a report covers (`scope` in data.json and the manifest). R5: a right-to-know request the
 # business could not verify for specific pieces is handled as a request for categories
@@ -101,15 +127,17 @@ def assemble(
     """The report of one request. `recordings` maps (source, record id text) to a recording's
     bundle entry ({"file": name | None, "status": included | not_requested | missing})."""
     recordings = recordings or {}
+    # R10 / G2: what this jurisdiction withholds, and every value found outside the map
+    scanner = r10.Scanner.for_jurisdiction(request["jurisdiction"])
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         by_source[rec["source"]].append(rec)
-    sources = [_source(dm, name, recs) for name, recs in _ordered(dm, by_source)]
+    sources = [_source(dm, name, recs, scanner) for name, recs in _ordered(dm, by_source)]
     held: dict[Category, int] = defaultdict(int)
     withheld: dict[tuple[str, str], dict[str, Any]] = {}
     for src in sources:
         cats = {f["name"]: f["categories"] for f in src["fields"]}
-        kinds = {f["name"]: f["withhold"] for f in src["fields"]}
+        kinds = {f["name"]: f["withhold"] or f["declared_withhold"] for f in src["fields"]}
         for rec in src["records"]:
             present = [k for k, v in rec["values"].items() if v not in (None, "")]
             present += list(rec["withheld"])
@@ -123,6 +151,7 @@ def assemble(
                         "field": f"{src['source']}.{name}",
                         "statement": disclosure.withheld_statement(kinds[name], name),
                         "records": 0,
+                        **r10.basis_for(request["jurisdiction"], kinds[name]),
                     },
                 )
                 item["records"] += 1
@@ -140,6 +169,11 @@ def assemble(
                     "collected_at": rec["collected_at"],
                     "file": entry.get("file"),
                     "status": entry.get("status", "not_requested"),
+                    "bytes": entry.get("bytes"),
+                    "link": entry.get("link"),
+                    "link_expires_at": entry.get("link_expires_at"),
+                    # the audio's metadata: the recording row's own fields (R10 already applied)
+                    "metadata": dict(sorted(rec["values"].items())),
                 }
             )
             for c in store.categories:  # the audio is held whether or not it is in the bundle
@@ -153,6 +187,8 @@ def assemble(
         info["records"] = held[cat]
         categories.append(info)
     since, until = request["since"], request["until"]
+    withheld_list = [withheld[k] for k in sorted(withheld)]
+    not_searched = disclosure.not_searched(dm)
     return {
         "schema": SCHEMA,
         "generator": GENERATOR,
@@ -169,9 +205,17 @@ def assemble(
         "sold_or_shared": [],
         "sources": sources,
         "recordings": audio,
-        "withheld": [withheld[k] for k in sorted(withheld)],
-        "not_searched": disclosure.not_searched(dm),
-        "notes": NOTES,
+        "withheld": withheld_list,
+        "withheld_in_text": scanner.summary(),
+        "not_searched": not_searched,
+        "partial_denial": partial.statement(
+            request["jurisdiction"],
+            withheld=withheld_list,
+            found=scanner.summary(),
+            recordings=audio,
+            not_searched=not_searched,
+        ),
+        "notes": notes(request["jurisdiction"]),
         "retention_policy": "available" if retention.available else disclosure.SEE_POLICY,
     }
 
@@ -227,8 +271,10 @@ def assemble_categories(
         "sources": [],
         "recordings": [],
         "withheld": [],
+        "withheld_in_text": [],
         "not_searched": [],
-        "notes": NOTES,
+        "partial_denial": partial.statement(request["jurisdiction"], scope=CATEGORIES_SCOPE),
+        "notes": notes(request["jurisdiction"]),
         "retention_policy": "available" if retention.available else disclosure.SEE_POLICY,
     }
 
@@ -252,49 +298,58 @@ def _sort_key(rec: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _source(dm: DataMap, name: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
+def _source(
+    dm: DataMap, name: str, recs: list[dict[str, Any]], scanner: r10.Scanner
+) -> dict[str, Any]:
+    """One source's fields and records. A field's `withhold` is what this jurisdiction withholds
+    (`declared`: what the map says, G2); every other value passes the R10 scanner, with its
+    field name as context (an unmapped `ssn` key, a card number in a message)."""
     recs = sorted(recs, key=_sort_key)
     store = dm.stores.get(name)
     if isinstance(store, LogStore):
         mapped = [
-            {
-                "name": f,
-                "categories": [c.value for c in spec.categories],
-                "withhold": spec.withhold.value if spec.withhold else None,
-            }
-            for f, spec in store.fields.items()
+            _field(f, spec.categories, spec.withhold, scanner) for f, spec in store.fields.items()
         ]
         known = {f["name"] for f in mapped}
         extra = sorted({k for r in recs for k in r["values"]} - known)
-        fields = mapped + [{"name": f, "categories": [], "withhold": None} for f in extra]
+        fields = mapped + [_field(f, [], None, scanner) for f in extra]
         kind, description = "log", store.description or name
         dating = _DATED_OWN
     else:
         sname, tname = name.split(".", 1)
+        backup = dm.stores.get(sname)  # R13: "<backup store>.<table>", rows of its snapshots
+        if isinstance(backup, BackupStore):
+            sname = backup.system
         table = dm.systems[sname].tables[tname]
         fields = [
-            {
-                "name": c,
-                "categories": [x.value for x in col.categories],
-                "withhold": col.withhold.value if col.withhold else None,
-            }
-            for c, col in table.columns.items()
+            _field(c, col.categories, col.withhold, scanner) for c, col in table.columns.items()
         ]
         kind = "table"
         description = _table_description(dm, sname, tname)
         dating = _dating(dm, sname, tname)
+        if isinstance(backup, BackupStore):
+            kind = "backup"
+            description = f"{description}, as held in the backup snapshots ({backup.description})"
+            fields.append(_field(SNAPSHOT_FIELD, [], None, scanner))
     kinds = {f["name"]: f["withhold"] for f in fields}
+    declared = {f["name"]: f["declared_withhold"] for f in fields}
     rows = []
     for rec in recs:
         rows.append(
             {
                 "record": rec.get("record"),
                 "collected_at": rec.get("collected_at"),
-                "values": {k: v for k, v in rec["values"].items() if not kinds.get(k)},
+                "values": {
+                    k: scanner.redact_value(v, k)
+                    for k, v in rec["values"].items()
+                    if not kinds.get(k)
+                },
+                # a declared field whose value the store did not give (not selected) stays
+                # withheld whatever the jurisdiction: nothing to disclose
                 "withheld": {
                     f: disclosure.WITHHELD_CELL
                     for f in sorted(rec.get("withheld", []))
-                    if f in kinds
+                    if kinds.get(f) or (declared.get(f) and f not in rec["values"])
                 },
             }
         )
@@ -305,6 +360,18 @@ def _source(dm: DataMap, name: str, recs: list[dict[str, Any]]) -> dict[str, Any
         "fields": fields,
         "collection_time": dating,
         "records": rows,
+    }
+
+
+def _field(
+    name: str, categories: Any, declared: Withhold | None, scanner: r10.Scanner
+) -> dict[str, Any]:
+    withheld = declared if declared is not None and declared in scanner.withhold else None
+    return {
+        "name": name,
+        "categories": [c.value for c in categories],
+        "withhold": withheld.value if withheld else None,
+        "declared_withhold": declared.value if declared else None,
     }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from compliance.core import workspace_layout
 from compliance.core.settings import Settings
 
 THREADS = 8  # S3 calls overlap: per-object latency, not bandwidth, bounds many small writes
@@ -59,7 +60,7 @@ def delete_many(s3: Any, bucket: str, keys: Iterable[str]) -> None:
 
 def put_summary(s3: Any, bucket: str, dag_id: str, summary: dict[str, Any]) -> str:
     """The latest run's headline figures (counts and S3 keys only, never personal data)."""
-    return put_json(s3, bucket, f"summaries/{dag_id}.json", summary)
+    return put_json(s3, bucket, workspace_layout.summary_key(dag_id), summary)
 
 
 def ensure_workspace(s3: Any, bucket: str) -> None:

@@ -35,9 +35,17 @@ class Settings:
     hash_key: bytes = field(repr=False)  # a secret: never in a log line or a traceback
     statistics_path: Path = REPO_ROOT / "config" / "statistics.yaml"
     kms_key_id: str | None = None  # SSE-KMS for workspace objects; None: SSE-S3 (AES256)
-    access_include_audio: bool = False  # COMPLIANCE_ACCESS_INCLUDE_AUDIO: recordings in bundles
+    # COMPLIANCE_ACCESS_INCLUDE_AUDIO: call recordings in bundles (R8 specific pieces); on
+    # unless set to 0/false, and a bundle that leaves them out says so (R14)
+    access_include_audio: bool = True
+    # COMPLIANCE_ACCESS_AUDIO_LINK_BYTES: a recording larger than this is not put in the zip but
+    # copied beside it and listed in the bundle with its own expiring link (R12)
+    access_audio_link_bytes: int = 25 << 20
     deadline_thresholds: str | None = None  # COMPLIANCE_DEADLINE_THRESHOLDS, e.g. "7,2"
     subprocessor_smtp_conn: str | None = None  # COMPLIANCE_SUBPROCESSOR_SMTP_CONN
+    # COMPLIANCE_OFFBOARDING_GRACE_DAYS: days after a contract's end before the client's data is
+    # returned or deleted (G4 Art. 28(3)(g), R27; docs/offboarding.md)
+    offboarding_grace_days: int = 30
     # Every COMPLIANCE_* variable (and the few foreign ones above), for the settings read as a
     # group: alert channels (COMPLIANCE_ALERT_*), the notice outbox (COMPLIANCE_NOTICE_*).
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
@@ -59,9 +67,11 @@ class Settings:
             hash_key=key.encode(),
             statistics_path=Path(env.get("COMPLIANCE_STATISTICS", config / "statistics.yaml")),
             kms_key_id=env.get("COMPLIANCE_KMS_KEY_ID") or None,
-            access_include_audio=_flag(env.get("COMPLIANCE_ACCESS_INCLUDE_AUDIO")),
+            access_include_audio=_flag(env.get("COMPLIANCE_ACCESS_INCLUDE_AUDIO", "1")),
+            access_audio_link_bytes=int(env.get("COMPLIANCE_ACCESS_AUDIO_LINK_BYTES") or 25 << 20),
             deadline_thresholds=env.get("COMPLIANCE_DEADLINE_THRESHOLDS") or None,
             subprocessor_smtp_conn=env.get("COMPLIANCE_SUBPROCESSOR_SMTP_CONN") or None,
+            offboarding_grace_days=int(env.get("COMPLIANCE_OFFBOARDING_GRACE_DAYS") or 30),
             env=MappingProxyType(
                 {k: v for k, v in env.items() if k.startswith("COMPLIANCE_") or k in _FOREIGN}
             ),

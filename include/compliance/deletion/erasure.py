@@ -2,7 +2,8 @@
 
 After `compliance.deletion.plan` stored the batch's targets, the DAG runs these side by side:
 one SQL system (`erase_system`), one log day folder (`scrub_log_shard`, then the independent
-check `verify_log_shard`), one recording store, one backup store (`tombstone`). Each loads the
+check `verify_log_shard`), one recording store, one backup store (`tombstone`, and with the data
+map's `rewrite: true` its snapshots rewritten, `rewrite_backups`). Each loads the
 targets by batch id under the data map they were planned with (`MapChanged` otherwise), so a
 retry or a rerun after a crash repeats only what is left. `compliance.deletion.finalize` then
 verifies everything and writes the receipts.
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from compliance.core import checkpoints
 from compliance.core.context import JobContext
 from compliance.core.outputs import put_json
 from compliance.core.shards import LogShard
 from compliance.core.stores import recordings
-from compliance.deletion import erase_sql, log_scrub, residue_oracle
+from compliance.deletion import backup_rewrite, erase_sql, log_scrub, residue_oracle
 from compliance.deletion.targets import (  # re-exported: where callers have long found them
     BATCHES,
     Targets,
@@ -37,6 +39,7 @@ __all__ = [
     "erase_system",
     "held_key",
     "load_targets",
+    "rewrite_backups",
     "scrub_log_shard",
     "targets_key",
     "tombstone",
@@ -121,4 +124,31 @@ def tombstone(ctx: JobContext, batch_id: str, store: str) -> dict[str, Any]:
         for ref in targets.active_refs()
     }
     added = state.add_tombstones(ctx.state, spec.system, stones)  # all or none
-    return {"store": store, "tombstones": added}
+    checkpoints.reached("backups.tombstoned", store=store)
+    if not spec.rewrite:
+        return {"store": store, "tombstones": added}
+    return {"store": store, "tombstones": added, **rewrite_backups(ctx, batch_id, store)}
+
+
+def rewrite_backups(
+    ctx: JobContext, batch_id: str, store: str, *, dry_run: bool = False
+) -> dict[str, Any]:
+    """`rewrite: true`: remove the batch's rows from every snapshot of the store, every other
+    row byte-identical, old versions deleted (`backup_rewrite`); the rows removed per request
+    are recorded before each object is replaced. A dry run only counts (R16.1, R18)."""
+    spec = ctx.datamap.stores[store]
+    if not spec.rewrite:
+        return {}
+    scope = backup_rewrite.scope_for(_targets(ctx, batch_id), spec.system)
+    system = ctx.datamap.systems[spec.system]
+    if dry_run:
+        counted = backup_rewrite.count_store(ctx.store(store), spec, system, scope)
+        return {"rewrite": {**counted.to_dict(), "dry_run": True}}
+
+    def count(key: str, per_ref: dict[str, int]) -> None:
+        state.record_lines(ctx.state, batch_id, store, key, per_ref)
+
+    done = backup_rewrite.rewrite_store(
+        ctx.store(store), spec, system, scope, batch_id=batch_id, before_replace=count
+    )
+    return {"rewrite": done.to_dict()}

@@ -15,13 +15,19 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from compliance.core import checkpoints, ledger
+from compliance.core import checkpoints, ledger, workspace_layout
 from compliance.core.context import JobContext, Workspace
 from compliance.core.datamap.model import BackupStore, DataMap, IdentityType
 from compliance.core.hashing import keyed_hash
 from compliance.core.outputs import put_json_many, put_summary
 from compliance.core.stores import recordings
-from compliance.deletion import erase_sql, outbox, residue_oracle
+from compliance.deletion import (
+    backup_rewrite,
+    erase_sql,
+    outbox,
+    residue_oracle,
+    workspace_copies,
+)
 from compliance.deletion.targets import (
     BATCHES,
     RECEIPTS,
@@ -141,12 +147,19 @@ def _close(ctx: JobContext, targets: Targets, verdict: residue_oracle.Verdict) -
     clean-up of identity documents (R20)."""
     ws, state_engine, hash_key, now = ctx.workspace, ctx.state, ctx.hash_key, ctx.now()
     batch_id = targets.batch_id
-    receipts = _receipts(ctx.datamap, state_engine, targets, now, verdict)
+    # The jobs' own earlier copies of these consumers (bundles, request documents): recorded,
+    # then deleted, then counted from the record, so a rerun's receipt says the same (issue 16).
+    copies = workspace_copies.remove(ctx, targets)
+    left = {ref: f.count() for ref, f in workspace_copies.find(ctx, targets).items()}
+    if any(left.values()):
+        raise ErasureIncomplete(f"batch {batch_id}: workspace copies remain; requests stay open")
+    receipts = _receipts(ctx.datamap, state_engine, targets, now, verdict, copies)
+    backup_rewrite.add_to_receipts(ctx, batch_id, receipts)  # rewritten snapshots (R18)
     entries = []
     documents = {}
     for ref, receipt in receipts.items():
         req = targets.requests[ref]
-        key = f"{RECEIPTS}{req['client_id']}/{req['request_id']}.delete.json"
+        key = workspace_layout.receipt_key(req["client_id"], req["request_id"], "delete")
         documents[key] = receipt
         partial = ref in targets.partial
         entries.append(
@@ -159,6 +172,7 @@ def _close(ctx: JobContext, targets: Targets, verdict: residue_oracle.Verdict) -
                     "batch": batch_id,
                     "receipt": key,
                     "counts": receipt["counts"],
+                    "workspace_copies": receipt["workspace_copies"]["kinds"],
                     **({"kept": _kept_summary(targets.kept[ref])} if partial else {}),
                     "rules": ["R16", "R18", "R19", "R20"] if partial else ["R16", "R18", "R20"],
                 },
@@ -250,6 +264,7 @@ def _receipts(
     targets: Targets,
     now: datetime,
     verdict: residue_oracle.Verdict,
+    copies: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     plan = state.batch_plan(state_engine, targets.batch_id)
     counts: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
@@ -257,7 +272,8 @@ def _receipts(
         counts[str(row.request_pk)][row.system][row.target] = row.planned
     for pk, per_store in state.batch_lines(state_engine, targets.batch_id).items():
         for store, n in per_store.items():
-            counts[str(pk)][store]["lines"] = n
+            if not store.startswith(workspace_copies.KIND_PREFIX):  # objects, not lines
+                counts[str(pk)][store]["lines"] = n
     exceptions = [
         {"system": s, "table": t, "column": c, "exception": col.exception.value, "rule": "R19"}
         for s, system in dm.systems.items()
@@ -326,6 +342,8 @@ def _receipts(
             # re-issues this receipt when one changes (compliance.deletion.outbox.reissue).
             **outbox.receipt_sections(dm, notices.get(int(ref), {})),
             "backups": backups,
+            # issue 16: the jobs' own earlier copies (bundles, documents), counts and kinds only
+            "workspace_copies": workspace_copies.receipt_section((copies or {}).get(ref, {})),
             **request_record_fields(row),  # R1, R5, R24; earlier requests (R20)
             "rules": ["R16", "R18", "R19", "R20"],
         }

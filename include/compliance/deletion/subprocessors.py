@@ -42,17 +42,21 @@ def payload(
     identities: dict[str, list[str]],
     categories: list[str],
     rule: str,
+    notice_type: str = "deletion",
+    extra_rules: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The notice body: the identities to find the consumer by (the contract needs them), a
     `request_ref` keyed per recipient (stable, so a repeat can be recognised; it reveals neither
-    our request id nor another recipient's ref), the tenant, the categories they hold."""
+    our request id nor another recipient's ref), the tenant, the categories they hold. A
+    client-level notice (`notice_type` "contract_end", docs/offboarding.md) has no identities:
+    the whole tenant's data goes."""
     return {
-        "type": "deletion",
+        "type": notice_type,
         "request_ref": keyed_hash(hash_key, "subprocessor", f"{name}\x1f{ref}"),
         "client_id": client_id,
         "identities": identities,
         "categories": categories,
-        "rules": [rule],
+        "rules": [rule, *extra_rules],
     }
 
 

@@ -15,18 +15,16 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from compliance.core import logfiles
+from compliance.core import logfiles, workspace_layout
 from compliance.core.context import Workspace
 from compliance.core.datamap.model import IdentityType
 from compliance.core.hashing import keyed_hash
 from compliance.core.outputs import delete_many
+from compliance.core.workspace_layout import HELD, RECEIPTS
 from compliance.deletion import residue_oracle
 from compliance.requests import batches, state
 from compliance.requests.batches import BATCHES, targets_key
 from compliance.requests.inbox import ACCEPTED
-
-HELD = "held/"
-RECEIPTS = "receipts/"
 
 __all__ = ["BATCHES", "HELD", "RECEIPTS", "Targets", "targets_key"]
 
@@ -73,7 +71,7 @@ class Targets:
 
 def held_key(client_id: str, request_id: str) -> str:
     """Where a `partial` request's consumers and identities wait for its hold to end (R19)."""
-    return f"{HELD}{client_id}/{request_id}.json"
+    return workspace_layout.held_key(client_id, request_id)
 
 
 def load_targets(ws: Workspace, batch_id: str, datamap_hash: str | None = None) -> Targets:

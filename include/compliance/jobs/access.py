@@ -1,5 +1,5 @@
-"""The access_reports DAG's tasks: intake -> plan -> gather_system (per SQL system) and
-gather_logs (per log day) -> build_bundles.
+"""The access_reports DAG's tasks: intake -> plan -> gather_system (per SQL system),
+gather_logs (per log day) and gather_backups (per backup snapshot day, R13) -> build_bundles.
 
 Intake is the shared inbox (`compliance.jobs.intake`). The rest hand the context to
 `compliance.access`; the mapped tasks receive the batch id and one system name or one
@@ -11,17 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 from compliance.access import batch as access_batch
+from compliance.access import portability
 from compliance.access.deliver import MAX_LINK_DAYS
 from compliance.access.deliver import build_bundles as deliver_bundles
 from compliance.access.gather import gather_log_shard
 from compliance.access.gather import gather_system as gather_rows
+from compliance.access.gather_backups import gather_backup_shard
 from compliance.core.context import JobContext
 from compliance.core.shards import LogShard
 from compliance.jobs import intake as intake_job
 
 
 def intake(ctx: JobContext, form: dict[str, Any]) -> dict[str, Any]:
-    """The form's document (if any) joins the inbox; the whole inbox is validated."""
+    """The whole inbox is validated (staff-entered requests included: the form names at most a
+    reference, `staff_entry`)."""
     return intake_job.intake(ctx, form, "access")
 
 
@@ -59,8 +62,28 @@ def gather_logs(ctx: JobContext, batch: dict[str, Any], shard: str) -> dict[str,
     )
 
 
+def gather_backups(ctx: JobContext, batch: dict[str, Any], shard: str) -> dict[str, Any]:
+    """One snapshot day of one backup store (`shard`: a `LogShard.key`), searched because the
+    data map does not declare the store not searched (R13)."""
+    where = LogShard.parse(shard)
+    store = ctx.datamap.stores[where.store]
+    return gather_backup_shard(
+        ctx.workspace,
+        ctx.datamap,
+        ctx.store(where.store),
+        ctx.engine(store.system),
+        batch["batch_id"],
+        where,
+        datamap_hash=ctx.datamap_hash,
+    )
+
+
 def build_bundles(
     ctx: JobContext, batch: dict[str, Any], link_days: int | None = None
 ) -> dict[str, Any]:
-    """Per request a bundle, an expiring link (R12), a receipt and a ledger entry; closed."""
-    return deliver_bundles(ctx, batch["batch_id"], link_days=int(link_days or MAX_LINK_DAYS))
+    """Per request a bundle, an expiring link (R12), a receipt and a ledger entry; closed.
+    Portability requests (G3) first: their provided data, to the business or another
+    controller (`access.portability`)."""
+    days = int(link_days or MAX_LINK_DAYS)
+    moved = portability.deliver(ctx, batch["batch_id"], link_days=days)
+    return {**deliver_bundles(ctx, batch["batch_id"], link_days=days), **moved}

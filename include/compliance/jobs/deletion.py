@@ -22,7 +22,8 @@ Params = dict[str, Any]
 
 
 def intake(ctx: JobContext, params: Params, *, dry_run: bool) -> dict[str, Any]:
-    """Validate the inbox (and the form's document); a dry run leaves it to `plan`, read only."""
+    """Validate the inbox (the form names at most a reference to a request staff entered); a
+    dry run leaves it to `plan`, read only."""
     if dry_run:
         return {"dry_run": True}
     return {"dry_run": False, **intake_job.intake(ctx, params, "delete")}
@@ -58,6 +59,10 @@ def erase_recordings(ctx: JobContext, batch: dict[str, Any], store: str) -> dict
 
 
 def tombstone_backups(ctx: JobContext, batch: dict[str, Any], store: str) -> dict[str, Any]:
+    """Tombstones (R18), and with `rewrite: true` the snapshots rewritten; a dry run only
+    counts the tombstones it would add and the rows a rewrite would remove (read only)."""
+    if batch.get("dry_run"):
+        return erasure_preview.count_backups(ctx, batch["batch_id"], store)
     return erasure.tombstone(ctx, batch["batch_id"], store)
 
 

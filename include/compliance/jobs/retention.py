@@ -57,7 +57,8 @@ def report(
 def _sweep(ctx: JobContext, opts: dict[str, Any]) -> tuple[Sweep, LoadedPolicy]:
     loaded = load_policy(ctx.settings.retention_path, ctx.datamap)
     engine, s3 = _connections(ctx)
-    return run.open_sweep(opts, ctx.datamap, loaded, engine, s3, ctx.hash_key), loaded
+    sweep = run.open_sweep(opts, ctx.datamap, loaded, engine, s3, ctx.hash_key, ctx.workspace)
+    return sweep, loaded
 
 
 def _connections(ctx: JobContext) -> tuple[Callable[[str], Engine], Callable[[str], Any]]:

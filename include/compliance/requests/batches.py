@@ -22,11 +22,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from compliance.core import workspace_layout
 from compliance.core.context import Workspace
 from compliance.core.outputs import put_json
+from compliance.core.workspace_layout import BATCHES as BATCHES
 from compliance.requests import state
-
-BATCHES = "batches/"
 
 
 class MapChanged(RuntimeError):
@@ -42,19 +42,25 @@ class MapChanged(RuntimeError):
 
 
 def targets_key(batch_id: str) -> str:
-    return f"{BATCHES}{batch_id}/targets.json"
+    return workspace_layout.targets_key(batch_id)
 
 
-def pending(engine: Engine, kind: str) -> tuple[str | None, list[state.RequestRow]]:
+def pending(
+    engine: Engine, kind: str | tuple[str, ...]
+) -> tuple[str | None, list[state.RequestRow]]:
     """The planned batch to resume (the oldest, if a crash left several) and every actionable
-    request of `kind` (open, deferred, partial)."""
-    rows = state.actionable_requests(engine, kind)
+    request of `kind` (open, deferred, partial); several kinds share one batch (the access run
+    plans portability requests with its own, G3)."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+    rows = sorted(
+        (r for k in kinds for r in state.actionable_requests(engine, k)), key=lambda r: r.id
+    )
     planned = sorted({r.batch_id for r in rows if r.batch_id and _is_planned(engine, r.batch_id)})
     return (planned[0] if planned else None), rows
 
 
 def to_plan(
-    engine: Engine, kind: str, *, replan: bool
+    engine: Engine, kind: str | tuple[str, ...], *, replan: bool
 ) -> tuple[str | None, list[state.RequestRow]]:
     """`pending`, with the operator's explicit re-plan applied: the planned batch (if any) is
     abandoned, and None comes back so the caller plans every actionable request afresh."""

@@ -231,7 +231,9 @@ def type_of(doc: dict[str, Any]) -> RequestType:
         return RequestType(value)
     except ValueError:
         raise FieldRejected(
-            Reason.unknown_type, "type", 'type must be "delete" or "access" (R1)'
+            Reason.unknown_type,
+            "type",
+            'type must be "delete", "access" or "portability" (R1, G3)',
         ) from None
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.core import ledger
+from compliance.core import ledger, workspace_layout
 from compliance.core.datamap.model import SqlSystem
 from compliance.core.hashing import keyed_hash
 from compliance.core.outputs import (
@@ -46,12 +46,10 @@ from compliance.core.outputs import (
 )
 from compliance.core.sqlmap import key_text
 from compliance.core.stores.s3 import list_keys
+from compliance.core.workspace_layout import ACCEPTED as ACCEPTED
+from compliance.core.workspace_layout import INBOX, REJECTED, UI
 from compliance.requests import intake, request_records, state
 
-INBOX = "inbox/"
-ACCEPTED = "accepted/"
-REJECTED = "rejected/"
-UI = "ui"
 MAX_OBJECT_BYTES = 16 * 1024 * 1024  # an NDJSON batch of thousands of requests fits
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -124,7 +122,7 @@ def load_clients(engine: Engine, system: SqlSystem) -> dict[str, bool]:
 
 
 def accepted_key(item: intake.Accepted) -> str:
-    return f"{ACCEPTED}{item.client_id}/{item.request_id}.{item.type.value}.json"
+    return workspace_layout.accepted_key(item.client_id, item.request_id, item.type.value)
 
 
 @dataclass
@@ -358,6 +356,8 @@ def _accepted_doc(item: intake.Accepted) -> dict[str, Any]:
         # for it and answers with the categories page (compliance.access.batch).
         "verification_level": item.verification.level,
         "source": item.source,
+        # G3: the other controller's endpoint (portability only); read by access.portability
+        **({"transfer_to": item.transfer_to} if item.transfer_to else {}),
     }
 
 

@@ -86,6 +86,7 @@ from compliance.requests.json_input import (
     load_json,
     split_documents,
 )
+from compliance.requests.portability_fields import check_portability, transfer_to_of
 from compliance.requests.request_format import (
     INVALID_SUBMISSION,
     LEVEL_CATEGORIES,
@@ -142,6 +143,7 @@ def validate_request(
         client_id = client_id_of(doc, clients, source_client)
         kind = type_of(doc)
         jurisdiction = jurisdiction_of(doc)
+        check_portability(kind, jurisdiction)  # G3: a GDPR right
         received_local = received_at_of(doc, now)
         received = received_local.astimezone(UTC)
         forwarded = forwarded_at_of(doc, received, now)
@@ -164,6 +166,7 @@ def validate_request(
         identities = identities_of(doc)
         look_back = look_back_of(doc, kind, jurisdiction)
         notes = notes_of(doc)
+        transfer_to = transfer_to_of(doc, kind)
     except FieldRejected as exc:
         return Rejected(source, line, exc.reason, exc.field, exc.message, safe_id, client, *logged)
     due = due_dates(received_local, jurisdiction)
@@ -187,6 +190,7 @@ def validate_request(
         ),
         due=due,
         notes=notes,
+        transfer_to=transfer_to,
     )
 
 

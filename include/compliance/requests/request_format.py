@@ -22,6 +22,7 @@ from compliance.requests.deadlines import Deadlines, add_months
 class RequestType(StrEnum):
     delete = "delete"
     access = "access"
+    portability = "portability"  # GDPR Art. 20 (G3): what the consumer provided, portable
 
 
 class Jurisdiction(StrEnum):
@@ -67,6 +68,8 @@ class Reason(StrEnum):
     bad_look_back = "bad_look_back"
     bad_verification_level = "bad_verification_level"
     duplicate = "duplicate"
+    portability_needs_gdpr = "portability_needs_gdpr"
+    bad_transfer_to = "bad_transfer_to"
 
 
 # Refusals that are invalid submissions, not denials (R23 counts them apart): the document is
@@ -99,6 +102,8 @@ INVALID_SUBMISSION = frozenset(
         Reason.malformed_contact_id,
         Reason.bad_look_back,
         Reason.bad_verification_level,
+        Reason.portability_needs_gdpr,
+        Reason.bad_transfer_to,
     }
 )
 
@@ -118,6 +123,9 @@ EARLIEST_RECEIVED = datetime(2020, 1, 1, tzinfo=UTC)  # CCPA effective date
 SINCE_2022 = datetime(2022, 1, 1, tzinfo=UTC)  # R9
 MAX_NOTES = 2000
 MAX_LABEL = 128  # verification.method, verification.verified_by
+MAX_URL = 2048  # transfer_to (G3)
+# transfer_to must be https; plain http only to the loopback address (local tests, G3)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1"})
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # used with fullmatch
 CONTACT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -151,6 +159,7 @@ TOP_FIELDS = frozenset(
         "look_back",
         "notes",
         "phone_region",
+        "transfer_to",
     }
 )
 IDENTITY_FIELDS = (IdentityType.email, IdentityType.phone, IdentityType.contact_id)
@@ -253,6 +262,8 @@ class Accepted:
     collected_since: datetime | None  # access only: start of the search window; None = all data
     due: Deadlines
     notes: str | None = field(default=None, repr=False)
+    # G3: another controller's endpoint the export is POSTed to (portability only)
+    transfer_to: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import Any
 
-REQUEST_TYPES = ("delete", "access")
+REQUEST_TYPES = ("delete", "access", "portability")  # portability: G3, GDPR only
 JURISDICTIONS = ("ccpa", "gdpr")
 STATUSES = ("open", "deferred", "partial", "completed", "rejected")
 BATCH_KINDS = ("delete", "access", "retention")

@@ -9,7 +9,7 @@ Modules, in the order a sweep uses them:
 - `rows`: the one SQL predicate builder shared by plan and execute;
 - `plan`: the dry-run diff (`Sweep`, `plan_sweep`);
 - `execute`: one rule in short batches (`execute_step`); `aggregates`: counts kept before a
-  deletion; `objects`: S3 expiry;
+  deletion; `objects`: S3 expiry; `workspace`: the jobs' own bucket (issue 16);
 - `report`: JSON and HTML report, ledger entry; `run`: what the DAG's tasks call.
 """
 

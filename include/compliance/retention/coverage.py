@@ -1,8 +1,10 @@
 """The coverage gate (R27): nothing personal in the data map is kept without a rule or a reason.
 
-Every mapped column of every SQL table, and every log and backup store, must be bounded in time
-by a rule (its rows deleted or aggregated, its consumer expired, or the column de-identified) or
-be exempt with a reason. Recordings are covered when the rows pointing at them are. A new column
+Every mapped column of every SQL table, every log and backup store, and every area of the jobs'
+own workspace bucket that can hold personal data (`core.workspace_layout`: request documents,
+batch targets, access bundles, notices...) must be bounded in time by a rule (its rows deleted
+or aggregated, its consumer expired, the column de-identified, the area's objects expired) or be
+exempt with a reason. Recordings are covered when the rows pointing at them are. A new column
 or store added to the data map without a rule therefore fails `python -m compliance retention
 check` (and `make lint`), instead of being kept forever by omission.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from compliance.core import workspace_layout
 from compliance.core.datamap.graph import time_path
 from compliance.core.datamap.model import ColumnErase, DataMap, RecordingStore
 from compliance.core.datamap.validate import Issue
@@ -59,6 +62,13 @@ class Coverage:
         return out
 
     def _why_uncovered(self, item: str) -> str:
+        if item.startswith("workspace:"):
+            area = workspace_layout.BY_NAME[item.removeprefix("workspace:")]
+            return (
+                f"the workspace area {area.name!r} ({area.prefix}: {area.holds}) can hold "
+                f"personal data, but no rule expires it and it is not exempt (R27): add a rule "
+                f"with `workspace: {area.name}` or an `exempt` entry with a reason"
+            )
         table = ".".join(item.split(".")[:2])
         if table in self.undated:
             return (
@@ -77,7 +87,7 @@ def coverage(policy: Policy, dm: DataMap) -> Coverage:
     by_rule = _rule_cover(policy, dm)
     exempt: dict[str, str] = {}
     for ex in policy.exempt:
-        exempt[ex.column or ex.table or f"store:{ex.store}"] = f"exempt: {ex.reason.strip()}"
+        exempt[ex.target_text()] = f"exempt: {ex.reason.strip()}"
     cov = Coverage()
     cov.undated = {
         f"{sname}.{tname}"
@@ -105,6 +115,8 @@ def _items(dm: DataMap) -> Iterator[tuple[str, str | None]]:
                 yield f"{sname}.{tname}.{cname}", f"{sname}.{tname}"
     for name in dm.stores:
         yield f"store:{name}", None
+    for area in workspace_layout.personal_areas():  # the jobs' own copies (issue 16)
+        yield f"workspace:{area.name}", None
 
 
 def _rule_cover(policy: Policy, dm: DataMap) -> dict[str, str]:
@@ -140,6 +152,8 @@ def _rule_cover(policy: Policy, dm: DataMap) -> dict[str, str]:
             name = rule.store or store_for_prefix(dm, rule.prefix or "")
             if name in object_stores(dm):
                 out.setdefault(f"store:{name}", rule.id)
+        elif rule.workspace:
+            out.setdefault(f"workspace:{rule.workspace}", rule.id)
     # Recordings go with the rows that point at them (the sweep deletes the audio first).
     for name, store in dm.stores.items():
         if isinstance(store, RecordingStore):

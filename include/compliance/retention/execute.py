@@ -37,9 +37,10 @@ from compliance.core.stores.recordings import recording_keys
 # Column erasure (nullify, placeholder, keyed hash) is erasure's own: one implementation.
 from compliance.deletion.erase_sql import _mask, execute_erasure, new_mask_key
 from compliance.retention import objects
+from compliance.retention import workspace as ws_areas
 from compliance.retention.aggregates import aggregate as _aggregate
 from compliance.retention.aggregates import aggregates_table
-from compliance.retention.plan import Sweep, describe, request_log_table, store_plan
+from compliance.retention.plan import Sweep, area_plan, describe, request_log_table, store_plan
 from compliance.retention.policy import (
     Action,
     Step,
@@ -108,6 +109,11 @@ def execute_step(sweep: Sweep, rule_id: str, on_batch: OnBatch | None = None) ->
         counts = _delete_rows(sweep, step, progress)
     elif step.wave is Wave.deidentify:
         counts = _deidentify(sweep, step, progress)
+    elif step.workspace:
+        plan = area_plan(sweep, step)
+        ws = sweep.workspace
+        done = ws_areas.expire_area(ws.s3, plan) if ws is not None else plan.counts()
+        counts = {f"workspace:{step.workspace}": done}
     else:
         store = object_stores(sweep.datamap)[step.store or ""]
         plan = store_plan(sweep, step)

@@ -21,10 +21,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance.core import workspace_layout
+from compliance.core.context import Workspace
 from compliance.core.datamap.model import DataMap, TableErase
 from compliance.core.stores.recordings import recording_keys
 from compliance.deletion.erase_sql import plan_erasure
 from compliance.retention import objects
+from compliance.retention import workspace as ws_areas
 from compliance.retention.holds import Hold, active_holds, held_clients, honoured
 from compliance.retention.policy import (
     WAVE_ORDER,
@@ -55,6 +58,8 @@ class Sweep:
     hash_key: bytes
     only: tuple[str, ...] | None = None  # a subset of rule ids (the trigger form)
     state_conn: str = STATE_CONN_ID
+    workspace: Workspace | None = None  # the jobs' own bucket (workspace rules, issue 16)
+    _live: dict[str, set[str]] | None = field(default=None, repr=False)
     _steps: list[Step] | None = field(default=None, repr=False)
     _holds: dict[str, list[Hold]] = field(default_factory=dict, repr=False)
     _rows: dict[str, SystemRows] = field(default_factory=dict, repr=False)
@@ -138,9 +143,22 @@ def plan_step(sweep: Sweep, step: Step) -> dict[str, Any]:
         counts = _plan_rows(sweep, step)
     elif step.wave is Wave.deidentify:
         counts = _plan_deidentify(sweep, step)
+    elif step.workspace:
+        counts = {f"workspace:{step.workspace}": area_plan(sweep, step).counts()}
     else:
         counts = {f"store:{step.store}": store_plan(sweep, step).counts()}
     return {**describe(step), "counts": counts}
+
+
+def area_plan(sweep: Sweep, step: Step) -> ws_areas.AreaPlan:
+    """A workspace rule's plan (R27, issue 16); live work is read from the state DB once."""
+    area = workspace_layout.BY_NAME[step.workspace or ""]
+    if sweep.workspace is None:  # a sweep built without the workspace (some tests)
+        return ws_areas.AreaPlan(area.name, "", "", missing=True)
+    if sweep._live is None:
+        sweep._live = ws_areas.live_keys(sweep.engine(sweep.state_conn))
+    ws = sweep.workspace
+    return ws_areas.plan_area(ws.s3, ws.bucket, area, step.rule, sweep.as_of, sweep._live)
 
 
 def store_plan(sweep: Sweep, step: Step) -> objects.StorePlan:

@@ -3,8 +3,9 @@
 R27 asks for a disclosed period (or criteria) per category and a scheduled purge; R26 asks for
 the shortest retention for children; R22 asks for the request log to be kept at least 24 months.
 The policy file (`config/retention.yaml`, format in docs/retention.md) says all of this as rules,
-each naming one target (a table, a category of columns, an object store or prefix, or the request
-log), a period, an action and optional per-client overrides.
+each naming one target (a table, a category of columns, an object store or prefix, the request
+log, or an area of the jobs' own workspace bucket: `core.workspace_layout`), a period, an action
+and optional per-client overrides.
 
 This module is the model (periods, rules, waves), rule resolution (what a rule touches) and the
 planner's helpers; reading the file and checking it against the data map (every mistake at once)
@@ -51,8 +52,8 @@ RULES: dict[str, str] = {
     "structure": "keys and values must have the documented types and formats",
     "unknown-key": "only documented keys are allowed",
     "duplicate-name": "rule ids and YAML keys must be unique",
-    "target": "a rule names exactly one target (table, category, store, prefix or request_log) "
-    "that exists in the data map",
+    "target": "a rule names exactly one target (table, category, store, prefix, request_log or "
+    "workspace) that exists in the data map or the workspace layout",
     "action": "the action must fit the target (see docs/retention.md)",
     "period": "periods are positive: a number and a unit (days, weeks, months, years)",
     "overlap": "two rules may not delete the same table, expire the same consumers or "
@@ -62,9 +63,10 @@ RULES: dict[str, str] = {
     "relation chain (a table with neither cannot be expired by age)",
     "R22": "the request log is kept at least 24 months (R22)",
     "R26": "children's data has the shortest retention and never depends on activity (R26)",
-    "exempt": "an exemption names one existing table, column or store, with a reason",
-    "uncovered": "every personal-information table, column and store is covered by a rule or "
-    "exempt with a reason (R27)",
+    "exempt": "an exemption names one existing table, column, store or workspace area, with a "
+    "reason",
+    "uncovered": "every personal-information table, column, store and workspace area is covered "
+    "by a rule or exempt with a reason (R27)",
     "exempt-covered": "an exempt item may not also be covered by a rule",
 }
 
@@ -209,6 +211,10 @@ class Rule(Strict):
     store: Name | None = None  # a log or backup store of the data map
     prefix: S3Url | None = None  # "s3://bucket/prefix/": a store's bucket and prefix
     request_log: bool = False  # the state database's request log (cj_requests, R22)
+    workspace: Name | None = None  # an area of the workspace bucket (core.workspace_layout)
+    # workspace rules: what the period counts from; `link_expiry` (bundles) = the download
+    # link's expiry, so the period is the grace after it
+    after: Literal["written", "link_expiry"] | None = None
     system: Name | None = None  # limits a category rule to one SQL system
     action: Action
     period: PeriodValue
@@ -244,6 +250,8 @@ class Rule(Strict):
             return f"store:{self.store}"
         if self.prefix:
             return self.prefix
+        if self.workspace:
+            return f"workspace:{self.workspace}"
         return "request_log"
 
 
@@ -251,10 +259,13 @@ class Exempt(Strict):
     table: TableRef | None = None
     column: ColumnRef | None = None
     store: Name | None = None
+    workspace: Name | None = None  # an area of the workspace bucket (core.workspace_layout)
     reason: str = Field(min_length=1)
     exception: ExceptionCode | None = None  # the R19 code, when the exemption rests on one
 
     def target_text(self) -> str:
+        if self.workspace:
+            return f"workspace:{self.workspace}"
         return self.column or self.table or f"store:{self.store}"
 
 
@@ -292,6 +303,7 @@ class Step:
     table: str | None = None  # table rules (expire_consumers: the consumer table)
     columns: tuple[tuple[str, tuple[str, ...]], ...] = ()  # deidentify: (table, columns)
     store: str | None = None  # object rules
+    workspace: str | None = None  # workspace rules: the area's name
 
     @property
     def id(self) -> str:
@@ -301,7 +313,7 @@ class Step:
 def wave_of(rule: Rule) -> Wave:
     if rule.action is Action.expire_consumers:
         return Wave.minors if rule.consumers == "minors" else Wave.consumers
-    if rule.store or rule.prefix:
+    if rule.store or rule.prefix or rule.workspace:
         return Wave.objects
     if rule.action is Action.deidentify:
         return Wave.deidentify
@@ -355,6 +367,8 @@ def resolve(policy: Policy, dm: DataMap) -> list[Step]:
         elif rule.store or rule.prefix:
             store = rule.store or store_for_prefix(dm, rule.prefix or "")
             steps.append(Step(rule, wave, store=store))
+        elif rule.workspace:
+            steps.append(Step(rule, wave, workspace=rule.workspace))
         else:
             steps.append(Step(rule, wave))
     order = {w: i for i, w in enumerate(WAVE_ORDER)}

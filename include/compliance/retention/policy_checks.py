@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from compliance.core import workspace_layout
 from compliance.core.datamap.graph import time_path
 from compliance.core.datamap.model import (
     ColumnErase,
@@ -18,9 +19,6 @@ from compliance.core.datamap.model import (
     RecordingStore,
     SqlSystem,
 )
-
-# The YAML line index and the Issue shape are the data map's: one way to say "where" for both
-# files (private helpers imported on purpose rather than written twice).
 from compliance.retention.policy import (
     IDENTIFYING,
     R22_MINIMUM,
@@ -32,6 +30,10 @@ from compliance.retention.policy import (
     category_columns,
     store_for_prefix,
 )
+
+# The YAML line index and the Issue shape are the data map's: one way to say "where" for both
+# files (private helpers imported on purpose rather than written twice).
+from compliance.retention.workspace import workspace_rule_issues
 
 # -- checks against the data map -----------------------------------------------------------------
 
@@ -76,7 +78,7 @@ def _rule_issues(loc: str, rule: Rule, dm: DataMap) -> Iterator[Found]:
     name = f"rule {rule.id!r}"
     targets = [
         k
-        for k in ("table", "category", "store", "prefix", "request_log")
+        for k in ("table", "category", "store", "prefix", "request_log", "workspace")
         if getattr(rule, k) not in (None, False)
     ]
     if len(targets) != 1:
@@ -84,8 +86,8 @@ def _rule_issues(loc: str, rule: Rule, dm: DataMap) -> Iterator[Found]:
         yield (
             loc,
             "target",
-            f"{name} must name exactly one of table, category, store, prefix, request_log "
-            f"(given: {given})",
+            f"{name} must name exactly one of table, category, store, prefix, request_log, "
+            f"workspace (given: {given})",
         )
         return
     for key, period in [("period", rule.period)] + [
@@ -154,6 +156,8 @@ def _rule_issues(loc: str, rule: Rule, dm: DataMap) -> Iterator[Found]:
                 "action",
                 f"{name}: objects mix clients, so per-client overrides do not apply to stores",
             )
+    elif kind == "workspace":
+        yield from workspace_rule_issues(loc, rule)
     else:  # request log
         if rule.action is not Action.delete:
             yield (f"{loc}.action", "action", f"{name}: request records can only be deleted")
@@ -179,6 +183,8 @@ def _misplaced_keys(loc: str, rule: Rule) -> Iterator[Found]:
         yield (f"{loc}.noncurrent", "action", f"{name}: `noncurrent` applies to store rules")
     if rule.system and not rule.category:
         yield (f"{loc}.system", "action", f"{name}: `system` applies to category rules")
+    if rule.after is not None and not rule.workspace:
+        yield (f"{loc}.after", "action", f"{name}: `after` applies to workspace rules")
 
 
 def _table_rule_issues(loc: str, rule: Rule, dm: DataMap) -> Iterator[Found]:
@@ -273,6 +279,7 @@ def _overlap_issues(policy: Policy, dm: DataMap) -> Iterator[Found]:
     expiring: dict[tuple[str, str], str] = {}
     deid: dict[str, str] = {}
     stores: dict[str, str] = {}
+    areas: dict[str, str] = {}
     for i, rule in enumerate(policy.rules):
         loc = f"rules.{i}"
         if rule.table and rule.action in (Action.delete, Action.aggregate):
@@ -318,6 +325,15 @@ def _overlap_issues(policy: Policy, dm: DataMap) -> Iterator[Found]:
                     f"rules {stores[store]!r} and {rule.id!r} both expire {store}",
                 )
             stores.setdefault(store, rule.id)
+        if rule.workspace:
+            if rule.workspace in areas:
+                yield (
+                    loc,
+                    "overlap",
+                    f"rules {areas[rule.workspace]!r} and {rule.id!r} both expire workspace area "
+                    f"{rule.workspace}",
+                )
+            areas.setdefault(rule.workspace, rule.id)
 
 
 def _r22_issues(policy: Policy) -> Iterator[Found]:
@@ -412,12 +428,21 @@ def _r26_issues(policy: Policy, dm: DataMap) -> Iterator[Found]:
 
 
 def _exempt_issues(loc: str, ex: Exempt, dm: DataMap) -> Iterator[Found]:
-    given = [k for k in ("table", "column", "store") if getattr(ex, k)]
+    given = [k for k in ("table", "column", "store", "workspace") if getattr(ex, k)]
     if len(given) != 1:
-        yield (loc, "exempt", "an exemption names exactly one of table, column, store")
+        yield (loc, "exempt", "an exemption names exactly one of table, column, store, workspace")
         return
     if not ex.reason.strip():
         yield (f"{loc}.reason", "exempt", "an exemption needs a reason")
+    if ex.workspace:
+        if ex.workspace not in workspace_layout.BY_NAME:
+            known = ", ".join(a.name for a in workspace_layout.AREAS)
+            yield (
+                f"{loc}.workspace",
+                "exempt",
+                f"{ex.workspace!r} is not an area of the workspace bucket (areas: {known})",
+            )
+        return
     if ex.store:
         if ex.store not in dm.stores:
             yield (f"{loc}.store", "exempt", f"store {ex.store!r} is not in the data map")

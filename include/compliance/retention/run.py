@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from compliance.core.context import Workspace
 from compliance.core.datamap.model import DataMap
 from compliance.retention.coverage import coverage
 from compliance.retention.execute import execute_step
@@ -70,6 +71,7 @@ def open_sweep(
     engine: Callable[[str], Engine],
     s3: Callable[[str], Any],
     hash_key: bytes,
+    workspace: Workspace | None = None,
 ) -> Sweep:
     """The sweep of this run's options; refused when the policy file changed since the plan
     (a later task must not delete by rules nobody planned with)."""
@@ -88,6 +90,7 @@ def open_sweep(
         s3=s3,
         hash_key=hash_key,
         only=tuple(opts["rules"]) if opts.get("rules") else None,
+        workspace=workspace,
     )
 
 

@@ -31,11 +31,18 @@ RULES: dict[str, str] = {
     "R17's three attestations in `deidentification`: measures against re-association, a public "
     "commitment not to re-identify, and recipients contractually bound (`recipients_bound: true`)",
     "category-undescribed": "every category used must be described in `categories` (R8)",
+    "withhold-required": "a column or log field in the `sensitive` or `biometric` category "
+    "needs `withhold` (the kind of value an access report never shows, R10)",
     "prefix-overlap": "two stores may not share a bucket prefix",
+    "not-searched": "a backup store is left out of access reports only when `not_searched` "
+    "states all four R13 conditions: not_reasonably_accessible, solely_legal_or_compliance, "
+    "not_sold_or_used_commercially, records_described",
     "duplicate-name": "names must be unique (YAML keys, sub-processors, mapped vs ignored tables)",
     "bad-target": "a sub-processor target must fit its channel",
     "recipient-notice": "a recipient that got data through us (R16.4) is told (`channel` and "
     "`target`) or has an `impossible_or_disproportionate` justification, one of the two",
+    "provided-derived": "derived data (the `inferences` category) is never marked `provided`: "
+    "a portability export holds only what the consumer provided (G3, Art. 20)",
     "bad-path": "a log field path must follow the path syntax (dotted keys, `[]`, `\\` escapes)",
     "live-missing-table": "a mapped table must exist in the database",
     "live-missing-column": "a mapped column must exist in its table",

@@ -103,6 +103,9 @@ class Column(Strict):
     exception: ExceptionCode | None = None
     withhold: Withhold | None = None
     description: str | None = None
+    # G3 (Art. 20): the consumer provided this value (given or observed, never derived); None:
+    # the categories' `provided` decides (compliance.core.datamap.provided).
+    provided: bool | None = None
 
 
 class Relation(Strict):
@@ -148,6 +151,9 @@ class TenantRegistry(Strict):
     key: Name
     active_column: Name | None = None
     industry_column: Name | None = None  # for statistics by industry
+    # When the client's contract ended (a date or timestamp; NULL while it runs): offboarding
+    # returns or deletes the client's data a grace period later (G4 Art. 28(3)(g), R27).
+    ended_column: Name | None = None
 
 
 class HoldRegistry(Strict):
@@ -181,6 +187,7 @@ class Field_(Strict):
     categories: list[Category] = Field(min_length=1)
     identity: IdentityType | None = None
     withhold: Withhold | None = None
+    provided: bool | None = None  # G3, as on a column
 
 
 Prefix = Annotated[str, StringConstraints(pattern=PREFIX_PATTERN)]
@@ -244,8 +251,26 @@ class LogStore(Strict):
     description: str | None = None
 
 
+class NotSearched(Strict):
+    """R13: a record store may be left out of access reports only when ALL four hold (Reg
+    7024(c)). Each is stated in words, for the report to quote: why the records are not
+    reasonably accessible (`not_reasonably_accessible`), that they are kept solely for legal or
+    compliance purposes (`solely_legal_or_compliance`), that they are not sold or used for any
+    commercial purpose (`not_sold_or_used_commercially`), and which categories of records were
+    not searched (`records_described`). Optional here so that the validator names each missing
+    or blank one with R13 (`not-searched`) instead of a bare "field required"."""
+
+    not_reasonably_accessible: str | None = None
+    solely_legal_or_compliance: str | None = None
+    not_sold_or_used_commercially: str | None = None
+    records_described: str | None = None
+
+
 class BackupStore(Strict):
-    """Daily snapshots of a SQL system: `prefix` + `YYYY-MM-DD/<table>.csv.gz`."""
+    """Daily snapshots of a SQL system: `prefix` + `YYYY-MM-DD/<table>.csv.gz`.
+
+    Searched by access reports like a log store (one shard per snapshot day), unless the map
+    states R13's four conditions under `not_searched`."""
 
     kind: Literal["backup"]
     connection: Name = "aws_default"
@@ -253,6 +278,7 @@ class BackupStore(Strict):
     prefix: Prefix
     system: Name
     rewrite: bool = False  # also rewrite snapshots, beyond tombstones (R18)
+    not_searched: NotSearched | None = None  # R13; absent: access reports search the store
     description: str | None = None
 
 
@@ -309,6 +335,9 @@ class CategoryInfo(Strict):
     sources: list[str] = Field(min_length=1)
     purposes: list[str] = Field(min_length=1)
     third_parties: list[str] = Field(default_factory=list)
+    # G3 (Art. 20): values of this category are, by default, provided by the consumer (given
+    # or observed); a column's or log field's own `provided` overrides it.
+    provided: bool = False
 
 
 class Deidentification(Strict):

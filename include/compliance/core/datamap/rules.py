@@ -10,16 +10,21 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from compliance.core.datamap import paths
+from compliance.core.datamap.backup_rules import not_searched_issues
 from compliance.core.datamap.graph import RelationError, chain_to_consumer, tenant_path
 from compliance.core.datamap.model import (
+    Category,
+    Column,
     ColumnErase,
     DataMap,
+    Field_,
     LogStore,
     RecordingStore,
     SqlSystem,
     Table,
     TableErase,
 )
+from compliance.core.datamap.provided import provided_issues
 
 # -- cross-reference rules -----------------------------------------------------------------------
 
@@ -28,10 +33,13 @@ def cross_reference_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
     for sname, system in dm.systems.items():
         yield from _system_issues(f"systems.{sname}", system)
     yield from _store_issues(dm)
+    yield from not_searched_issues(dm)  # R13
     yield from _category_issues(dm)
+    yield from _withhold_issues(dm)  # R10
     yield from _subprocessor_issues(dm)
     yield from _deidentification_issues(dm)
     yield from _recipient_issues(dm)
+    yield from provided_issues(dm)  # G3
 
 
 def _system_issues(base: str, system: SqlSystem) -> Iterator[tuple[str, str, str]]:
@@ -261,6 +269,39 @@ def _category_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
                 where,
                 "category-undescribed",
                 f"category {cat!r} is used here but not described under `categories` (R8)",
+            )
+
+
+# R10: values of these categories are the kinds an access report must never show
+_WITHHOLD_CATEGORIES = frozenset({Category.sensitive, Category.biometric})
+
+
+def _withhold_issues(dm: DataMap) -> Iterator[tuple[str, str, str]]:
+    """R10 (Reg 7024(d)): a column or log field in the `sensitive` or `biometric` category must
+    say which kind of withheld value it holds (`withhold:`), or its values would be exported
+    as they are. The R10 scanner (`access.r10`) catches unmapped values; a mapped one is
+    declared here."""
+    found: list[tuple[str, Column | Field_]] = [
+        (f"systems.{sname}.tables.{tname}.columns.{cname}", col)
+        for sname, system in dm.systems.items()
+        for tname, table in system.tables.items()
+        for cname, col in table.columns.items()
+    ]
+    found += [
+        (f"stores.{sname}.fields.{fname}", fld)
+        for sname, store in dm.stores.items()
+        if isinstance(store, LogStore)
+        for fname, fld in store.fields.items()
+    ]
+    for where, spec in found:
+        cats = _WITHHOLD_CATEGORIES.intersection(spec.categories)
+        if cats and spec.withhold is None:
+            yield (
+                f"{where}.withhold",
+                "withhold-required",
+                f"{where.rsplit('.', 1)[-1]!r} is in category {sorted(cats)[0]!r}: it needs "
+                "`withhold:` (government_id, financial_account, medical_id, password, "
+                "security_answer or biometric) so its values never reach an access report (R10)",
             )
 
 

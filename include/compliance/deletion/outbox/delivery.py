@@ -46,12 +46,17 @@ def enqueue(
     hash_key: bytes,
     targets: Any,
     now: datetime,
+    *,
+    kinds: tuple[str, ...] = ("subprocessor", "recipient"),
+    notice_type: str = "deletion",
+    extra_rules: tuple[str, ...] = (),
 ) -> Counter[str]:
     """Queue a batch's notices (its active requests: `QueuedBatch`, or `erasure.Targets`); a
-    rerun adds nothing."""
+    rerun adds nothing. `kinds`, `notice_type` and `extra_rules` serve client-level notices at
+    contract end (`compliance.offboarding.notify`: sub-processors only, no identities)."""
     tally: Counter[str] = Counter()
     refs = targets.active_refs()
-    everyone = parties(dm)
+    everyone = {n: p for n, p in parties(dm).items() if p.kind in kinds}
     if not refs or not everyone:
         return tally
     existing = state.notices_of(state_engine, [int(r) for r in refs])
@@ -96,6 +101,8 @@ def enqueue(
                 targets.identities.get(ref, {}),
                 list(party.categories),
                 party.rule,
+                notice_type,
+                extra_rules,
             )
             rows.append(
                 {**row, "channel": party.channel, "status": "pending", "next_attempt_at": now}

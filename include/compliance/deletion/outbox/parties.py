@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from compliance.core import workspace_layout
 from compliance.core.datamap.model import DataMap
 from compliance.core.hashing import keyed_hash
-from compliance.deletion.targets import RECEIPTS
+from compliance.core.workspace_layout import OUTBOX as OUTBOX
+from compliance.deletion.targets import RECEIPTS as RECEIPTS
 
-OUTBOX = "outbox/"
 OPEN = ("pending", "sent", "failed", "not_configured")  # retried until final
 ENV = {
     "base": "COMPLIANCE_NOTICE_BACKOFF_MINUTES",
@@ -124,11 +125,11 @@ def parties(dm: DataMap) -> dict[str, Party]:
 
 
 def notice_key(request_pk: int, name: str) -> str:
-    return f"{OUTBOX}{request_pk}/{name}.json"
+    return workspace_layout.notice_key(request_pk, name)
 
 
 def receipt_key(client_id: str, request_id: str) -> str:
-    return f"{RECEIPTS}{client_id}/{request_id}.delete.json"
+    return workspace_layout.receipt_key(client_id, request_id, "delete")
 
 
 def request_ref(hash_key: bytes, client_id: str, request_id: str) -> str:

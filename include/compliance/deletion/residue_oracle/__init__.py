@@ -37,21 +37,20 @@ values count (conservatively). Rows whose tenant path cannot be followed (orphan
 parent) are searched for every tenant's values.
 
 Kept is not residue (R18, R19): tables with `erase: keep` and `erase: keep` columns of `mask`
-tables are not searched (listed in the receipt with their exception codes), the rest of a kept
-row is (R16.2); backups are not
-searched (R18: kept, tombstoned, re-applied on restore); deferred requests (legal holds) are not
-in the batch's erased scope, so their values are not searched. A scoped legal hold (R19) keeps
-part of a request: the held tables' rows of the held consumers are not searched (the rows of the
-tables below a held table too: they are part of the held records), the parent rows they need are
-searched like any other row (their personal columns must be erased, R16.2), a held consumer's
-key in a held or parent table is not residue, and the request's values are not searched in a log
-store the hold keeps. One more thing is not residue: an
+tables are not searched (listed in the receipt with their exception codes), the rest of a kept row
+is (R16.2); backups are not searched (R18: kept, tombstoned, re-applied on restore) unless the data
+map says `rewrite: true`, whose rewritten snapshots are searched, every version (`backup_search`);
+deferred requests (legal holds) are not in the batch's erased scope, so their values are not
+searched. A scoped legal hold (R19) keeps part of a request: the held tables' rows of the held
+consumers are not searched (the rows of the tables below a held table too: they are part of the
+held records), the parent rows they need are searched like any other row (their personal columns
+must be erased, R16.2), a held consumer's key in a held or parent table is not residue, and the
+request's values are not searched in a log store the hold keeps. One more thing is not residue: an
 identity found on a target's rows (not one the request gave), sitting in a mapped identity column
 of a row owned by a consumer outside the batch, is that other consumer's own identity (a shared
 household phone, resolved one step only on purpose, see `compliance.requests.resolve`). Everything
-else is
-residue: the verdict names the store and object key, or the table and column, with a count, never
-the value.
+else is residue: the verdict names the store and object key, or the table and column, with a count,
+never the value.
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from compliance.core.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
+from compliance.deletion.residue_oracle.backup_search import verify_backup_store
 from compliance.deletion.residue_oracle.log_search import (
     load_verdicts,
     search_object,
@@ -98,6 +98,7 @@ __all__ = [
     "verdict_key",
     "verdict_keys",
     "verify",
+    "verify_backup_store",
     "verify_log_prefix",
     "verify_logs",
     "verify_system",
@@ -133,6 +134,12 @@ def verify(
         if isinstance(store, LogStore)
     }
     verify_logs(dm, store_clients, values, list(shard_verdicts or []), verdict, per_store)
+    for name, store in sorted(dm.stores.items()):  # `rewrite: true`: the snapshots, every version
+        if isinstance(store, BackupStore) and store.rewrite:
+            system = dm.systems[store.system]
+            verify_backup_store(
+                store_clients[name], name, store, system, store.system, targets, verdict
+            )
     return verdict
 
 
@@ -184,7 +191,24 @@ def statement(dm: DataMap, verdict: Verdict, values: list[Value]) -> dict[str, A
             }
         )
     for name, store in sorted(dm.stores.items()):
-        if isinstance(store, BackupStore):
+        if isinstance(store, BackupStore) and name in verdict.backups:
+            counts = verdict.backups[name]
+            out.append(
+                {
+                    "store": name,
+                    "method": (
+                        f"rewritten snapshots: the current version of every mapped table of "
+                        f"{counts['days']} days ({counts['objects']} objects) read with the csv "
+                        "module and searched in SQL like the live tables (text columns within "
+                        "the request's tenant, the consumers' keys in every table); "
+                        f"{counts['noncurrent']} older versions searched as raw bytes"
+                    ),
+                    **counts,
+                    "residue": 0,
+                    "rule": "R18",
+                }
+            )
+        elif isinstance(store, BackupStore):
             out.append(
                 {
                     "store": name,

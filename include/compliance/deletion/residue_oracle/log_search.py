@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from compliance.core import workspace_layout
 from compliance.core.datamap.model import (
     DataMap,
     LogStore,
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover - isal is in requirements
 
 READ_SIZE = 8 << 20  # decompressed bytes searched at a time (cut at the last newline)
 FEW_NEEDLES = 32  # up to this many spellings, each is searched directly; beyond, tokens first
-VERDICTS = "verdicts/"
+VERDICTS = workspace_layout.VERDICTS  # the workspace registry (core.workspace_layout)
 
 _TOKEN = re.compile(rb"[a-z0-9\x80-\xff]+")
 _GZIP_MAGIC = b"\x1f\x8b"

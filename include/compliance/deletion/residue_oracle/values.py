@@ -171,6 +171,7 @@ class Verdict:
     residue: Counter[str] = field(default_factory=Counter)  # "store:key" or "system:table.column"
     logs: dict[str, dict[str, int]] = field(default_factory=dict)  # store -> counts
     sql: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> counts, skipped
+    backups: dict[str, dict[str, int]] = field(default_factory=dict)  # rewritten store -> counts
     unreadable: list[str] = field(default_factory=list)  # "store:key" that could not be read
 
     @property

@@ -1,0 +1,492 @@
+"""Rewriting backup snapshots without the batch's consumers (`rewrite: true`, R16.1, R18).
+
+Tombstones (`backups.restore`) make a restore re-apply a deletion; a store whose data map says
+`rewrite: true` is also cleaned now. Per snapshot day (`<prefix>YYYY-MM-DD/<table>.csv.gz`):
+
+1. the day's mapped tables are loaded, as text, into a temporary SQLite database (one row number
+   column added), and the consumers to remove are the batch's consumer keys plus whoever the
+   request's own identities resolve to *in the snapshot* (`requests.resolve`: a consumer since
+   erased from the CRM by other means is still found by e-mail or phone);
+2. each table's doomed rows are found with the same relation joins the live erasure plans with
+   (`core.sqlmap.MappedSql.owned`): an attachment is found through its message, its message
+   through its contact. Every mapped table loses the consumers' rows, whatever its live strategy
+   (`mask` and `keep` tables too): the live database keeps what an exception needs, and a
+   snapshot missing a parent row but keeping its children could not be restored (foreign keys);
+3. the object is rewritten from its original bytes: the header and every other record are copied
+   byte for byte (records split on newlines outside quotes, so a quoted newline stays inside its
+   record), the removed rows are counted per request in the state DB (`state.record_lines`)
+   *before* the new version is written (a crash after it still leaves the count), the PUT is
+   conditional on the ETag that was read and carries Metadata `cj-rewritten` (batch) and
+   `cj-replaced-versions` (how many versions it supersedes, for the receipt), and then every
+   non-current version of the key is deleted (the bucket is versioned: an old version holds the
+   rows). `checkpoints.reached` follows each durable write.
+
+A consumer a legal hold keeps rows of (R19) is left whole in the snapshots until the hold ends:
+the live database keeps the held rows and their parent keys, a snapshot cannot keep half of a
+consumer without editing rows, and its tombstones still apply on restore. The request's other
+consumers (no held rows) are removed; its identities are not resolved again in the snapshot
+(they would find the held consumer). A rerun finds nothing to
+remove and writes nothing; it only finishes a version clean-up a crash interrupted. The dry run
+(`count_store`) reads and counts, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from botocore.exceptions import ClientError
+
+from compliance.core import checkpoints
+from compliance.core.datamap.graph import chain_to_consumer
+from compliance.core.datamap.model import BackupStore, IdentityType, SqlSystem
+from compliance.core.sqlmap import MappedSql, key_text
+from compliance.core.stores.s3 import delete_versions, list_keys, list_prefixes
+from compliance.requests.resolve import Subject, resolve
+from compliance.requests.schema import cj_batch_lines
+
+log = logging.getLogger(__name__)
+
+REWRITTEN_META = "cj-rewritten"  # the batch whose rewrite wrote this version
+REPLACED_META = "cj-replaced-versions"  # versions the rewrite superseded (deleted after it)
+ROW_COLUMN = "cj_row_number"  # added to each loaded table: the record's position in its object
+SUFFIX = ".csv.gz"
+CHUNK = 1000
+
+
+class ObjectChanged(RuntimeError):
+    """A snapshot object changed between its read and its replacement; a rerun redoes it."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one backup store's rewrite removes: consumer key -> request ref (text keys), the
+    subjects (the request's given identities) resolved again in each snapshot, and whole tenants
+    (client id -> ref; `compliance.offboarding`: every row of an ended client)."""
+
+    consumers: dict[str, str]
+    subjects: list[Subject]
+    tenants: dict[str, str] = field(default_factory=dict)  # client -> ref: a contract's end
+
+    def __bool__(self) -> bool:
+        return bool(self.consumers or self.subjects or self.tenants)
+
+
+@dataclass
+class StoreResult:
+    days: int = 0
+    objects: int = 0  # snapshot objects rewritten (or, in a dry run, that would be)
+    rows: int = 0  # rows removed (or that would be)
+    versions_deleted: int = 0
+    per_ref: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "days": self.days,
+            "objects_rewritten": self.objects,
+            "rows_removed": self.rows,
+            "versions_deleted": self.versions_deleted,
+        }
+
+
+def rewrite_store(
+    s3: Any,
+    store: BackupStore,
+    system: SqlSystem,
+    scope: Scope,
+    *,
+    batch_id: str,
+    before_replace: Callable[[str, dict[str, int]], None] | None = None,
+) -> StoreResult:
+    """Remove the scope's rows from every snapshot day of `store` (module docstring)."""
+    return _run(s3, store, system, scope, batch_id=batch_id, before_replace=before_replace)
+
+
+def count_store(s3: Any, store: BackupStore, system: SqlSystem, scope: Scope) -> StoreResult:
+    """The dry run: what `rewrite_store` would remove. Reads only."""
+    return _run(s3, store, system, scope, batch_id=None, before_replace=None)
+
+
+def _run(s3, store, system, scope, *, batch_id, before_replace) -> StoreResult:
+    result = StoreResult()
+    if not scope:
+        return result
+    days = sorted(
+        p[len(store.prefix) :].rstrip("/") for p in list_prefixes(s3, store.bucket, store.prefix)
+    )
+    for day in days:
+        result.days += 1
+        _day(s3, store, system, scope, f"{store.prefix}{day}/", result, batch_id, before_replace)
+        if batch_id is not None:
+            result.versions_deleted += clean_versions(s3, store.bucket, f"{store.prefix}{day}/")
+    return result
+
+
+@dataclass
+class _Object:
+    key: str
+    table: str
+    body: bytes  # the compressed bytes read
+    response: dict[str, Any]
+
+
+def _day(s3, store, system, scope, prefix, result, batch_id, before_replace) -> None:
+    objects: dict[str, _Object] = {}
+    for entry in list_keys(s3, store.bucket, prefix):
+        key = entry["Key"]
+        table = key[len(prefix) : -len(SUFFIX)] if key.endswith(SUFFIX) else ""
+        if table in system.tables and "/" not in table:
+            resp = s3.get_object(Bucket=store.bucket, Key=key)
+            objects[table] = _Object(key, table, resp["Body"].read(), resp)
+    if not objects:
+        return
+    with tempfile.TemporaryDirectory(prefix="cj-backup-") as tmp:
+        engine = sa.create_engine(f"sqlite:///{Path(tmp) / 'snapshot.db'}")
+        try:
+            for obj in objects.values():
+                _load(engine, obj, system)
+            doomed = _doomed_rows(engine, system, scope, set(objects))
+        finally:
+            engine.dispose()
+    for table, rows in sorted(doomed.items()):
+        if not rows:
+            continue
+        obj = objects[table]
+        per_ref: dict[str, int] = defaultdict(int)
+        for ref in rows.values():
+            per_ref[ref] += 1
+        result.objects += 1
+        result.rows += len(rows)
+        for ref, n in per_ref.items():
+            result.per_ref[ref] += n
+        if batch_id is None:
+            continue  # a dry run counts, and writes nothing
+        body = _filtered(obj.body, set(rows))
+        if before_replace is not None:
+            before_replace(obj.key, dict(per_ref))
+        # An unversioned (or suspended) bucket overwrites the "null" version in place: only
+        # versions with an id of their own remain to be deleted after the PUT.
+        replaced = sum(
+            1
+            for v in _versions_of(s3, store.bucket, obj.key)
+            if v["VersionId"] not in (None, "null")
+        )
+        new_version = _put(s3, store.bucket, obj, body, batch_id, replaced) or "null"
+        checkpoints.reached("backups.after_put", key=obj.key)
+        old = [
+            (obj.key, v["VersionId"])
+            for v in _versions_of(s3, store.bucket, obj.key)
+            if v["VersionId"] != new_version
+        ]
+        result.versions_deleted += delete_versions(s3, store.bucket, old) if old else 0
+        checkpoints.reached("backups.after_object", key=obj.key)
+        log.info(
+            "rewrote s3://%s/%s: %d rows removed, %d old versions deleted",
+            store.bucket, obj.key, len(rows), len(old),
+        )  # fmt: skip
+
+
+# -- the snapshot as a database -----------------------------------------------------------------
+
+
+def records(data: bytes) -> Iterator[bytes]:
+    """CSV records of `data` with their line endings, byte for byte: a newline inside a quoted
+    field belongs to its record (`""` inside quotes toggles twice and changes nothing)."""
+    start = 0
+    quoted = False
+    pos = 0
+    n = len(data)
+    while pos < n:
+        quote = data.find(b'"', pos)
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            break
+        if quote >= 0 and quote < newline:
+            quoted = not quoted
+            pos = quote + 1
+            continue
+        if quoted:
+            pos = newline + 1
+            continue
+        yield data[start : newline + 1]
+        start = pos = newline + 1
+    if start < n:
+        yield data[start:]
+
+
+def _parse(record: bytes) -> list[str]:
+    return next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")), [])
+
+
+def _needed(system: SqlSystem, table: str) -> set[str]:
+    """The columns ownership and resolution read: keys, relation, tenant and time columns,
+    identity columns, and the columns other tables' relations point at. Only these are loaded."""
+    spec = system.tables[table]
+    out = set(spec.key_columns)
+    out |= {c for c, col in spec.columns.items() if col.identity is not None}
+    if spec.relation is not None:
+        out.add(spec.relation.column)
+    out |= {c for c in (spec.tenant_column, spec.time_column) if c}  # the joins name them
+    for other in system.tables.values():
+        if other.relation is not None and other.relation.target_table == table:
+            out.add(other.relation.target_column)
+    return out
+
+
+def _load(engine: sa.Engine, obj: _Object, system: SqlSystem) -> None:
+    """One table of text columns named as in the header (those `_needed`), plus the record's
+    number; "" is NULL (COPY CSV's NULL; an empty string would match no key anyway)."""
+    it = records(gzip.decompress(obj.body))
+    header = _parse(next(it, b""))
+    if not header:
+        return
+    needed = _needed(system, obj.table)
+    keep = [i for i, name in enumerate(header) if name in needed]
+    names = [header[i] for i in keep]
+    md = sa.MetaData()
+    sa.Table(
+        obj.table,
+        md,
+        sa.Column(ROW_COLUMN, sa.Integer, primary_key=True),
+        *(sa.Column(name, sa.Text) for name in names),
+    )
+    md.create_all(engine)
+    quoted = ", ".join(f'"{n}"' for n in [ROW_COLUMN, *names])
+    marks = ", ".join("?" * (len(names) + 1))
+    # Table and column names are the data map's (validated names), never the snapshot's text.
+    insert = f'INSERT INTO "{obj.table}" ({quoted}) VALUES ({marks})'
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for number, record in enumerate(it):
+            values = _parse(record)
+            yield (
+                number,
+                *((values[i] or None) if i < len(values) else None for i in keep),
+            )
+
+    raw = engine.raw_connection()
+    try:
+        raw.cursor().executemany(insert, rows())
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def _doomed_rows(
+    engine: sa.Engine, system: SqlSystem, scope: Scope, present: set[str]
+) -> dict[str, dict[int, str]]:
+    """table -> {record number: ref} of the rows owned by the scope's consumers."""
+    owners = dict(scope.consumers)
+    usable = {
+        t for t in present if all(h.target_table in present for h in chain_to_consumer(system, t))
+    }
+    if usable >= set(system.tables) and scope.subjects:  # resolve reflects every mapped table
+        for ref, found in resolve(engine, system, scope.subjects).items():
+            for consumer in found.consumer_ids:
+                owners.setdefault(consumer, ref)
+    out: dict[str, dict[int, str]] = {}
+    if not owners and not scope.tenants:
+        return out
+    sql = MappedSql(engine, system, present=usable)
+    keys = sorted(owners)
+    with engine.connect() as conn:
+        for tname in sorted(usable):
+            owned = sql.owned(tname)
+            rows: dict[int, str] = {}
+            if scope.tenants:  # every row of the tenants, through the same relation joins
+                stmt = (
+                    sa.select(owned.table.c[ROW_COLUMN], owned.tenant)
+                    .select_from(owned.from_clause)
+                    .where(owned.tenant.in_(sorted(scope.tenants)))
+                )
+                for number, tenant in conn.execute(stmt):
+                    rows[int(number)] = scope.tenants[key_text(tenant)]
+            for i in range(0, len(keys), CHUNK):
+                stmt = (
+                    sa.select(owned.table.c[ROW_COLUMN], owned.consumer_key)
+                    .select_from(owned.from_clause)
+                    .where(owned.consumer_key.in_(keys[i : i + CHUNK]))
+                )
+                for number, consumer in conn.execute(stmt):
+                    rows[int(number)] = owners[key_text(consumer)]
+            out[tname] = rows
+    return out
+
+
+def _filtered(body: bytes, drop: set[int]) -> bytes:
+    """The object without the records numbered in `drop` (the header is record -1): every
+    other byte as it was, recompressed."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
+        for number, record in enumerate(records(gzip.decompress(body)), start=-1):
+            if number not in drop:
+                gz.write(record)
+    return out.getvalue()
+
+
+# -- S3 ------------------------------------------------------------------------------------------
+
+
+def _versions_of(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    out = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+        out += [v for v in page.get("Versions", []) if v["Key"] == key]
+        out += [v for v in page.get("DeleteMarkers", []) if v["Key"] == key]
+    return out
+
+
+def _put(s3: Any, bucket: str, obj: _Object, body: bytes, batch_id: str, replaced: int) -> Any:
+    original = obj.response
+    extra: dict[str, Any] = {
+        "Metadata": {
+            **original.get("Metadata", {}),
+            REWRITTEN_META: batch_id,
+            REPLACED_META: str(replaced),
+        },
+        "ServerSideEncryption": "AES256",
+    }
+    for name in ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition"):
+        if original.get(name):
+            extra[name] = original[name]
+    try:
+        resp = s3.put_object(
+            Bucket=bucket, Key=obj.key, Body=body, IfMatch=original["ETag"], **extra
+        )
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            raise ObjectChanged(f"s3://{bucket}/{obj.key} changed while it was rewritten") from exc
+        raise
+    return resp.get("VersionId")
+
+
+def clean_versions(s3: Any, bucket: str, prefix: str) -> int:
+    """Delete the non-current versions of keys whose current version a rewrite wrote: finishes
+    a rewrite that crashed between its PUT and its clean-up. Returns how many were deleted."""
+    current: dict[str, str] = {}
+    old: dict[str, list[str]] = defaultdict(list)
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for v in page.get("Versions", []):
+            if v["IsLatest"]:
+                current[v["Key"]] = v["VersionId"]
+            else:
+                old[v["Key"]].append(v["VersionId"])
+    doomed: list[tuple[str, str]] = []
+    for key, versions in sorted(old.items()):
+        if key in current:
+            head = s3.head_object(Bucket=bucket, Key=key, VersionId=current[key])
+            if REWRITTEN_META in head.get("Metadata", {}):
+                doomed += [(key, v) for v in versions]
+    if doomed:
+        delete_versions(s3, bucket, doomed)
+        checkpoints.reached("backups.versions_cleaned", prefix=prefix)
+    return len(doomed)
+
+
+def replaced_versions(s3: Any, bucket: str, key: str, batch_id: str) -> int:
+    """How many versions `batch_id`'s rewrite of `key` superseded (0 if another wrote it)."""
+    try:
+        meta = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+    except ClientError:
+        return 0
+    if meta.get(REWRITTEN_META) != batch_id:
+        return 0
+    try:
+        return int(meta.get(REPLACED_META, "0"))
+    except ValueError:
+        return 0
+
+
+def scope_for(targets: Any, system_name: str) -> Scope:
+    """The batch's consumers of `system_name` and their requests' given identities, leaving out
+    the consumers a legal hold keeps rows of (and, for their requests, the identities, which
+    would find them again) (module docstring, R19)."""
+    consumers: dict[str, str] = {}
+    subjects: list[Subject] = []
+    held = set((targets.held or {}).get(system_name, {}))
+    for ref in targets.active_refs():
+        for c in targets.consumers.get(system_name, {}).get(ref, []):
+            if str(c) not in held:
+                consumers.setdefault(str(c), ref)
+        if ref in targets.partial:
+            continue  # resolving its identities again would find the held consumer
+        given = tuple(
+            (IdentityType(k), v) for k, vs in targets.given.get(ref, {}).items() for v in vs
+        )
+        if given:
+            subjects.append(Subject(ref, str(targets.requests[ref]["client_id"]), given))
+    return Scope(consumers, subjects)
+
+
+__all__ = [
+    "ObjectChanged",
+    "Scope",
+    "StoreResult",
+    "add_to_receipts",
+    "clean_versions",
+    "count_store",
+    "records",
+    "replaced_versions",
+    "rewrite_store",
+    "scope_for",
+]
+
+
+# -- the receipt ---------------------------------------------------------------------------------
+
+
+def add_to_receipts(ctx: Any, batch_id: str, receipts: dict[str, dict[str, Any]]) -> None:
+    """Say in each receipt what the rewrite of each `rewrite: true` store did for that request:
+    snapshot objects rewritten (those that held its rows), rows removed, old versions deleted.
+
+    Built from what outlives a crash: the rows counted per object and request before each
+    replacement (`cj_batch_lines`), and the count of superseded versions that the rewritten
+    object carries in its metadata. The rows are the receipt's `counts[<store>]["rows"]`."""
+    dm = ctx.datamap
+    stores = {n: s for n, s in dm.stores.items() if isinstance(s, BackupStore) and s.rewrite}
+    if not stores:
+        return
+    t = cj_batch_lines
+    per: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    with ctx.state.connect() as conn:
+        stmt = sa.select(t.c.store, t.c.object_key, t.c.request_pk, t.c.lines).where(
+            t.c.batch_id == batch_id, t.c.store.in_(sorted(stores))
+        )
+        for store, key, pk, n in conn.execute(stmt):
+            per[store][str(pk)][key] = int(n)
+    versions: dict[tuple[str, str], int] = {}
+    for store, by_ref in per.items():
+        for key in sorted({k for keys in by_ref.values() for k in keys}):
+            spec = stores[store]
+            versions[(store, key)] = replaced_versions(ctx.store(store), spec.bucket, key, batch_id)
+    for ref, receipt in receipts.items():
+        counts = receipt.setdefault("counts", {})
+        receipt["backups"] = [dict(e) for e in receipt.get("backups", [])]  # shared by receipts
+        for entry in receipt["backups"]:
+            name = entry.get("store")
+            if name not in stores:
+                continue
+            keys = per.get(name, {}).get(ref, {})
+            rows = sum(keys.values())
+            counts.pop(name, None)  # finalize counts cj_batch_lines as log "lines"
+            if rows:
+                counts[name] = {"rows": rows}
+            entry.update(
+                handling=(
+                    "snapshots rewritten without the consumer's rows, old versions deleted; "
+                    "tombstoned too, re-applied on restore of any other copy (R18)"
+                ),
+                rewritten=True,
+                snapshot_objects_rewritten=len(keys),
+                rows_removed=rows,
+                old_versions_deleted=sum(versions.get((name, k), 0) for k in keys),
+            )

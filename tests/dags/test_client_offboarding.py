@@ -1,0 +1,70 @@
+"""The client_offboarding DAG's approval step is Airflow's HITL `ApprovalOperator`, wired so
+that nothing destructive runs without a person's approval (G4 Art. 28(3)(g); issue 18 item 4).
+
+`dag.test()` cannot answer a HITL step, so the e2e run (tests/e2e/test_client_offboarding.py)
+is a dry run, where the short-circuit skips the approval, and the approved path is exercised
+by calling the same job functions (tests/reliability/test_offboarding.py). This file proves
+the wiring those two rely on: execute is reachable only through the approval.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "client_offboarding.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["client_offboarding"]
+
+
+def test_execute_only_after_approval(dag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.upstream_task_ids == {"needs_approval"}
+    assert approve.downstream_task_ids == {"execute"}
+    # every path from plan to execute goes through the approval
+    execute = dag.get_task("execute")
+    assert execute.upstream_task_ids == {"approve", "plan"}
+    assert execute.downstream_task_ids == {"alert_not_approved"}
+    assert dag.get_task("plan").downstream_task_ids == {"needs_approval", "execute"}
+    gate = dag.get_task("needs_approval")
+    assert type(gate).__name__ == "_ShortCircuitDecoratedOperator"
+
+
+def test_no_answer_means_no_action(dag):
+    """A timeout takes the default, Reject, which skips execute (issue 18: a timeout means the
+    step does not run)."""
+    approve = dag.get_task("approve")
+    assert approve.defaults == ["Reject"]
+    assert approve.response_timeout == timedelta(days=3)
+    assert "summary_md" in approve.body  # the approver sees the dry-run counts
+
+
+def test_manual_runs_default_to_a_dry_run(dag):
+    assert dag.params["dry_run"] is True
+    assert dag.params["action"] == "delete"
+
+
+def test_a_rejection_or_timeout_alerts(dag):
+    """Reject (a person's, or the timeout's default) skips execute's direct relatives only
+    (`ignore_downstream_trigger_rules` False), so the alert task, whose one upstream is
+    execute, runs exactly when execute was skipped. A dry run's short-circuit skips every task
+    after it, the alert included, whatever its trigger rule."""
+    from airflow.sdk import TriggerRule
+
+    alert = dag.get_task("alert_not_approved")
+    assert alert.upstream_task_ids == {"execute"}
+    assert alert.trigger_rule == TriggerRule.ALL_SKIPPED
+    assert dag.get_task("approve").ignore_downstream_trigger_rules is False
+    assert dag.get_task("needs_approval").ignore_downstream_trigger_rules is True

@@ -1,0 +1,58 @@
+"""The reference a run's conf may carry, and nothing else (issue 16): `staff_entry.run_ref`.
+
+The page and the runs are tested end to end in tests/e2e/test_staff_entry.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compliance.requests import staff_entry
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("6/DEL-1", ("6", "DEL-1")),
+        ("acme-east/REQ:2026.01_7", ("acme-east", "REQ:2026.01_7")),
+        (
+            "7f3c5a4e-0000-4000-8000-000000000001/A-1",
+            ("7f3c5a4e-0000-4000-8000-000000000001", "A-1"),
+        ),
+    ],
+)
+def test_a_reference_is_client_slash_request_id(value, expected):
+    assert staff_entry.run_ref({"request_ref": value}) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["jane@example.com", "6/jane@example.com", "/DEL-1", "6/", "6/has space", 42, ["6/DEL-1"]],
+)
+def test_anything_else_stops_the_run_naming_the_field_not_the_value(value):
+    with pytest.raises(ValueError) as err:
+        staff_entry.run_ref({"request_ref": value})
+    assert str(err.value).startswith("request_ref:")
+    assert "jane" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["email", "phone", "contact_id", "identities"])
+def test_a_conf_with_an_identity_stops_the_run(name):
+    with pytest.raises(ValueError) as err:
+        staff_entry.run_ref({name: "jane@example.com", "request_ref": "6/DEL-1"})
+    assert str(err.value).startswith(f"{name}:") and "jane" not in str(err.value)
+
+
+def test_every_request_type_has_a_dag_and_the_form_has_no_identity(monkeypatch):
+    from compliance.requests.request_format import RequestType
+
+    assert set(staff_entry.DAG_FOR_TYPE) == {t.value for t in RequestType}
+    assert staff_entry.DAG_FOR_TYPE["delete"] == "deletion_requests"
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "plugins"))
+    import compliance_forms
+
+    form = compliance_forms.request_form()
+    assert set(form) == {"request_ref"}
