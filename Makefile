@@ -24,8 +24,12 @@ lock: ## re-resolve requirements.in into the fully pinned requirements.txt
 demo: venv ## seed a world, run every DAG, copy outputs to .demo/out/
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/demo.py
 
+# Two pytest-xdist workers, one test file each at a time (each has its own Airflow home, see
+# tests/conftest.py); XDIST= runs serially.
+XDIST ?= -n 2 --dist loadfile
+
 test: venv ## the whole suite (unit, DAG, end-to-end)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

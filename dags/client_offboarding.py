@@ -98,12 +98,12 @@ def client_offboarding():
         return jobs_offboarding.execute(runtime.context(), planned)
 
     # Runs only when execute was skipped by the approval (rejected, or its timeout's default);
-    # the short-circuit of a dry run skips it too. Reads plan's and approve's XComs itself:
-    # an XComArg would make plan an upstream, and all_skipped could never hold.
+    # the short-circuit of a dry run skips it too. Pulls plan's XCom itself: an XComArg would
+    # make plan an upstream, and all_skipped could never hold.
     @task(trigger_rule=TriggerRule.ALL_SKIPPED)
     def alert_not_approved() -> dict:
         return jobs_offboarding.not_approved(
-            runtime.context(), *get_current_context()["ti"].xcom_pull(task_ids=["plan", "approve"])
+            runtime.context(), get_current_context()["ti"].xcom_pull(task_ids="plan")
         )
 
     planned = plan()

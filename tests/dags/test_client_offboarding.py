@@ -1,10 +1,10 @@
 """The client_offboarding DAG's approval step is Airflow's HITL `ApprovalOperator`, wired so
 that nothing destructive runs without a person's approval (G4 Art. 28(3)(g); issue 18 item 4).
 
-`dag.test()` cannot answer a HITL step, so the e2e run (tests/e2e/test_client_offboarding.py)
-is a dry run, where the short-circuit skips the approval, and the approved path is exercised
-by calling the same job functions (tests/reliability/test_offboarding.py). This file proves
-the wiring those two rely on: execute is reachable only through the approval.
+The e2e runs (tests/e2e/test_client_offboarding.py) answer the approval through Airflow's own
+API function and its scheduler's timeout sweep; the job functions are tested on the world
+(tests/reliability/test_offboarding*.py). This file proves the wiring they rely on: execute is
+reachable only through the approval, and the alert task runs only when execute was skipped.
 """
 
 from __future__ import annotations

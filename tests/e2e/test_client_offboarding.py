@@ -1,10 +1,11 @@
-"""The client_offboarding DAG through Airflow (dag.test): a manual run is a dry run.
+"""The client_offboarding DAG through Airflow (dag.test), the approval answered for real.
 
 The seeded world's churned client ended its contract 180 days before the as-of date. A manual
 run with the form's defaults plans (counts per table, log store, recordings), skips the approval
 and the execution (a dry run never asks a person and never acts), writes its report and
-summary, and changes nothing in the CRM. The approved path is tested on the job functions
-(tests/reliability/test_offboarding.py); the wiring in tests/dags/test_client_offboarding.py.
+summary, and changes nothing in the CRM. A non-dry run parks at the approval: approved through
+the Core API's endpoint function, it deletes the client and tells its sub-processors; left
+unanswered past its timeout (the scheduler's own sweep), it takes Reject and alerts staff.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class _Approver:
 
 
 def _run_and_answer(stack, answer, conf: dict) -> Any:
+    """`dag.test()` in this (main) thread, as the task runner's signals need; a second thread
+    waits for the approval to park in AWAITING_INPUT and answers it through Airflow."""
     import threading
     import time
 
@@ -86,49 +89,55 @@ def _run_and_answer(stack, answer, conf: dict) -> Any:
     bag = DagBag(dag_folder=str(REPO / "dags" / "client_offboarding.py"))
     assert not bag.import_errors, bag.import_errors
     dag = bag.dags["client_offboarding"]
-    out: dict[str, Any] = {}
+    answered: list[str] = []
+    stop = threading.Event()
 
-    def run() -> None:
-        try:
-            out["run"] = dag.test(run_conf=conf)
-        except BaseException as exc:  # surfaced below
-            out["error"] = exc
+    def answer_when_parked() -> None:
+        deadline = time.monotonic() + 600
+        while not stop.is_set() and time.monotonic() < deadline:
+            with create_session() as session:
+                ti = session.scalars(
+                    sa.select(TaskInstance).where(
+                        TaskInstance.dag_id == "client_offboarding",
+                        TaskInstance.task_id == "approve",
+                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                    )
+                ).first()
+                if ti is not None:
+                    answer(session, ti)
+                    answered.append(ti.run_id)
+                    return
+            time.sleep(0.5)
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=answer_when_parked, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 300
-    answered = False
-    while thread.is_alive() and time.monotonic() < deadline:
-        with create_session() as session:
-            ti = session.scalars(
-                sa.select(TaskInstance).where(
-                    TaskInstance.dag_id == "client_offboarding",
-                    TaskInstance.task_id == "approve",
-                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
-                )
-            ).first()
-            if ti is not None and not answered:
-                answer(session, ti)
-                answered = True
-        time.sleep(1)
-    thread.join(timeout=120)
-    assert "error" not in out, out.get("error")
-    assert answered and not thread.is_alive(), "the approval was never reached or answered"
-    return out["run"]
+    try:
+        run = dag.test(run_conf=conf)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert answered == [run.run_id], "the approval was never reached or answered"
+    return run
 
 
-def _approve(session, ti) -> None:
-    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
-    from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+def _answer(option: str):
+    def answer(session, ti) -> None:
+        from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+        from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
 
-    update_hitl_detail(
-        dag_id=ti.dag_id,
-        dag_run_id=ti.run_id,
-        task_id=ti.task_id,
-        update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=["Approve"]),
-        user=_Approver(),
-        session=session,
-    )
+        update_hitl_detail(
+            dag_id=ti.dag_id,
+            dag_run_id=ti.run_id,
+            task_id=ti.task_id,
+            update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
+            user=_Approver(),
+            session=session,
+        )
+
+    return answer
+
+
+_approve = _answer("Approve")
 
 
 def _time_out(session, ti) -> None:
@@ -179,8 +188,10 @@ def test_an_approved_run_deletes_the_client(stack, esp_webhook):
     assert [n["client_id"] for n in notices] == [client]
 
 
-def test_no_answer_takes_reject_and_alerts(stack, monkeypatch):
+@pytest.mark.parametrize("answer", [_time_out, _answer("Reject")], ids=["timeout", "rejected"])
+def test_no_approval_skips_execute_and_alerts(stack, monkeypatch, answer):
     from compliance.core import alerts
+    from compliance.offboarding import notify
 
     sent: list[alerts.Alert] = []
     monkeypatch.setenv("COMPLIANCE_ALERT_SLACK_CONN", "slack_alerts")
@@ -190,11 +201,17 @@ def test_no_answer_takes_reject_and_alerts(stack, monkeypatch):
         lambda alert, settings, senders, *a, **k: sent.append(alert) or ["slack"],
     )
     before = _counts(stack.db_url)
-    run = _run_and_answer(stack, _time_out, {"dry_run": False})
+    run = _run_and_answer(stack, answer, {"dry_run": False})
     assert run.state == "success"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["approve"] == "success" and states["execute"] == "skipped"
     assert states["alert_not_approved"] == "success"
     assert _counts(stack.db_url) == before  # nothing deleted
     (alert,) = [a for a in sent if a.kind == "offboarding"]
-    assert "not approved" in alert.subject and "nobody answered" in alert.body
+    assert "not approved" in alert.subject and notify.WHY in alert.body
+    summary = json.loads(
+        stack.s3.get_object(Bucket=stack.bucket, Key="summaries/client_offboarding.json")[
+            "Body"
+        ].read()
+    )
+    assert f"Clients: {', '.join(summary['clients'])}." in alert.body

@@ -320,7 +320,12 @@ def test_access_parts_hold_exactly_the_subjects_rows(crm, people, requests):
         "batch_id": "acc-prop",
         "created_at": "2026-01-06T00:00:00+00:00",
         "requests": {
-            s.ref: {"client_id": s.client_id, "since": None, "until": "2100-01-01T00:00:00+00:00"}
+            s.ref: {
+                "client_id": s.client_id,
+                "since": None,
+                "until": "2100-01-01T00:00:00+00:00",
+                "jurisdiction": "ccpa",
+            }
             for s in subjects
         },
         "consumers": {"crm": {s.ref: sorted(resolved[s.ref].consumer_ids) for s in subjects}},

@@ -4,7 +4,8 @@ The DAG's `alert_not_approved` task runs only when execute was skipped by the ap
 (tests/dags/test_client_offboarding.py proves the wiring; tests/e2e/test_client_offboarding.py
 answers the approval for real). Here: the job function it calls sends one alert through the
 staff channels, recorded at `compliance.core.alerts.dispatch` as tests/unit/test_alerts.py does,
-saying whether a person rejected or nobody answered; a dry run or an empty plan says nothing.
+naming the clients and the report; a dry run or an empty plan says nothing; every channel
+refusing it fails the task.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import compliance_channels
 from compliance.core import alerts
 from compliance.jobs import offboarding as jobs
+from compliance.offboarding import notify
 from compliance_channels import AirflowChannels
 
 PLANNED = {
@@ -25,12 +27,6 @@ PLANNED = {
     "dry_run": False,
     "clients": ["8", "12"],
     "report_key": "reports/offboarding/off-20261120T040000.json",
-}
-TIMED_OUT = {"chosen_options": ["Reject"], "params_input": {}, "responded_by_user": None}
-REJECTED = {
-    "chosen_options": ["Reject"],
-    "params_input": {},
-    "responded_by_user": {"id": "7", "name": "dpo"},
 }
 
 
@@ -60,27 +56,21 @@ ENV = {
 }
 
 
-def test_a_timeout_alerts_every_channel(sent):
-    result = jobs.not_approved(_ctx(ENV), PLANNED, TIMED_OUT)
-    assert result["alerted"] and result["timed_out"] and result["sent"] == ["email", "sns"]
+def test_not_approved_alerts_every_channel(sent):
+    result = jobs.not_approved(_ctx(ENV), PLANNED)
+    assert result == {"sent": ["email", "sns"], "alerted": True, "clients": 2}
     assert [c for c, _ in sent] == ["email", "sns"]
     alert = sent[0][1]
     assert alert.kind == "offboarding" and "not approved" in alert.subject
-    assert "nobody answered" in alert.body and "8, 12" in alert.body
-    assert "R27" in alert.body and PLANNED["report_key"] in alert.body
-
-
-def test_a_rejection_says_a_person_rejected(sent):
-    result = jobs.not_approved(_ctx(ENV), PLANNED, REJECTED)
-    assert result["alerted"] and not result["timed_out"]
-    assert "a person rejected" in sent[0][1].body
-    assert "dpo" not in sent[0][1].body  # who answered stays in Airflow's own record
+    assert PLANNED["run_id"] in alert.subject and notify.WHY in alert.body
+    assert "Clients: 8, 12." in alert.body and PLANNED["report_key"] in alert.body
+    assert "R27" in alert.body and "legal hold (R19)" in alert.body
 
 
 def test_nothing_waiting_for_approval_sends_nothing(sent):
-    assert jobs.not_approved(_ctx(ENV), {**PLANNED, "dry_run": True}, None)["alerted"] is False
-    assert jobs.not_approved(_ctx(ENV), {**PLANNED, "clients": []}, None)["alerted"] is False
-    assert jobs.not_approved(_ctx(ENV), None, None)["alerted"] is False
+    assert jobs.not_approved(_ctx(ENV), {**PLANNED, "dry_run": True})["alerted"] is False
+    assert jobs.not_approved(_ctx(ENV), {**PLANNED, "clients": []})["alerted"] is False
+    assert jobs.not_approved(_ctx(ENV), None)["alerted"] is False
     assert sent == []
 
 
@@ -88,4 +78,4 @@ def test_every_channel_refusing_fails_the_task(monkeypatch):
     """A silent failure would hide that an ended client's data stays: the task goes red."""
     monkeypatch.setattr(alerts, "dispatch", lambda *args, **kwargs: [])
     with pytest.raises(RuntimeError, match="no alert channel accepted"):
-        jobs.not_approved(_ctx(ENV), PLANNED, TIMED_OUT)
+        jobs.not_approved(_ctx(ENV), PLANNED)

@@ -130,20 +130,16 @@ def tombstone(ctx: JobContext, batch_id: str, store: str) -> dict[str, Any]:
     return {"store": store, "tombstones": added, **rewrite_backups(ctx, batch_id, store)}
 
 
-def rewrite_backups(
-    ctx: JobContext, batch_id: str, store: str, *, dry_run: bool = False
-) -> dict[str, Any]:
+def rewrite_backups(ctx: JobContext, batch_id: str, store: str) -> dict[str, Any]:
     """`rewrite: true`: remove the batch's rows from every snapshot of the store, every other
     row byte-identical, old versions deleted (`backup_rewrite`); the rows removed per request
-    are recorded before each object is replaced. A dry run only counts (R16.1, R18)."""
+    are recorded before each object is replaced (R16.1, R18). A dry run never comes here: it
+    counts with `erasure_preview.count_backups`."""
     spec = ctx.datamap.stores[store]
     if not spec.rewrite:
         return {}
     scope = backup_rewrite.scope_for(_targets(ctx, batch_id), spec.system)
     system = ctx.datamap.systems[spec.system]
-    if dry_run:
-        counted = backup_rewrite.count_store(ctx.store(store), spec, system, scope)
-        return {"rewrite": {**counted.to_dict(), "dry_run": True}}
 
     def count(key: str, per_ref: dict[str, int]) -> None:
         state.record_lines(ctx.state, batch_id, store, key, per_ref)

@@ -41,8 +41,6 @@ def execute(ctx: JobContext, planned: dict[str, Any]) -> dict[str, Any]:
     return run.execute(ctx, planned)
 
 
-def not_approved(
-    ctx: JobContext, planned: dict[str, Any] | None, approval: dict[str, Any] | None
-) -> dict[str, Any]:
+def not_approved(ctx: JobContext, planned: dict[str, Any] | None) -> dict[str, Any]:
     """After a rejection or the approval's timeout (execute skipped): alert staff (R27)."""
-    return run.not_approved(ctx, planned or {}, approval)
+    return run.not_approved(ctx, planned or {})

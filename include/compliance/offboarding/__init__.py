@@ -12,6 +12,10 @@ does not stay forever:
 - `erase`: deletion of one client everywhere, tenant by tenant and set-based: recordings, log
   lines whose tenant field is the client, tombstones for backups (R18), CRM rows through the
   tenant column and relations, the workspace's documents of that client;
+- `backups`: `rewrite: true` backup stores rewritten without the client's rows (through
+  `deletion.backup_rewrite` with a tenant scope), checked with code of its own;
+- `notify`: one contract-end notice per sub-processor through the notice outbox, and the staff
+  alert when the approval is rejected or times out;
 - `export`: the return export, every mapped table filtered by tenant (CSV and JSON) with its log
   lines and recordings, in one zip encrypted at rest behind an expiring link (R12);
 - `run`: the run itself: plan (a dry run stops there), execute after approval, receipts and

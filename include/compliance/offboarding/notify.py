@@ -14,8 +14,8 @@ a consumer's data for the consumer's own requests, not the client's contract.
 **Approval not given.** The approval step's default is Reject, taken when nobody answers within
 its timeout; either way execute is skipped and the client's data stays (R27 says it must not
 stay forever). `not_approved` sends one alert through the staff channels
-(`compliance.core.alerts`) naming the clients and whether a person rejected or nobody answered;
-the next scheduled run asks again. Client ids and counts only.
+(`compliance.core.alerts`) naming the clients and the report; the next scheduled run asks
+again. Client ids and counts only.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ JURISDICTION = "contract"  # no consumer law's: the R23 metrics leave it out
 NOTICE_TYPE = "contract_end"
 NOTICE_RULES = ("G4 Art. 28(3)(g)", "G4 Art. 28(4)", "R27")
 SOURCE = "client_offboarding"
+WHY = (
+    "the approval was rejected, or nobody answered it within its timeout and its default "
+    "(Reject) was taken"
+)
 
 
 @dataclass(frozen=True)
@@ -132,19 +136,15 @@ def send_due(ctx: JobContext) -> dict[str, int]:
     return dict(sent)
 
 
-def not_approved(
-    ctx: JobContext, planned: dict[str, Any], approval: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The approval was rejected, or nobody answered before its timeout (the default, Reject):
-    execute was skipped. One alert to the staff channels; fails if every channel refused it."""
-    if planned is None or planned.get("dry_run") or not planned.get("clients"):
+def not_approved(ctx: JobContext, planned: dict[str, Any]) -> dict[str, Any]:
+    """The approval was rejected, or nobody answered before its timeout (its default, Reject):
+    execute was skipped. One alert to the staff channels; fails if every channel refused it.
+
+    Which of the two it was is Airflow's record (Browse -> Required Actions shows who answered,
+    or that the timeout did): the approval step's resumed result is not an XCom under 3.3, and
+    the alert needs nothing a person could not see there."""
+    if not planned or planned.get("dry_run") or not planned.get("clients"):
         return {"sent": [], "alerted": False}  # nothing was waiting for an approval
-    timed_out = not approval or not approval.get("responded_by_user")
-    why = (
-        "nobody answered the approval within its timeout, so its default (Reject) was taken"
-        if timed_out
-        else "a person rejected the approval"
-    )
     clients = list(planned["clients"])
     message = alerts.Alert(
         subject=(
@@ -154,7 +154,7 @@ def not_approved(
         body="\n".join(
             [
                 f"The {planned['action']} of the data of {len(clients)} client(s) whose contract "
-                f"ended was not run: {why}.",
+                f"ended was not run: {WHY}.",
                 f"Clients: {', '.join(clients)}.",
                 f"Counts: {planned['report_key']}.",
                 "",
@@ -167,4 +167,4 @@ def not_approved(
         kind="offboarding",
     )
     sent = alerts.send_digest(ctx.channels, message, "offboarding approval alert")
-    return {**sent, "alerted": True, "timed_out": timed_out, "clients": len(clients)}
+    return {**sent, "alerted": True, "clients": len(clients)}

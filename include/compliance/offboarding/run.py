@@ -8,9 +8,12 @@ ids, never a consumer's data.
 `execute` runs after a person approved (the DAG's `ApprovalOperator`; docs/offboarding.md):
 it checks each client again (still ended and due, no hold since), then deletes or returns its
 data, verifies a deletion left nothing (`erase.residue` must be empty, else the step fails and
-a rerun converges), writes a receipt per client (`receipts/offboarding/<client>/<action>.json`)
-and appends a ledger entry (`client_offboarded` or `client_data_returned`): counts, rule ids and
-the client's keyed hash, with an idempotency key so a rerun adds nothing twice.
+a rerun converges), queues one contract-end notice per sub-processor (`notify`, sent at the end
+of the step and retried by the outbox), writes a receipt per client
+(`receipts/offboarding/<client>/<action>.json`) and appends a ledger entry
+(`client_offboarded` or `client_data_returned`): counts, rule ids and the client's keyed hash,
+with an idempotency key so a rerun adds nothing twice. A rejected or timed-out approval skips
+execute; `not_approved` then alerts staff (`notify`).
 """
 
 from __future__ import annotations
@@ -233,11 +236,9 @@ def _counts(receipt: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def not_approved(
-    ctx: JobContext, planned: dict[str, Any], approval: dict[str, Any] | None
-) -> dict[str, Any]:
+def not_approved(ctx: JobContext, planned: dict[str, Any]) -> dict[str, Any]:
     """The approval was rejected or timed out: execute was skipped; staff are alerted."""
-    return notify.not_approved(ctx, planned, approval)
+    return notify.not_approved(ctx, planned)
 
 
 def _skipped_alert(run_id: str, skipped: dict[str, str]) -> alerts.Alert:
