@@ -186,8 +186,13 @@ def _enter_as_staff(crm: str) -> int:
                 "join clients k on k.client_id = c.client_id where k.active "
                 "and c.email is not null and c.phone is not null and not c.is_child "
                 "and not exists (select 1 from legal_holds h where h.client_id = c.client_id) "
-                "order by c.contact_id desc limit 5"
-            )
+                # someone with a recent call, so the bundle shows call audio (R8), and on file
+                # long enough to be in the nightly snapshots, which access searches (R13)
+                "and exists (select 1 from call_recordings r where r.contact_id = c.contact_id "
+                "and r.s3_key is not null and date(r.recorded_at) >= date(:since)) "
+                "order by c.contact_id limit 5"
+            ),
+            {"since": (datetime.now(UTC) - timedelta(days=300)).date().isoformat()},
         ).all()
     engine.dispose()
     ctx = runtime.context()
