@@ -90,24 +90,43 @@ def _run_and_answer(stack, answer, conf: dict) -> Any:
     assert not bag.import_errors, bag.import_errors
     dag = bag.dags["client_offboarding"]
     answered: list[str] = []
+    errors: list[BaseException] = []
     stop = threading.Event()
+    with create_session() as session:  # this test's run is the one not there yet
+        earlier = set(
+            session.scalars(
+                sa.select(TaskInstance.run_id).where(TaskInstance.dag_id == "client_offboarding")
+            )
+        )
+
+    def parked(session) -> Any:
+        return session.scalars(
+            sa.select(TaskInstance).where(
+                TaskInstance.dag_id == "client_offboarding",
+                TaskInstance.task_id == "approve",
+                TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                TaskInstance.run_id.not_in(earlier or {""}),
+            )
+        ).first()
 
     def answer_when_parked() -> None:
-        deadline = time.monotonic() + 600
-        while not stop.is_set() and time.monotonic() < deadline:
-            with create_session() as session:
-                ti = session.scalars(
-                    sa.select(TaskInstance).where(
-                        TaskInstance.dag_id == "client_offboarding",
-                        TaskInstance.task_id == "approve",
-                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
-                    )
-                ).first()
-                if ti is not None:
-                    answer(session, ti)
-                    answered.append(ti.run_id)
-                    return
-            time.sleep(0.5)
+        deadline = time.monotonic() + 240
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                with create_session() as session:
+                    ti = parked(session)
+                    if ti is not None:
+                        answer(session, ti)
+                        answered.append(ti.run_id)
+                        return
+                time.sleep(0.5)
+        except BaseException as exc:
+            errors.append(exc)
+        # never answered: fail the parked step, or dag.test() would wait for it forever
+        with create_session() as session:
+            ti = parked(session)
+            if ti is not None:
+                ti.state = TaskInstanceState.FAILED
 
     thread = threading.Thread(target=answer_when_parked, daemon=True)
     thread.start()
@@ -116,6 +135,7 @@ def _run_and_answer(stack, answer, conf: dict) -> Any:
     finally:
         stop.set()
         thread.join(timeout=30)
+    assert not errors, errors
     assert answered == [run.run_id], "the approval was never reached or answered"
     return run
 
