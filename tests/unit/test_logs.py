@@ -13,6 +13,7 @@ import pytest
 from compliance.core import logfiles
 from compliance.core.datamap.model import IdentityType, LogStore
 from compliance.core.logfiles import Targets, matching, reading
+from compliance.core.stores.s3 import ObjectChanged
 from compliance.deletion import log_scrub
 
 BUCKET = "cj-app-logs"
@@ -397,7 +398,7 @@ def test_concurrent_change_is_not_overwritten(bucket, monkeypatch):
         return real_put(**kwargs)
 
     monkeypatch.setattr(s3, "put_object", racing_put)
-    with pytest.raises(log_scrub.ObjectChanged):
+    with pytest.raises(ObjectChanged):
         log_scrub.rewrite_object(s3, APP, BUCKET, key, JOHN, batch_id=BATCH)
     monkeypatch.undo()
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == newer

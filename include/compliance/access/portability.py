@@ -41,9 +41,9 @@ from botocore.exceptions import ClientError
 
 from compliance.access import portability_transfer as transfer
 from compliance.access.batch import AccessBatch, load
-from compliance.access.deliver import ACCESS, RECEIPTS, link_lifetime, presign
+from compliance.access.deliver import link_lifetime, presign
 from compliance.access.gather import read_parts
-from compliance.core import alerts, ledger
+from compliance.core import alerts, ledger, workspace_layout
 from compliance.core.context import JobContext
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import DataMap
@@ -60,7 +60,7 @@ RULES = ["G3", "R12"]
 
 
 def folder(client_id: str, request_id: str) -> str:
-    return f"{ACCESS}{client_id}/{request_id}/"
+    return workspace_layout.bundle_prefix(client_id, request_id)  # the request's folder
 
 
 def export_key(client_id: str, request_id: str) -> str:
@@ -76,7 +76,7 @@ def attempt_key(client_id: str, request_id: str) -> str:
 
 
 def receipt_key(client_id: str, request_id: str) -> str:
-    return f"{RECEIPTS}{client_id}/{request_id}.portability.json"
+    return workspace_layout.receipt_key(client_id, request_id, TYPE)
 
 
 # -- what the consumer provided ------------------------------------------------------------------

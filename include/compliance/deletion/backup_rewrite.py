@@ -50,7 +50,13 @@ from compliance.core import checkpoints
 from compliance.core.datamap.graph import chain_to_consumer
 from compliance.core.datamap.model import BackupStore, IdentityType, SqlSystem
 from compliance.core.sqlmap import MappedSql, key_text
-from compliance.core.stores.s3 import delete_versions, list_keys, list_prefixes
+from compliance.core.stores.s3 import (
+    ObjectChanged,
+    delete_versions,
+    list_keys,
+    list_prefixes,
+    replace_if_unchanged,
+)
 from compliance.requests.resolve import Subject, resolve
 from compliance.requests.schema import cj_batch_lines
 
@@ -61,10 +67,6 @@ REPLACED_META = "cj-replaced-versions"  # versions the rewrite superseded (delet
 ROW_COLUMN = "cj_row_number"  # added to each loaded table: the record's position in its object
 SUFFIX = ".csv.gz"
 CHUNK = 1000
-
-
-class ObjectChanged(RuntimeError):
-    """A snapshot object changed between its read and its replacement; a rerun redoes it."""
 
 
 @dataclass(frozen=True)
@@ -345,28 +347,8 @@ def _versions_of(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
 
 
 def _put(s3: Any, bucket: str, obj: _Object, body: bytes, batch_id: str, replaced: int) -> Any:
-    original = obj.response
-    extra: dict[str, Any] = {
-        "Metadata": {
-            **original.get("Metadata", {}),
-            REWRITTEN_META: batch_id,
-            REPLACED_META: str(replaced),
-        },
-        "ServerSideEncryption": "AES256",
-    }
-    for name in ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition"):
-        if original.get(name):
-            extra[name] = original[name]
-    try:
-        resp = s3.put_object(
-            Bucket=bucket, Key=obj.key, Body=body, IfMatch=original["ETag"], **extra
-        )
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-            raise ObjectChanged(f"s3://{bucket}/{obj.key} changed while it was rewritten") from exc
-        raise
-    return resp.get("VersionId")
+    meta = {REWRITTEN_META: batch_id, REPLACED_META: str(replaced)}
+    return replace_if_unchanged(s3, bucket, obj.key, body, obj.response, meta, "rewritten")
 
 
 def clean_versions(s3: Any, bucket: str, prefix: str) -> int:

@@ -23,9 +23,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlencode
-
-from botocore.exceptions import ClientError
 
 from compliance.core import checkpoints
 from compliance.core.datamap.model import LogStore
@@ -42,7 +39,13 @@ from compliance.core.logfiles.reading import (
     scan_object,
 )
 from compliance.core.logfiles.targets import Targets
-from compliance.core.stores.s3 import delete_versions, list_keys
+from compliance.core.stores.s3 import (
+    delete_versions,
+    list_keys,
+    replace_if_unchanged,
+    replacement_args,
+    unchanged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,6 @@ REWRITTEN_META = "cj-rewritten"  # user metadata on a version this module wrote
 SPOOL_MEMORY = 32 << 20  # spooled files (input copy, output) move to disk beyond this
 PUT_LIMIT = 5 << 30  # S3's single-PUT limit; larger outputs go up as a multipart upload
 PART_SIZE = 64 << 20
-
-
-class ObjectChanged(Exception):
-    """The object changed between its scan and its rewrite (If-Match failed): run again."""
 
 
 class _Tee:
@@ -221,30 +220,12 @@ def _upload(
     s3: Any, bucket: str, key: str, body: Any, size: int, original: dict[str, Any], batch_id: str
 ) -> str | None:
     """Replace `key` by `body` if it is still the version scanned; the new version id."""
-    extra: dict[str, Any] = {
-        "Metadata": {**original.get("Metadata", {}), REWRITTEN_META: batch_id},
-        "ServerSideEncryption": "AES256",
-    }
-    for name in ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition"):
-        if original.get(name):
-            extra[name] = original[name]
-    if original.get("StorageClass"):
-        extra["StorageClass"] = original["StorageClass"]
-    if original.get("TagCount"):
-        tags = s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
-        extra["Tagging"] = urlencode({t["Key"]: t["Value"] for t in tags})
-    etag = original["ETag"]
-    try:
-        if size <= PUT_LIMIT:
-            resp = s3.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag, **extra)
-        else:
-            resp = _multipart(s3, bucket, key, body, etag, extra)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-            raise ObjectChanged(f"s3://{bucket}/{key} changed while it was scrubbed") from exc
-        raise
-    return resp.get("VersionId")
+    if size <= PUT_LIMIT:
+        meta = {REWRITTEN_META: batch_id}
+        return replace_if_unchanged(s3, bucket, key, body, original, meta, "scrubbed")
+    extra = replacement_args(s3, bucket, key, original, {REWRITTEN_META: batch_id})
+    with unchanged(bucket, key, "scrubbed"):
+        return _multipart(s3, bucket, key, body, original["ETag"], extra).get("VersionId")
 
 
 def _multipart(

@@ -19,20 +19,18 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import LogStore
 from compliance.core.logfiles.reading import day_prefixes
 from compliance.core.sqlmap import key_text
-from compliance.core.stores.s3 import delete_versions, list_keys
+from compliance.core.stores.s3 import (
+    delete_versions,
+    list_keys,
+    replace_if_unchanged,
+)
 
 OFFBOARDED_META = "cj-offboarded"
 SPOOL = 32 << 20
-
-
-class ObjectChanged(RuntimeError):
-    """The object changed while it was rewritten; a rerun converges."""
 
 
 def tenant_of(line: bytes, store: LogStore) -> str | None:
@@ -116,21 +114,8 @@ def drop_lines(s3: Any, store: LogStore, clients: set[str], run_id: str) -> dict
 def _replace(
     s3: Any, bucket: str, key: str, body: Any, original: dict[str, Any], run_id: str
 ) -> str | None:
-    extra: dict[str, Any] = {
-        "Metadata": {**original.get("Metadata", {}), OFFBOARDED_META: run_id},
-        "ServerSideEncryption": "AES256",
-    }
-    for name in ("ContentType", "ContentEncoding"):
-        if original.get(name):
-            extra[name] = original[name]
-    try:
-        resp = s3.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=original["ETag"], **extra)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-            raise ObjectChanged(f"s3://{bucket}/{key} changed while it was rewritten") from exc
-        raise
-    return resp.get("VersionId")
+    meta = {OFFBOARDED_META: run_id}
+    return replace_if_unchanged(s3, bucket, key, body, original, meta, "rewritten")
 
 
 def _delete_older(s3: Any, bucket: str, key: str, *, keep: str | None) -> int:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import gzip
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 # SigV4 explicitly: botocore otherwise presigns with SigV2, whose links have no 7-day cap (R12).
 RETRIES = Config(
@@ -95,3 +98,60 @@ def ensure_bucket(s3: Any, bucket: str, versioned: bool = False) -> None:
         s3.create_bucket(Bucket=bucket)
     if versioned:
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+class ObjectChanged(RuntimeError):
+    """The object changed between its read and its replacement (If-Match failed): a rerun
+    reads it again and converges."""
+
+
+KEPT_ATTRIBUTES = ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition")
+PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
+def replacement_args(
+    s3: Any, bucket: str, key: str, original: dict[str, Any], metadata: dict[str, str]
+) -> dict[str, Any]:
+    """The PUT arguments that give a rewritten object everything the original had (its
+    metadata plus `metadata`, content headers, storage class, tags): erasing a consumer's lines
+    or rows must not change anything else about a client's object."""
+    extra: dict[str, Any] = {
+        "Metadata": {**original.get("Metadata", {}), **metadata},
+        "ServerSideEncryption": "AES256",
+    }
+    for name in KEPT_ATTRIBUTES:
+        if original.get(name):
+            extra[name] = original[name]
+    if original.get("StorageClass"):
+        extra["StorageClass"] = original["StorageClass"]
+    if original.get("TagCount"):
+        tags = s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+        extra["Tagging"] = urlencode({t["Key"]: t["Value"] for t in tags})
+    return extra
+
+
+@contextmanager
+def unchanged(bucket: str, key: str, what: str) -> Iterator[None]:
+    """Around a conditional (If-Match) write: a failed precondition becomes ObjectChanged."""
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") in PRECONDITION_CODES:
+            raise ObjectChanged(f"s3://{bucket}/{key} changed while it was {what}") from exc
+        raise
+
+
+def replace_if_unchanged(
+    s3: Any,
+    bucket: str,
+    key: str,
+    body: Any,
+    original: dict[str, Any],
+    metadata: dict[str, str],
+    what: str,
+) -> str | None:
+    """Replace `key` by `body` only if it is still the object read as `original`; its version id."""
+    extra = replacement_args(s3, bucket, key, original, metadata)
+    with unchanged(bucket, key, what):
+        resp = s3.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=original["ETag"], **extra)
+    return resp.get("VersionId")
