@@ -42,6 +42,92 @@ def _datamap_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datamap_indexes(args: argparse.Namespace) -> int:
+    """Print, check or create the indexes the jobs need for this map (issue 19, R16/R8/R22)."""
+    from compliance.core.datamap import indexes
+    from compliance.core.datamap.validate import DataMapInvalid, load_datamap
+    from compliance.core.settings import Settings
+
+    path = args.datamap or Settings.from_env().datamap_path
+    try:
+        dm = load_datamap(path)
+    except DataMapInvalid as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    plan = indexes.needed(dm)
+    if args.system and args.system not in dm.systems:
+        known = ", ".join(dm.systems)
+        print(f"--system: {args.system!r} is not a SQL system of {path} ({known})", file=sys.stderr)
+        return 2
+    systems = [args.system] if args.system else list(dm.systems)
+    if args.db is None:
+        if args.apply:
+            print("--apply needs --db: the database to create the indexes in", file=sys.stderr)
+            return 2
+        for name in systems:
+            print(f"-- system {name}")
+            for spec in plan.for_system(name):
+                print(f"-- {spec.why}")
+                print(indexes.create_sql(spec, args.dialect) + ";")
+    else:
+        if len(systems) != 1:
+            print(
+                f"--system: {path} has several SQL systems; name the one --db holds",
+                file=sys.stderr,
+            )
+            return 2
+        code = _indexes_live(args.db, plan.for_system(systems[0]), args.apply)
+        if code:
+            return code
+    for s in plan.scanned:
+        print(f"-- not indexable, scanned: {s.store}.{s.path} ({s.identity}): {s.reason}")
+    return 0
+
+
+def _indexes_live(url: str, specs: list, apply: bool) -> int:
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    from compliance.core.datamap import indexes
+    from compliance.core.stores.sql import engine_from_url
+
+    try:
+        engine = engine_from_url(url)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        print(f"--db: not a usable SQLAlchemy URL ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    dialect = "postgresql" if engine.dialect.name == "postgresql" else "sqlite"
+    try:
+        insp = inspect(engine)
+        tables = set(insp.get_table_names())
+        existing: dict[str, list[list[str | None]]] = {}
+        for table in {s.table for s in specs} & tables:
+            existing[table] = [ix["column_names"] for ix in insp.get_indexes(table)]
+            existing[table] += [u["column_names"] for u in insp.get_unique_constraints(table)]
+            existing[table].append(insp.get_pk_constraint(table)["constrained_columns"])
+        absent = [s for s in specs if s.table not in tables]
+        todo = indexes.missing([s for s in specs if s.table in tables], existing)
+        for spec in specs:
+            state = "table missing" if spec in absent else "missing" if spec in todo else "exists"
+            print(f"{state:13} {spec.table}({', '.join(spec.columns)}) {spec.name}: {spec.why}")
+        if apply:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for spec in todo:
+                    conn.execute(text(indexes.create_sql(spec, dialect)))
+            print(f"created {len(todo)} index(es)")
+        else:
+            print(f"{len(todo)} missing; run again with --apply to create them")
+    except SQLAlchemyError as exc:  # the URL may hold a password: print only the error class
+        print(f"--db: cannot inspect the database ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _ledger_head(text: str) -> object:
     from compliance.core.ledger import Head
 
@@ -149,6 +235,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.add_argument("--db", help="also compare with a live database (SQLAlchemy URL)")
     check.set_defaults(func=_datamap_check)
+    idx = dm.add_parser("indexes", help="print, check or create the indexes the jobs need")
+    idx.add_argument(
+        "--datamap", help="data map (default: COMPLIANCE_DATAMAP or config/datamap.yaml)"
+    )
+    idx.add_argument("--db", help="inspect this database (SQLAlchemy URL): which exist, which not")
+    idx.add_argument("--apply", action="store_true", help="create the missing ones (needs --db)")
+    idx.add_argument("--system", help="the map's SQL system --db holds (default: the only one)")
+    idx.add_argument("--dialect", choices=["postgresql", "sqlite"], default="postgresql")
+    idx.set_defaults(func=_datamap_indexes)
 
     ledger = sub.add_parser("ledger", help="audit ledger commands").add_subparsers(
         dest="cmd", required=True
