@@ -92,7 +92,7 @@ def _indexes_live(url: str, specs: list, apply: bool) -> int:
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
     from compliance.core.datamap import indexes
-    from compliance.core.stores.sql import engine_from_url
+    from compliance.core.stores.sql import engine_from_url, live_indexes
 
     try:
         engine = engine_from_url(url)
@@ -101,13 +101,8 @@ def _indexes_live(url: str, specs: list, apply: bool) -> int:
         return 2
     dialect = "postgresql" if engine.dialect.name == "postgresql" else "sqlite"
     try:
-        insp = inspect(engine)
-        tables = set(insp.get_table_names())
-        existing: dict[str, list[list[str | None]]] = {}
-        for table in {s.table for s in specs} & tables:
-            existing[table] = [ix["column_names"] for ix in insp.get_indexes(table)]
-            existing[table] += [u["column_names"] for u in insp.get_unique_constraints(table)]
-            existing[table].append(insp.get_pk_constraint(table)["constrained_columns"])
+        tables = set(inspect(engine).get_table_names())
+        existing = live_indexes(engine, {s.table for s in specs})
         absent = [s for s in specs if s.table not in tables]
         todo = indexes.missing([s for s in specs if s.table in tables], existing)
         for spec in specs:

@@ -49,6 +49,8 @@ class SystemInventory:
     kind: str
     problems: list[Finding] = field(default_factory=list)
     drift: list[Finding] = field(default_factory=list)
+    # indexes the jobs need that the system lacks (`python -m compliance datamap indexes`)
+    missing_indexes: list[Finding] = field(default_factory=list)
     tables: dict[str, int] = field(default_factory=dict)  # rows per mapped table
     per_client_category: list[dict[str, Any]] = field(default_factory=list)
     objects: int = 0

@@ -22,6 +22,7 @@ def summarise(day: str, findings: list[dict[str, Any]]) -> dict[str, Any]:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "problems": sum(len(s["problems"]) for s in everything),
         "drift": sum(len(s["drift"]) for s in everything),
+        "missing_indexes": sum(len(s.get("missing_indexes", [])) for s in everything),
         "systems": systems,
         "stores": stores,
     }
@@ -35,7 +36,13 @@ def write_report(s3: Any, bucket: str, day: str, findings: list[dict]) -> dict[s
     put_json(s3, bucket, base + "inventory.json", report)
     page = render_html(report).encode()
     uri = put_bytes(s3, bucket, base + "inventory.html", page, "text/html; charset=utf-8")
-    summary = {"date": day, "problems": report["problems"], "drift": report["drift"], "report": uri}
+    summary = {
+        "date": day,
+        "problems": report["problems"],
+        "drift": report["drift"],
+        "missing_indexes": report["missing_indexes"],
+        "report": uri,
+    }
     put_summary(s3, bucket, "data_inventory", summary)
     return summary
 
@@ -56,12 +63,18 @@ def render_html(report: dict[str, Any]) -> str:
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
         ".bad{color:#b00}</style></head><body>",
         f"<h1>Data inventory {esc(report['date'])}</h1>",
-        f"<p>{report['problems']} problem(s), {report['drift']} drift finding(s).</p>",
+        f"<p>{report['problems']} problem(s), {report['drift']} drift finding(s), "
+        f"{report['missing_indexes']} missing index(es) "
+        "(<code>python -m compliance datamap indexes --db URL --apply</code>).</p>",
     ]
     for item in report["systems"] + report["stores"]:
         parts.append(f"<h2>{esc(item['name'])} <small>({esc(item['kind'])})</small></h2>")
-        for label, key in (("Problems", "problems"), ("Drift", "drift")):
-            if item[key]:
+        for label, key in (
+            ("Problems", "problems"),
+            ("Drift", "drift"),
+            ("Missing indexes", "missing_indexes"),
+        ):
+            if item.get(key):
                 rows = "".join(
                     f"<tr><td>{esc(f['where'])}</td><td>{esc(f['kind'])}</td>"
                     f"<td>{esc(f['detail'])}</td></tr>"

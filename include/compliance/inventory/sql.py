@@ -1,5 +1,6 @@
 """One SQL system against its data map: tables and columns exist, unmapped columns that look
-personal (drift), rows per table and per client and category (one GROUP BY per table)."""
+personal (drift), indexes the jobs need that are missing (issue 19: a lookup without one reads the
+whole table), rows per table and per client and category (one GROUP BY per table)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance.core.datamap import indexes
 from compliance.core.datamap.model import DataMap
 from compliance.core.datamap.validate import check_against_schema, live_schema
 from compliance.core.sqlmap import MappedSql
+from compliance.core.stores.sql import live_indexes
 from compliance.inventory.findings import (
     OWN_TABLE_PREFIX,
     Finding,
@@ -56,6 +59,13 @@ def inspect_sql_system(engine: Engine, dm: DataMap, system_name: str) -> SystemI
                     )
                 )
     present = {t for t in system.tables if t in live}
+    wanted = indexes.needed(dm).for_system(system_name)
+    for spec in indexes.missing(
+        [i for i in wanted if i.table in present], live_indexes(engine, present)
+    ):
+        inv.missing_indexes.append(
+            Finding(f"{system_name}.{spec.table}({', '.join(spec.columns)})", spec.name, spec.why)
+        )
     sql = MappedSql(engine, system, present)
     counts: dict[tuple[Any, str], int] = defaultdict(int)
     with engine.connect() as conn:

@@ -49,6 +49,18 @@ def table_columns(engine: Engine) -> dict[str, list[str]]:
     return {t: [c["name"] for c in insp.get_columns(t)] for t in insp.get_table_names()}
 
 
+def live_indexes(engine: Engine, tables: set[str]) -> dict[str, list[list[str | None]]]:
+    """Per table, the column lists of its indexes, unique constraints and primary key: what
+    already serves a lookup (`datamap.indexes.missing`). Tables that do not exist are left out."""
+    insp = inspect(engine)
+    out: dict[str, list[list[str | None]]] = {}
+    for table in sorted(tables & set(insp.get_table_names())):
+        out[table] = [ix["column_names"] for ix in insp.get_indexes(table)]
+        out[table] += [u["column_names"] for u in insp.get_unique_constraints(table)]
+        out[table].append(insp.get_pk_constraint(table)["constrained_columns"])
+    return out
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
