@@ -68,7 +68,20 @@ def context(clock: Callable[[], datetime] | None = None) -> JobContext:
         run_day=_run_day_or_today(),
         sns=sns(),
         channels=channels(cfg),
+        credentials=credentials,
     )
+
+
+def credentials(conn_id: str) -> tuple[str | None, dict[str, Any]] | None:
+    """A connection's password and extra, or None when Airflow (or its secrets backend) has
+    none by that id: the client API's credentials (`compliance.desk.api_clients`)."""
+    from airflow.exceptions import AirflowNotFoundException
+
+    try:
+        conn = _connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return conn.password, conn.extra_dejson
 
 
 def channels(cfg: Settings) -> Any:

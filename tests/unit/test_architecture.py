@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "retention": 3,
     "access": 4,
     "offboarding": 5,
+    "desk": 5,
     "jobs": 6,
     "runtime": 7,
     "__main__": 7,

@@ -66,6 +66,9 @@ class JobContext:
     run_day: date  # the day the run is about (its logical date), not the wall clock's
     sns: Any = None  # sub-processor notices over SNS
     channels: Channels | None = None
+    # A named credential (an Airflow connection or secrets-backend entry): its password and
+    # extra, or None when it does not exist. The client API's keys live there (issue 18).
+    credentials: Callable[[str], tuple[str | None, Mapping[str, Any]] | None] | None = None
 
     @property
     def hash_key(self) -> bytes:
