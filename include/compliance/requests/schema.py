@@ -147,6 +147,53 @@ cj_notices = Table(
 )
 
 
+# The client API (issue 18, `compliance.desk`). Calls: one row per signed call's nonce, so a
+# replay inside the window is refused by every api-server worker alike, and the same rows count
+# calls for the per-client rate limit; pruned after the replay window.
+cj_api_calls = Table(
+    "cj_api_calls",
+    metadata,
+    Column("api_key", String(64), primary_key=True),
+    Column("nonce", String(128), primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+)
+Index("ix_cj_api_calls_key_at", cj_api_calls.c.api_key, cj_api_calls.c.at)
+
+# Requests submitted through the API: the idempotency key is (client, request_id); the body's
+# digest tells a retried submission (same body: the same answer) from a conflicting one (409).
+cj_api_requests = Table(
+    "cj_api_requests",
+    metadata,
+    Column("client_id", CLIENT_ID, primary_key=True),
+    Column("request_id", String(64), primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("api_key", String(64), nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("submitted_at", UTCDateTime, nullable=False),
+)
+
+# The callback outbox: one row per status change a client is told about (received,
+# acknowledged, extended, deferred, completed, denied), delivered with backoff until the
+# client's endpoint acknowledges it (2xx). `detail` is a reason code, never free text with PII.
+cj_callbacks = Table(
+    "cj_callbacks",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("api_key", String(64), nullable=False),
+    Column("client_id", CLIENT_ID, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("detail", String(64), nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime),  # None once acknowledged
+    Column("last_attempt_at", UTCDateTime),
+    Column("last_status", Integer),  # the endpoint's HTTP status, or None (no answer)
+    Column("acked_at", UTCDateTime),
+    UniqueConstraint("client_id", "request_id", "event", "detail", name="uq_cj_callbacks"),
+)
+Index("ix_cj_callbacks_due", cj_callbacks.c.acked_at, cj_callbacks.c.next_attempt_at)
+
 def create_state_schema(engine: Engine) -> None:
     """Create every `cj_` table (the ledger's too) if missing; safe to call on every run."""
     metadata.create_all(engine, checkfirst=True)
