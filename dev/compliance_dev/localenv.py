@@ -52,6 +52,14 @@ def airflow_env(home: Path, s3_url: str, crm_url_path: Path) -> dict[str, str]:
                     "extra": {"endpoint_url": s3_url, "region_name": "us-east-1"},
                 }
             ),
+            "AIRFLOW_CONN_COMPLIANCE_API_" + API_KEY.upper(): json.dumps(
+                {
+                    "conn_type": "generic",
+                    "login": API_KEY,
+                    "password": API_SECRET,
+                    "extra": {"client_ids": API_TENANTS, "rate_limit_per_minute": 600},
+                }
+            ),
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -198,8 +206,17 @@ def start_webhook_receiver(port: int) -> http.server.ThreadingHTTPServer | None:
 # Shared by `make up` (scripts/localstack.py) and the browser test, so the UI a person sees and
 # the one the test drives are started the same way.
 
-UI_USERS = {"admin": "admin", "compliance": "op", "auditor": "viewer"}  # simple auth manager roles
-UI_PASSWORDS = {"admin": "admin", "compliance": "compliance", "auditor": "auditor"}  # local only
+# Simple auth manager roles. Two staff users: destructive runs need a second person (four-eyes).
+UI_USERS = {"admin": "admin", "compliance": "op", "reviewer": "op", "auditor": "viewer"}
+UI_PASSWORDS = {  # local only
+    "admin": "admin",
+    "compliance": "compliance",
+    "reviewer": "reviewer",
+    "auditor": "auditor",
+}
+# The local client API credential (issue 18): key `demo`, acting for tenants 1 and 2. Local only;
+# a deployment keeps each client's secret in an Airflow connection or its secrets backend.
+API_KEY, API_SECRET, API_TENANTS = "demo", "local-demo-api-secret-not-for-production", ["1", "2"]
 
 
 def free_port() -> int:
