@@ -15,6 +15,9 @@ from pathlib import Path
 
 from compliance.core.settings import REPO_ROOT
 from compliance_dev.localenv import (
+    API_KEY,
+    API_SECRET,
+    API_TENANTS,
     UI_PASSWORDS,
     UI_USERS,
     prepare_workspace,
@@ -55,8 +58,26 @@ def up() -> int:
     print(f"Airflow UI: {url}")
     for user, role in UI_USERS.items():
         print(f"  user {user:<11} password {UI_PASSWORDS[user]:<11} role {role}")
+    print(f"Compliance desk: {url}/compliance/  (the 'Compliance' entry in the navigation)")
+    _print_signed_call(url)
     print(f"local S3: {s3_url}   logs: {HOME / 'logs'}   stop with: make down")
     return 0
+
+
+def _print_signed_call(url: str) -> None:
+    """A ready signed call of the client API (docs/api.md): Python, and curl with openssl."""
+    path = "/compliance/api/v1/requests/demo-1?client_id=" + API_TENANTS[0]
+    print(f"Client API: {url}/compliance/api/v1  (credential '{API_KEY}', tenants {API_TENANTS})")
+    print("  Python: .venv/bin/python scripts/signed_call.py GET '" + path + "'")
+    print("  curl:")
+    print(
+        f"    SECRET='{API_SECRET}' P='{path}' TS=$(date +%s) N=$(openssl rand -hex 16)\n"
+        "    BODY_SHA=$(printf '' | sha256sum | cut -d' ' -f1)\n"
+        '    SIG=$(printf \'v1\\nGET\\n%s\\n%s\\n%s\\n%s\' "$P" "$TS" "$N" "$BODY_SHA" '
+        "| openssl dgst -sha256 -hmac \"$SECRET\" -r | cut -d' ' -f1)\n"
+        f"    curl -s -H 'X-Compliance-Client: {API_KEY}' -H \"X-Compliance-Timestamp: $TS\" "
+        f'-H "X-Compliance-Nonce: $N" -H "X-Compliance-Signature: v1=$SIG" "{url}$P"'
+    )
 
 
 def down() -> int:
