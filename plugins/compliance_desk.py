@@ -4,8 +4,9 @@ Today it holds the staff request page (issue 18, item 3; issue 16, deliverable 2
 `/compliance/requests` shows a form for one verified request, and a POST validates it through
 the inbox's own code path, writes it to the inbox and triggers the request's DAG with only a
 reference in the run's conf (`compliance.requests.staff_entry`). Identities never reach
-Airflow's metadata database. The desk's later parts (the dashboard, the signed client API at
-`/compliance/api/v1`) mount on this same app.
+Airflow's metadata database. The dashboard (`/compliance/dashboard`, the navigation entry's
+page; `plugins/compliance_dashboard.py`) and the signed client API (`/compliance/api/v1`) are
+part of this same app.
 
 Thin on purpose: validation and the inbox write are product code; this module only speaks
 HTTP and Airflow. Every route depends on the api-server's own security dependencies
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import compliance_api
+import compliance_dashboard
 from airflow.api.common.trigger_dag import trigger_dag
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
@@ -40,6 +42,7 @@ from compliance.requests import staff_entry
 CAN_TRIGGER = Depends(requires_access_dag("POST", DagAccessEntity.RUN))
 app = FastAPI(title="Compliance desk", docs_url=None, redoc_url=None, openapi_url=None)
 app.mount("/api/v1", compliance_api.api)  # signed, not behind the login: clients are no users
+app.include_router(compliance_dashboard.router)  # the dashboard: /compliance/dashboard
 
 
 @app.get("/requests", response_class=HTMLResponse, dependencies=[CAN_TRIGGER])
@@ -124,8 +127,8 @@ _CHOICES = [
     ("jurisdiction", "Jurisdiction", ["ccpa", "gdpr"]),
     ("look_back", "Look-back (access)", ["default", "since_2022", "all"]),
 ]
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:52rem}"
+_STYLE = compliance_dashboard.STYLE + (  # the desk's shared style, then the form's
+    "body{max-width:52rem}"
     "label{display:block;margin-top:.7rem;font-weight:600}small{color:#555;display:block}"
     "input,select{width:100%;padding:.35rem;box-sizing:border-box}"
     ".refused{background:#fde8e8;padding:.7rem}.entered{background:#e6f4ea;padding:.7rem}"
@@ -142,7 +145,8 @@ def _page(
     e = html.escape
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>Enter a request</title>"
-        f"<style>{_STYLE}</style></head><body><h1>Enter one verified request</h1>"
+        f"<style>{_STYLE}</style></head><body><nav><a href='dashboard'>Dashboard</a></nav>"
+        "<h1>Enter one verified request</h1>"
         "<p>The request is validated like a client's document, written to the inbox, and its "
         "DAG is started with only a reference (<code>client/request id</code>): identities "
         "never reach Airflow's database, its run list or its logs.</p>"
@@ -258,7 +262,7 @@ class ComplianceDesk(AirflowPlugin):
     external_views = [
         {
             "name": "Compliance",
-            "href": "compliance/requests",  # relative: the UI may sit behind a proxy path
+            "href": "compliance/dashboard",  # relative: the UI may sit behind a proxy path
             "url_route": "compliance",
             "destination": "nav",
             "nav_top_level": True,  # its own entry in the navigation bar, not under Plugins

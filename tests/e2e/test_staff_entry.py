@@ -89,7 +89,7 @@ def test_the_page_needs_airflows_login_and_the_right_to_trigger(stack, desk):
     assert nav["nav_top_level"] is True and nav["url_route"] == "compliance"
     assert (nav["name"], nav["href"], nav["destination"]) == (
         "Compliance",
-        "compliance/requests",
+        "compliance/dashboard",
         "nav",
     )
 

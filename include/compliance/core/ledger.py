@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Column, Engine, Integer, String, Table, Text, select, update
+from sqlalchemy import Column, Engine, Index, Integer, String, Table, Text, select, update
 from sqlalchemy.engine import Connection
 
 from compliance.core.statedb import UTCDateTime, insert_if_absent, metadata, transaction, utcnow
@@ -47,6 +47,7 @@ cj_ledger = Table(
     Column("prev_mac", String(64), nullable=False),
     Column("mac", String(64), nullable=False),
 )
+Index("ix_cj_ledger_ref", cj_ledger.c.ref)  # one request's entries, on the desk's request page
 
 # One row that every writer updates first: on PostgreSQL a row lock, on SQLite the database
 # write lock (the first statement of the transaction is a write, i.e. BEGIN IMMEDIATE
