@@ -38,6 +38,7 @@ CLIENT = "X-Compliance-Client"
 TIMESTAMP = "X-Compliance-Timestamp"
 NONCE = "X-Compliance-Nonce"
 SIGNATURE = "X-Compliance-Signature"
+HEADERS = (CLIENT, TIMESTAMP, NONCE, SIGNATURE)
 WINDOW_SECONDS = 300  # a signature older or newer than this is refused (clock skew allowed)
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 

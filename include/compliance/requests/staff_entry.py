@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,30 +90,92 @@ def enter(ctx: JobContext, type_: str, fields: Mapping[str, Any]) -> Entered | R
         return _refused("missing_field", "request_id", "the request id is required (R1)")
     if params["transfer_to"]:  # G3: another controller's endpoint (the intake checks the type)
         doc["transfer_to"] = params["transfer_to"]
-    body = json.dumps(doc).encode()
+    return enter_document(ctx, type_, doc)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A document that passed validation and is not in the inbox yet: `put` writes it. Split
+    from the write so the client API can claim its idempotency key in between (a conflicting
+    submission racing this one must not overwrite the inbox object)."""
+
+    entered: Entered
+    doc: dict[str, Any] = field(repr=False)
+    name: str
+
+
+def enter_document(ctx: JobContext, type_: str, doc: dict[str, Any]) -> Entered | Refused:
+    """One request document (the inbox's format) validated and put in the inbox: the staff
+    page's and the client API's shared path (issue 18, items 1 and 3)."""
+    (checked,) = check_documents(ctx, [(type_, doc)])
+    return put(ctx, checked) if isinstance(checked, Checked) else checked
+
+
+def check_documents(
+    ctx: JobContext, items: Sequence[tuple[str, dict[str, Any]]]
+) -> list[Checked | Entered | Refused]:
+    """Validate documents as the inbox's intake will (`inbox.examine`, one pass for the whole
+    batch, duplicates among them included); writes nothing. An `Entered` (with `again`) is a
+    document already waiting in the inbox unchanged."""
+    out: list[Checked | Entered | Refused | None] = [None] * len(items)
+    pending: list[tuple[int, str, dict[str, Any], str, str, bytes]] = []
     ws = ctx.workspace
-    name = f"{type_}-{doc.get('client_id')}-{doc['request_id']}"
-    key = inbox.submission_key(name)
-    waiting = _read(ws.s3, ws.bucket, key)
-    if waiting is not None:  # entered before and not yet taken in by a run
-        if waiting == body:
-            return Entered(_ref(doc["client_id"], doc["request_id"]), key, type_, again=True)
-        return _refused(
-            "duplicate",
-            "request_id",
-            "another request was entered under this client and request id and waits in the "
-            "inbox; use a new request id (R22)",
+    keys: set[str] = set()
+    for i, (type_, doc) in enumerate(items):
+        if type_ not in DAG_FOR_TYPE:
+            out[i] = _refused(
+                "unknown_type", "type", f"the type must be one of {sorted(DAG_FOR_TYPE)}"
+            )
+            continue
+        if not isinstance(doc.get("request_id"), str) or not doc["request_id"]:
+            out[i] = _refused("missing_field", "request_id", "the request id is required (R1)")
+            continue
+        body = json.dumps(doc).encode()
+        name = f"{type_}-{doc.get('client_id')}-{doc['request_id']}"
+        key = inbox.submission_key(name)
+        waiting = _read(ws.s3, ws.bucket, key)
+        if key in keys or (waiting is not None and waiting != body):
+            out[i] = _refused(
+                "duplicate",
+                "request_id",
+                "another request was entered under this client and request id and waits in "
+                "the inbox; use a new request id (R22)",
+            )
+            continue
+        keys.add(key)
+        if waiting is not None:  # entered before and not yet taken in by a run
+            out[i] = Entered(_ref(doc.get("client_id"), doc["request_id"]), key, type_, again=True)
+            continue
+        pending.append((i, type_, doc, name, key, body))
+    if pending:
+        exam = inbox.examine(
+            ws.s3,
+            ws.bucket,
+            registry(ctx),
+            ctx.state,
+            ctx.hash_key,
+            ctx.now(),
+            [(key, body) for _, _, _, _, key, body in pending],
         )
-    exam = inbox.examine(
-        ws.s3, ws.bucket, registry(ctx), ctx.state, ctx.hash_key, ctx.now(), [(key, body)]
-    )
-    (result, replay) = [(r, again) for r, again in exam.results if r.source == key][-1]
-    if isinstance(result, intake.Rejected):
-        return Refused([_public(result.as_dict())])
-    if replay:
-        return _refused("duplicate", "request_id", "this request is already on record (R7)")
-    inbox.submit(ws.s3, ws.bucket, doc, name)
-    return Entered(_ref(result.client_id, result.request_id), key, type_)
+        found = {r.source: (r, again) for r, again in exam.results}  # one result per document
+        for i, type_, doc, name, key, _ in pending:
+            result, replay = found[key]
+            if isinstance(result, intake.Rejected):
+                out[i] = Refused([_public(result.as_dict())])
+            elif replay:
+                out[i] = _refused(
+                    "duplicate", "request_id", "this request is already on record (R7)"
+                )
+            else:
+                entered = Entered(_ref(result.client_id, result.request_id), key, type_)
+                out[i] = Checked(entered, doc, name)
+    return [o for o in out if o is not None]
+
+
+def put(ctx: JobContext, checked: Checked) -> Entered:
+    """Write a checked document to the inbox (the same object a client's drop would be)."""
+    inbox.submit(ctx.workspace.s3, ctx.workspace.bucket, checked.doc, checked.name)
+    return checked.entered
 
 
 def run_ref(params: Mapping[str, Any]) -> tuple[str, str] | None:
