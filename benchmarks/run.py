@@ -258,6 +258,10 @@ def _section(
         from benchmarks.sections import access
 
         return access.run(bench, access_sizes, workers)
+    if name == "log_index":
+        from benchmarks.sections import log_index
+
+        return log_index.run(bench, workers)
     from benchmarks.sections import stats
 
     return stats.run(bench, repeat, weekly_repeat)

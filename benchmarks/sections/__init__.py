@@ -4,4 +4,4 @@ Order of a full run: world (seed once), deletion, logs, retention, access, stats
 memory summary is computed by the harness from every row.
 """
 
-SECTIONS = ["deletion", "logs", "retention", "access", "stats"]
+SECTIONS = ["deletion", "logs", "retention", "access", "stats", "log_index"]

@@ -88,20 +88,20 @@ def _datamap_indexes(args: argparse.Namespace) -> int:
 
 
 def _indexes_live(url: str, specs: list, apply: bool) -> int:
-    from sqlalchemy import inspect, text
+    from sqlalchemy import inspect
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
     from compliance.core.datamap import indexes
-    from compliance.core.stores.sql import engine_from_url, live_indexes
+    from compliance.core.stores.sql import apply_indexes, engine_from_url, live_indexes
 
     try:
         engine = engine_from_url(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         print(f"--db: not a usable SQLAlchemy URL ({type(exc).__name__})", file=sys.stderr)
         return 2
-    dialect = "postgresql" if engine.dialect.name == "postgresql" else "sqlite"
     try:
         tables = set(inspect(engine).get_table_names())
+        # an INVALID index (a failed CREATE INDEX CONCURRENTLY) is left out: reported missing
         existing = live_indexes(engine, {s.table for s in specs})
         absent = [s for s in specs if s.table not in tables]
         todo = indexes.missing([s for s in specs if s.table in tables], existing)
@@ -109,10 +109,7 @@ def _indexes_live(url: str, specs: list, apply: bool) -> int:
             state = "table missing" if spec in absent else "missing" if spec in todo else "exists"
             print(f"{state:13} {spec.table}({', '.join(spec.columns)}) {spec.name}: {spec.why}")
         if apply:
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                for spec in todo:
-                    conn.execute(text(indexes.create_sql(spec, dialect)))
-            print(f"created {len(todo)} index(es)")
+            print(f"created {len(apply_indexes(engine, specs))} index(es)")
         else:
             print(f"{len(todo)} missing; run again with --apply to create them")
     except SQLAlchemyError as exc:  # the URL may hold a password: print only the error class

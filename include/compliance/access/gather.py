@@ -49,6 +49,7 @@ from compliance.core.context import Workspace
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import DataMap, LogStore, RecordingStore, SqlSystem, Withhold
 from compliance.core.datamap.validate import TimeColumnTypeError, type_family
+from compliance.core.logfiles.identity_index import LogIndex
 from compliance.core.outputs import THREADS, put_bytes
 from compliance.core.shards import LogShard
 from compliance.core.sqlmap import MappedSql, key_text, record_id, typed_values
@@ -313,8 +314,13 @@ def gather_log_shard(
     shard: LogShard,
     *,
     datamap_hash: str | None = None,
+    index: LogIndex | None = None,
 ) -> dict[str, Any]:
-    """One day folder of one log store: each request's lines inside its window, into parts."""
+    """One day folder of one log store: each request's lines inside its window, into parts.
+
+    With `index` (the deployment's log identity index, issue 19), objects whose current sidecar
+    holds none of the batch's identity values are not read; objects without one are read in
+    full, so the lines found are the same either way (R10)."""
     store_name, prefix = shard.store, shard.prefix
     store = dm.stores[store_name]
     if not isinstance(store, LogStore):
@@ -323,8 +329,11 @@ def gather_log_shard(
     since, until = batch.union_window()
     out: dict[str, list[bytes]] = defaultdict(list)
     withheld = [name for name, f in store.fields.items() if f.withhold is not None]
+    targets = batch.log_targets()
+    listed = list(list_keys(store_s3, store.bucket, prefix))
+    objects = listed if index is None else index.objects_to_read(store, listed, targets)
     for ref, line in logs.collect_shard(
-        store_s3, store, prefix, batch.log_targets(), since=since, until=until
+        store_s3, store, prefix, targets, since=since, until=until, objects=objects
     ):
         if ref not in batch.requests or batch.categories_only(ref):
             continue  # R5: no log line is kept for a categories-only request
@@ -343,6 +352,8 @@ def gather_log_shard(
         "shard": prefix,
         "lines": sum(len(v) for v in out.values()),
         "requests_with_lines": len(out),
+        "objects": len(listed),
+        "objects_read": len(objects),
     }
 
 

@@ -40,6 +40,7 @@ STATS = "stats/"  # published statistics (the default of statistics.yaml `output
 DEADLINES = "deadlines/"  # the watchdogs' daily reports (deadlines, holds, notices)
 OFFBOARDING = "offboarding/"  # a client's return export at contract end (G4, R27)
 OFFBOARDING_REPORTS = "reports/offboarding/"  # the offboarding runs' reports
+LOG_INDEX = "log-index/"  # per log object, keyed hashes of its identities (logfiles.identity_index)
 
 UI = "ui"  # staff's folder under the inbox
 PARTS = "parts/"  # under a batch: an access batch's gathered records
@@ -213,6 +214,14 @@ AREAS: tuple[Area, ...] = (
         True,
         "a client's return export at contract end (all its consumers' data) and its link",
         ages_by="link_expiry",
+    ),
+    Area(
+        "log_index",
+        LOG_INDEX,
+        rf"{LOG_INDEX}{_SEG}/.+\.idx",
+        True,
+        "per log object, keyed hashes of the identity values its lines hold (which objects a "
+        "request must read); deleted when its object is rewritten or gone",
     ),
     Area(
         "offboarding_reports",

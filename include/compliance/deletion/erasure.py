@@ -19,6 +19,7 @@ from typing import Any
 
 from compliance.core import checkpoints
 from compliance.core.context import JobContext
+from compliance.core.logfiles.identity_index import log_index
 from compliance.core.outputs import put_json
 from compliance.core.shards import LogShard
 from compliance.core.stores import recordings
@@ -91,6 +92,7 @@ def scrub_log_shard(ctx: JobContext, batch_id: str, shard: LogShard) -> dict[str
         targets.log_targets(shard.store),
         batch_id=batch_id,
         before_replace=count,
+        index=log_index(ctx),  # issue 19: objects the index rules out are not read
     )
     return {"store": shard.store, "shard": shard.prefix, **result.to_dict()}
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from compliance.core import checkpoints
 from compliance.core.datamap.model import LogStore
 from compliance.core.logfiles import reading
+from compliance.core.logfiles.identity_index import LogIndex
 from compliance.core.logfiles.matching import Hit, Matcher
 from compliance.core.logfiles.reading import (
     COMPRESS_LEVEL,
@@ -299,6 +300,7 @@ class ShardResult:
     mode: str  # drop_line: lines_removed were dropped; redact: they were redacted
     objects: int = 0
     objects_rewritten: int = 0
+    objects_skipped: int = 0  # ruled out by the log identity index: not read
     lines_in: int = 0
     lines_removed: int = 0
     per_ref: dict[str, int] = field(default_factory=dict)
@@ -325,8 +327,14 @@ def scrub_shard(
     batch_id: str,
     verify: Literal["all", "changed"] = "all",
     before_replace: Callable[[str, dict[str, int]], None] | None = None,
+    index: LogIndex | None = None,
 ) -> ShardResult:
     """Rewrite every object under one day folder, clean old versions, then verify.
+
+    With `index` (the log identity index, issue 19) objects whose current sidecar holds none of
+    the targets' values are not read (`objects_skipped`; unchanged, so verify="changed" leaves
+    them too), and every object rewritten loses its sidecar at once, so no sidecar keeps the
+    keyed hashes of identities just erased (the next `log_index` run rebuilds it).
 
     The verification lists the folder again and scans it for residual matching lines
     (`residue`, must be 0). verify="changed" scans only objects that were rewritten, or whose
@@ -337,7 +345,15 @@ def scrub_shard(
     result = ShardResult(bucket=store.bucket, day_prefix=day_prefix, mode=store.erase)
     counts: Counter[str] = Counter()
     clean: set[tuple[str, str, int, Any]] = set()
-    for obj in list_keys(s3, store.bucket, day_prefix):
+    listed = list(list_keys(s3, store.bucket, day_prefix))
+    to_read = listed if index is None else index.objects_to_read(store, listed, targets)
+    read_keys = {o["Key"] for o in to_read}
+    for obj in listed:
+        if obj["Key"] not in read_keys:
+            result.objects += 1
+            result.objects_skipped += 1
+            clean.add(_identity(obj))
+            continue
         r = rewrite_object(
             s3,
             store,
@@ -358,6 +374,8 @@ def scrub_shard(
         if r.rewritten:
             result.objects_rewritten += 1
             result.rewritten_keys.append(r.key)
+            if index is not None:
+                index.forget(store, r.key)
         else:
             clean.add(_identity(obj))
         checkpoints.reached("logs.after_object", n=result.objects, rewritten=r.rewritten)

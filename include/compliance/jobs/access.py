@@ -18,6 +18,7 @@ from compliance.access.gather import gather_log_shard
 from compliance.access.gather import gather_system as gather_rows
 from compliance.access.gather_backups import gather_backup_shard
 from compliance.core.context import JobContext
+from compliance.core.logfiles.identity_index import log_index
 from compliance.core.shards import LogShard
 from compliance.jobs import intake as intake_job
 
@@ -59,6 +60,7 @@ def gather_logs(ctx: JobContext, batch: dict[str, Any], shard: str) -> dict[str,
         batch["batch_id"],
         where,
         datamap_hash=ctx.datamap_hash,
+        index=log_index(ctx),  # issue 19: objects the index rules out are not read
     )
 
 

@@ -30,6 +30,7 @@ from compliance.core import checkpoints
 from compliance.core.context import JobContext
 from compliance.core.datamap.graph import erase_order
 from compliance.core.datamap.model import IdentityType, LogStore, RecordingStore, SqlSystem
+from compliance.core.logfiles.identity_index import log_index
 from compliance.core.outputs import delete_many
 from compliance.core.sqlmap import MappedSql, key_text
 from compliance.core.stores.recordings import delete_all_versions, remaining
@@ -93,7 +94,7 @@ def delete_client(ctx: JobContext, client: str, run_id: str) -> dict[str, Any]:
                 done.setdefault("recordings_left", {})[name] = left
     for name, store in sorted(dm.stores.items()):
         if isinstance(store, LogStore):
-            result = logs.drop_lines(ctx.store(name), store, {client}, run_id)
+            result = logs.drop_lines(ctx.store(name), store, {client}, run_id, log_index(ctx))
             done["log_lines"][name] = result["lines"][client]
     if backups.rewrite_stores(ctx):  # before the CRM rows go: their keys help the rewrite
         live = {s: consumer_keys(ctx.engine(s), sys, client) for s, sys in dm.systems.items()}

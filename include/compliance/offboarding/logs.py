@@ -21,6 +21,7 @@ from typing import Any
 
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import LogStore
+from compliance.core.logfiles.identity_index import LogIndex
 from compliance.core.logfiles.reading import day_prefixes
 from compliance.core.sqlmap import key_text
 from compliance.core.stores.s3 import (
@@ -79,8 +80,11 @@ def client_lines(s3: Any, store: LogStore, client: str) -> Iterator[bytes]:
                 yield line if line.endswith(b"\n") else line + b"\n"
 
 
-def drop_lines(s3: Any, store: LogStore, clients: set[str], run_id: str) -> dict[str, Any]:
-    """Remove the clients' lines from every object of the store; counts per client."""
+def drop_lines(
+    s3: Any, store: LogStore, clients: set[str], run_id: str, index: LogIndex | None = None
+) -> dict[str, Any]:
+    """Remove the clients' lines from every object of the store; counts per client. A rewritten
+    object's identity-index sidecar is deleted (issue 19): it held the hashes of erased lines."""
     dropped: Counter = Counter()
     rewritten = versions = malformed = 0
     for obj in _objects(s3, store):
@@ -100,6 +104,8 @@ def drop_lines(s3: Any, store: LogStore, clients: set[str], run_id: str) -> dict
                 continue
             raw.seek(0)
             new_version = _replace(s3, store.bucket, obj["Key"], raw, resp, run_id)
+        if index is not None:
+            index.forget(store, obj["Key"])
         dropped.update(removed)
         rewritten += 1
         versions += _delete_older(s3, store.bucket, obj["Key"], keep=new_version)

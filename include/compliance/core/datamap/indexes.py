@@ -170,3 +170,9 @@ def create_sql(spec: IndexSpec, dialect: Dialect = "postgresql") -> str:
         f"CREATE INDEX {concurrently}IF NOT EXISTS {_quote(spec.name)} "
         f"ON {_quote(spec.table)} ({cols})"
     )
+
+
+def drop_sql(spec: IndexSpec, dialect: Dialect = "postgresql") -> str:
+    """DROP INDEX for one spec (an INVALID leftover of a failed concurrent build)."""
+    concurrently = "CONCURRENTLY " if dialect == "postgresql" else ""
+    return f"DROP INDEX {concurrently}IF EXISTS {_quote(spec.name)}"

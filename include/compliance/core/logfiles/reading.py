@@ -16,7 +16,7 @@ import gzip
 import json
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -179,8 +179,12 @@ def collect_shard(
     *,
     since: datetime | None,
     until: datetime | None,
+    objects: Iterable[dict[str, Any]] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(ref, parsed line) for each matching line of one day folder inside [since, until].
+
+    `objects` (listed dicts with "Key"), when given, are the folder's objects to read instead of
+    all of them: those the identity index could not rule out (`identity_index.objects_to_read`).
 
     A line matching two refs is yielded once per ref (each with its own dict). A line whose
     timestamp field is missing or unreadable is kept (the day folder was chosen by the window):
@@ -188,7 +192,8 @@ def collect_shard(
     """
     since, until = _aware(since), _aware(until)
     matcher = Matcher.get(store, targets)
-    for obj in list_keys(s3, store.bucket, day_prefix):
+    listed = list_keys(s3, store.bucket, day_prefix) if objects is None else objects
+    for obj in listed:
         resp = get_object(s3, store.bucket, obj["Key"])
         with GZIP.GzipFile(fileobj=resp["Body"], mode="rb") as gz:
             for _offset, block in line_blocks(gz, obj["Key"]):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
+
+from compliance.core.datamap.indexes import IndexSpec, create_sql, drop_sql, missing
 
 
 def engine_from_url(url: str, **kwargs: Any) -> Engine:
@@ -51,14 +53,59 @@ def table_columns(engine: Engine) -> dict[str, list[str]]:
 
 def live_indexes(engine: Engine, tables: set[str]) -> dict[str, list[list[str | None]]]:
     """Per table, the column lists of its indexes, unique constraints and primary key: what
-    already serves a lookup (`datamap.indexes.missing`). Tables that do not exist are left out."""
+    already serves a lookup (`datamap.indexes.missing`). Tables that do not exist are left out.
+
+    An INVALID PostgreSQL index (`pg_index.indisvalid = false`, what a failed or interrupted
+    `CREATE INDEX CONCURRENTLY` leaves behind) serves no query, so it is left out too: the
+    command then reports it missing and `--apply` rebuilds it (`invalid_indexes`)."""
     insp = inspect(engine)
+    invalid = invalid_indexes(engine, tables)
     out: dict[str, list[list[str | None]]] = {}
     for table in sorted(tables & set(insp.get_table_names())):
-        out[table] = [ix["column_names"] for ix in insp.get_indexes(table)]
+        out[table] = [
+            ix["column_names"]
+            for ix in insp.get_indexes(table)
+            if (table, ix["name"]) not in invalid
+        ]
         out[table] += [u["column_names"] for u in insp.get_unique_constraints(table)]
         out[table].append(insp.get_pk_constraint(table)["constrained_columns"])
     return out
+
+
+def invalid_indexes(engine: Engine, tables: set[str]) -> set[tuple[str, str]]:
+    """(table, index name) of the INVALID indexes on `tables` in the default schema; always
+    empty on SQLite, which builds an index in one transaction or not at all."""
+    if engine.dialect.name != "postgresql" or not tables:
+        return set()
+    stmt = text(
+        "SELECT t.relname, i.relname FROM pg_index x"
+        " JOIN pg_class i ON i.oid = x.indexrelid"
+        " JOIN pg_class t ON t.oid = x.indrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE NOT x.indisvalid AND n.nspname = current_schema()"
+        " AND t.relname = ANY(:tables)"
+    )
+    with engine.connect() as conn:
+        return {(t, i) for t, i in conn.execute(stmt, {"tables": sorted(tables)})}
+
+
+def apply_indexes(engine: Engine, specs: list[IndexSpec]) -> list[IndexSpec]:
+    """Create the specs no valid index serves yet; returns those it created.
+
+    This is what `python -m compliance datamap indexes --apply` runs (docs/deployment.md) and all
+    the benchmark sets up. On PostgreSQL each index is built CONCURRENTLY (writes go on), outside
+    a transaction; an INVALID index of the same name, left by an earlier failed build, is dropped
+    first (`IF NOT EXISTS` would otherwise keep it, serving nothing)."""
+    tables = set(inspect(engine).get_table_names())
+    todo = missing([s for s in specs if s.table in tables], live_indexes(engine, tables))
+    invalid = {name for _t, name in invalid_indexes(engine, {s.table for s in todo})}
+    dialect = "postgresql" if engine.dialect.name == "postgresql" else "sqlite"
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for spec in todo:
+            if spec.name in invalid:
+                conn.execute(text(drop_sql(spec, dialect)))
+            conn.execute(text(create_sql(spec, dialect)))
+    return todo
 
 
 def is_sqlite(engine: Engine) -> bool:
