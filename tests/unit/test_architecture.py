@@ -65,6 +65,8 @@ ONE_LINE_TASK_DAGS = [
     "request_extension",
     "statistics_reports",
     "client_offboarding",
+    "log_index",
+    "client_callbacks",
 ]
 
 

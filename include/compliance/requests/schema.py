@@ -194,6 +194,7 @@ cj_callbacks = Table(
 )
 Index("ix_cj_callbacks_due", cj_callbacks.c.acked_at, cj_callbacks.c.next_attempt_at)
 
+
 def create_state_schema(engine: Engine) -> None:
     """Create every `cj_` table (the ledger's too) if missing; safe to call on every run."""
     metadata.create_all(engine, checkfirst=True)
