@@ -58,7 +58,7 @@ def up() -> int:
     print(f"Airflow UI: {url}")
     for user, role in UI_USERS.items():
         print(f"  user {user:<11} password {UI_PASSWORDS[user]:<11} role {role}")
-    print(f"Compliance desk: {url}/compliance/dashboard  (the 'Compliance' entry in the navigation)")
+    print(f"Compliance desk: {url}/compliance/dashboard  (the 'Compliance' navigation entry)")
     _print_signed_call(url)
     print(f"local S3: {s3_url}   logs: {HOME / 'logs'}   stop with: make down")
     return 0
