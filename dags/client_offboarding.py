@@ -10,8 +10,9 @@ At a contract's end the service provider returns or deletes all of the client's 
    `reports/offboarding/<run_id>.json`. Clients under a legal hold are listed, never touched
    (R19). **A dry run stops here** (the default for manual runs);
 2. **needs_approval**: nothing to do, or a dry run, skips the rest;
-3. **approve**: a person approves the counts in Browse -> Required Actions (Airflow's
-   `ApprovalOperator`); no answer within 3 days counts as a rejection;
+3. **approve**: a second person approves the counts in Browse -> Required Actions
+   (`FourEyesApproval`, docs/approvals.md: not the user who triggered the run); no answer
+   within `COMPLIANCE_APPROVAL_TIMEOUT_HOURS` (72) counts as a rejection;
 4. **execute**: *delete*: recordings, the client's log lines, tombstones for backups (R18), every
    mapped CRM table through the tenant column and relations, its workspace documents; verified
    empty; `rewrite: true` backups rewritten without the client's rows; one contract-end notice
@@ -28,16 +29,14 @@ docs/offboarding.md.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 from compliance import runtime
 from compliance.jobs import offboarding as jobs_offboarding
 from compliance_alerts import DEFAULT_ARGS
-
-APPROVAL_TIMEOUT = timedelta(days=3)
+from compliance_approval import FourEyesApproval, alert_not_approved
 
 PARAMS = {
     "dry_run": Param(
@@ -85,28 +84,18 @@ def client_offboarding():
     def needs_approval(planned: dict) -> bool:
         return jobs_offboarding.needs_approval(planned)
 
-    approve = ApprovalOperator(
+    approve = FourEyesApproval(
         task_id="approve",
         subject="Client offboarding: approve {{ ti.xcom_pull(task_ids='plan')['action'] }}",
-        body="{{ ti.xcom_pull(task_ids='plan')['summary_md'] }}",
-        defaults="Reject",
-        response_timeout=APPROVAL_TIMEOUT,
     )
 
     @task
     def execute(planned: dict) -> dict:
         return jobs_offboarding.execute(runtime.context(), planned)
 
-    # Runs only when execute was skipped by the approval (rejected, or its timeout's default);
-    # the short-circuit of a dry run skips it too. Pulls plan's XCom itself: an XComArg would
-    # make plan an upstream, and all_skipped could never hold.
-    @task(trigger_rule=TriggerRule.ALL_SKIPPED)
-    def alert_not_approved() -> dict:
-        return jobs_offboarding.not_approved(
-            runtime.context(), get_current_context()["ti"].xcom_pull(task_ids="plan")
-        )
-
     planned = plan()
+    # alert_not_approved runs only when execute was skipped by the approval (rejected, or its
+    # timeout's default); the short-circuit of a dry run skips it too (compliance_approval).
     needs_approval(planned) >> approve >> execute(planned) >> alert_not_approved()
 
 

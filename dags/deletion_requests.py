@@ -1,5 +1,4 @@
-"""### Deletion requests (R16-R21): what each task does and why is in docs/deletion.md.
-
+"""### Deletion requests (R16-R21): docs/deletion.md; four-eyes `approve`: docs/approvals.md.
 Each task calls `compliance.jobs.deletion`. A dry run (the manual default) changes nothing."""
 
 from datetime import datetime, timedelta
@@ -9,16 +8,15 @@ from airflow.sdk import Param, dag, task
 from compliance import runtime
 from compliance.jobs import deletion as job
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
+from compliance_approval import FourEyesApproval, alert_not_approved
 from compliance_forms import request_form
 
 DRY_RUN = "Report what would be erased (and refused); change nothing. Scheduled runs execute."
 REPLAN = "Abandon a batch planned under another data map; plan its requests afresh."
 RUNS = dict(schedule="@hourly", start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1)
-FORM = {
-    "dry_run": Param(True, type="boolean", title="Dry run", description=DRY_RUN),
-    "replan": Param(False, type="boolean", title="Re-plan", description=REPLAN),
-    **request_form(),
-}
+FORM = {"dry_run": Param(True, type="boolean", title="Dry run", description=DRY_RUN)}
+FORM["replan"] = Param(False, type="boolean", title="Re-plan", description=REPLAN)
+FORM |= request_form()
 META = dict(default_args=DEFAULT_ARGS, tags=["compliance", "deletion"], params=FORM, doc_md=__doc__)
 
 
@@ -29,8 +27,8 @@ def deletion_requests():
         return job.intake(runtime.context(), context["params"], dry_run=runtime.dry_run(context))
 
     @task
-    def plan(intake: dict, params: dict | None = None) -> dict:
-        return job.plan(runtime.context(), intake, params or {})
+    def plan(intake: dict, **ctx) -> dict:
+        return job.plan(runtime.context(), intake, ctx["params"], scheduled=runtime.scheduled(ctx))
 
     @task(map_index_template="{{ system }}")
     def erase_system(batch: dict, system: str) -> dict:
@@ -65,16 +63,18 @@ def deletion_requests():
         return job.finalize(runtime.context(), batch, shard_results)
 
     batch = plan(intake())
-    shards = pick.override(task_id="log_shards")(batch, "shards")
+    gate = batch >> FourEyesApproval(task_id="approve", subject="Erase this deletion batch?")
+    shards = gate >> pick.override(task_id="log_shards")(batch, "shards")
     scrubbed = scrub_logs.partial(batch=batch).expand(shard=shards)
     verified = scrubbed >> verify_logs.partial(batch=batch).expand(shard=shards)
-    systems = pick.override(task_id="systems")(batch, "systems")
-    recordings = pick.override(task_id="recording_stores")(batch, "recordings")
-    backups = pick.override(task_id="backup_stores")(batch, "backups")
+    systems = gate >> pick.override(task_id="systems")(batch, "systems")
+    recordings = gate >> pick.override(task_id="recording_stores")(batch, "recordings")
+    backups = gate >> pick.override(task_id="backup_stores")(batch, "backups")
     erased = erase_system.partial(batch=batch).expand(system=systems)
     audio = erase_recordings.partial(batch=batch).expand(store=recordings)
     stones = tombstone_backups.partial(batch=batch).expand(store=backups)
-    [erased, audio, stones, notify_subprocessors(batch), verified] >> finalize(batch, scrubbed)
+    notices, done = gate >> notify_subprocessors(batch), gate >> finalize(batch, scrubbed)
+    [erased, audio, stones, alert_not_approved(after=notices), verified] >> done
 
 
 deletion_requests()

@@ -7,6 +7,10 @@ protects (R19). Nightly, no catch-up.
 
 1. **plan**: validates the policy against the data map and computes the dry-run diff: per rule,
    the rows and objects to delete, to de-identify, and those left *held*.
+   **approve** (`FourEyesApproval`, docs/approvals.md): when the rules (the policy file and the
+   data map) changed since the last approved run, or no run was ever approved, a second staff
+   member approves the counts in Browse -> Required Actions; rejected or unanswered, nothing is
+   deleted and `alert_not_approved` tells staff. Unchanged rules and dry runs go straight on.
 2. **execute**, mapped per rule, in waves that never compete for a row:
    `expire_minors` (children's consumers, first) -> `expire_consumers` (inactive consumers) ->
    `delete_rows` (rows, aggregates, the request log) -> `deidentify` (columns);
@@ -33,6 +37,7 @@ from compliance import runtime
 from compliance.jobs import retention as jobs_retention
 from compliance.retention import PolicyInvalid, RetentionError
 from compliance_alerts import DEFAULT_ARGS, nightly_deadline
+from compliance_approval import FourEyesApproval, alert_not_approved
 
 # (wave, task id), in sweep order: children's consumers first (R26), objects alongside.
 WAVES = [
@@ -105,14 +110,19 @@ def retention_sweep():
         )
 
     p = plan()
-    done = []
+    # not approved: every task after the gate is skipped by it directly (none_failed would
+    # otherwise run the waves and the report as if nothing had been asked)
+    gate = p >> FourEyesApproval(task_id="approve", subject="Retention sweep: approve the rules")
+    done, lists = [], []
     for wave, task_id in WAVES:
-        ids = rules.override(task_id=f"{wave}_rules")(p["run"], wave)
+        ids = gate >> rules.override(task_id=f"{wave}_rules")(p["run"], wave)
+        lists.append(ids)
         # an empty wave (dry run, or no rule selected) is skipped; what follows still runs
         step = execute.override(task_id=task_id, trigger_rule="none_failed")
-        done.append(step.partial(options=p["options"]).expand(rule_id=ids))
+        done.append(gate >> step.partial(options=p["options"]).expand(rule_id=ids))
     chain(*done[:-1])  # objects (the last) run alongside the SQL waves
-    report(p["plan"], p["options"], *done)
+    gate >> report(p["plan"], p["options"], *done)  # a leaf: a failed run shows failed
+    alert_not_approved(after=lists[0])  # skipped with the waves: not approved
 
 
 def _plan_or_fail(ctx, context) -> dict:

@@ -8,6 +8,12 @@ One access request is entered the way staff enter one (issue 16, deliverable 2):
 staff page's code path (`compliance.requests.staff_entry`, what /compliance/requests calls),
 with the consumer's identities, and access_reports then runs with only its reference in the
 run's conf. The demo prints where to look.
+
+Four eyes (issue 18 item 4, docs/approvals.md): the real deletion run (a manual run) and the
+first retention run wait for a second person's approval. `airflow dags test` records the trigger
+as `dag_test`; beside each such run the demo starts `demo.py --approve`, which answers the
+parked approval as the second staff user `reviewer` through Airflow's own endpoint function
+(`update_hitl_detail`, what Browse -> Required Actions calls) and says so.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ DAGS: list[tuple[str, dict]] = [
     ("client_offboarding", {"dry_run": True}),  # contract end: counts only (G4, R27)
 ]
 ESP_WEBHOOK_PORT = 8719  # the demo data map's esp_mailer target
+APPROVER = "reviewer"  # the second staff user of the local stack (dev/compliance_dev/localenv.py)
+FOUR_EYES = {"deletion_requests", "retention_sweep", "client_offboarding"}
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path) -> int:
@@ -104,8 +112,13 @@ def main() -> int:
             t0 = time.monotonic()
             label = f"{dag_id} (dry run)" if conf.get("dry_run") is True else dag_id
             log = LOGS / f"{step:02d}-{dag_id}{'-dry-run' if label != dag_id else ''}.log"
+            approver = None
+            if dag_id in FOUR_EYES and conf.get("dry_run") is False:
+                approver = start_approver(dag_id, env, log.with_suffix(".approval.log"))
             rc = run(["airflow", "dags", "test", dag_id, "-c", json.dumps(conf)], env, log)
             ok = dag_succeeded(log, rc)
+            if approver is not None:
+                ok = stop_approver(approver, log.with_suffix(".approval.log")) and ok
             failed += [] if ok else [label]
             print(
                 f"  dag {label:<34} {'success' if ok else 'FAILED'} ({time.monotonic() - t0:.0f}s)"
@@ -124,6 +137,70 @@ def main() -> int:
         print(f"\nFAILED DAGs: {', '.join(failed)} (see .demo/logs/)", file=sys.stderr)
         return 1
     return 0
+
+
+def start_approver(dag_id: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`demo.py --approve <dag_id>` beside the run: answers its approval as `reviewer`."""
+    handle = log.open("wb")
+    cmd = [sys.executable, __file__, "--approve", dag_id]
+    return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop_approver(proc: subprocess.Popen, log: Path) -> bool:
+    """Stop the approver (the run is over); print what it did. False if it failed."""
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the run needed no approval: the approver is still waiting
+        proc.wait(timeout=10)
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("four eyes:"):
+            print(f"    {line}")
+    return proc.returncode in (0, -15)
+
+
+def _approve(dag_id: str) -> int:
+    """`demo.py --approve <dag_id>`: wait for the run's approval step to park, then approve it
+    as the second staff user (not `dag_test`, who triggered it). Gives up after 15 minutes and
+    fails the parked step, so `airflow dags test` never waits forever."""
+    import sqlalchemy as sa
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+    from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    parked = sa.select(TaskInstance).where(
+        TaskInstance.dag_id == dag_id,
+        TaskInstance.task_id == "approve",
+        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+    )
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            ti = session.scalars(parked).first()
+            if ti is not None:
+                update_hitl_detail(
+                    dag_id=ti.dag_id,
+                    dag_run_id=ti.run_id,
+                    task_id=ti.task_id,
+                    update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=["Approve"]),
+                    user=SimpleAuthManagerUser(username=APPROVER, role="op"),
+                    session=session,
+                )
+                print(
+                    f"four eyes: {dag_id} waited for approval; approved by the second user "
+                    f"'{APPROVER}' (the run's trigger may not approve it)",
+                    flush=True,
+                )
+                return 0
+        time.sleep(1)
+    with create_session() as session:
+        for ti in session.scalars(parked):
+            ti.state = TaskInstanceState.FAILED
+    print(f"four eyes: {dag_id}: no approval answered in time", flush=True)
+    return 1
 
 
 def staff_entry(env: dict[str, str], crm: Path) -> dict | None:
@@ -237,6 +314,8 @@ def collect(s3, bucket: str) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--staff-entry"]:
         sys.exit(_enter_as_staff(sys.argv[2]))
+    if sys.argv[1:2] == ["--approve"]:
+        sys.exit(_approve(sys.argv[2]))
     if sys.argv[1:2] == ["--run-confs"]:
         sys.exit(_run_confs(sys.argv[2]))
     sys.exit(main())

@@ -32,6 +32,11 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Four-eyes approval (docs/approvals.md): the suite's manual `dag.test()` runs are real runs that
+# nobody answers, so the manual-run and retention-rules triggers are off for the suite;
+# tests/e2e/test_four_eyes.py turns them on (client offboarding always asks: its tests answer).
+os.environ.setdefault("COMPLIANCE_APPROVAL_MANUAL_RUNS", "off")
+os.environ.setdefault("COMPLIANCE_APPROVAL_RETENTION_RULES", "off")
 
 # The crash tests arm COMPLIANCE_FAULTS; the dev package's hook listens to the jobs' checkpoints
 # in every test process (the product never installs it).

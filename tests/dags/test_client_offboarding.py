@@ -48,7 +48,10 @@ def test_no_answer_means_no_action(dag):
     approve = dag.get_task("approve")
     assert approve.defaults == ["Reject"]
     assert approve.response_timeout == timedelta(days=3)
-    assert "summary_md" in approve.body  # the approver sees the dry-run counts
+    # the approver sees the dry-run counts: the body is the plan's `approval.summary_md`,
+    # read from XCom when the step runs (FourEyesApproval, docs/approvals.md)
+    assert approve.plan_task == "plan" and approve.xcom_key == "return_value"
+    assert type(approve).__name__ == "FourEyesApproval"
 
 
 def test_manual_runs_default_to_a_dry_run(dag):

@@ -46,6 +46,18 @@ class Settings:
     # COMPLIANCE_OFFBOARDING_GRACE_DAYS: days after a contract's end before the client's data is
     # returned or deleted (G4 Art. 28(3)(g), R27; docs/offboarding.md)
     offboarding_grace_days: int = 30
+    # Four-eyes approval of destructive runs (issue 18; docs/approvals.md):
+    # COMPLIANCE_APPROVAL_BATCH_SIZE: a deletion batch of more requests than this waits for a
+    # second person's approval, scheduled or not (0: every non-empty batch)
+    approval_batch_size: int = 100
+    # COMPLIANCE_APPROVAL_MANUAL_RUNS: a manual deletion run that is not a dry run waits for
+    # approval (on unless set to 0/false/off)
+    approval_manual_runs: bool = True
+    # COMPLIANCE_APPROVAL_RETENTION_RULES: a retention run whose rules (the policy file and the
+    # data map it reads) changed since the last approved run waits for approval (on unless off)
+    approval_retention_rules: bool = True
+    # COMPLIANCE_APPROVAL_TIMEOUT_HOURS: no answer within this long counts as a rejection
+    approval_timeout_hours: float = 72.0
     # Every COMPLIANCE_* variable (and the few foreign ones above), for the settings read as a
     # group: alert channels (COMPLIANCE_ALERT_*), the notice outbox (COMPLIANCE_NOTICE_*).
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
@@ -72,6 +84,10 @@ class Settings:
             deadline_thresholds=env.get("COMPLIANCE_DEADLINE_THRESHOLDS") or None,
             subprocessor_smtp_conn=env.get("COMPLIANCE_SUBPROCESSOR_SMTP_CONN") or None,
             offboarding_grace_days=int(env.get("COMPLIANCE_OFFBOARDING_GRACE_DAYS") or 30),
+            approval_batch_size=int(env.get("COMPLIANCE_APPROVAL_BATCH_SIZE") or 100),
+            approval_manual_runs=_flag(env.get("COMPLIANCE_APPROVAL_MANUAL_RUNS", "1")),
+            approval_retention_rules=_flag(env.get("COMPLIANCE_APPROVAL_RETENTION_RULES", "1")),
+            approval_timeout_hours=float(env.get("COMPLIANCE_APPROVAL_TIMEOUT_HOURS") or 72),
             env=MappingProxyType(
                 {k: v for k, v in env.items() if k.startswith("COMPLIANCE_") or k in _FOREIGN}
             ),

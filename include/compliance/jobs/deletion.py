@@ -16,6 +16,7 @@ from compliance.core.shards import LogShard
 from compliance.deletion import erasure, erasure_preview, outbox
 from compliance.deletion import finalize as closing
 from compliance.deletion import plan as planning
+from compliance.desk import approvals
 from compliance.jobs import intake as intake_job
 
 Params = dict[str, Any]
@@ -29,12 +30,17 @@ def intake(ctx: JobContext, params: Params, *, dry_run: bool) -> dict[str, Any]:
     return {"dry_run": False, **intake_job.intake(ctx, params, "delete")}
 
 
-def plan(ctx: JobContext, intake: dict[str, Any], params: Params) -> dict[str, Any]:
+def plan(
+    ctx: JobContext, intake: dict[str, Any], params: Params, *, scheduled: bool = False
+) -> dict[str, Any]:
     """Form or resume the batch (`replan`: abandon a batch planned under another data map);
-    a dry run previews one from the open requests and what intake would accept."""
+    a dry run previews one from the open requests and what intake would accept. `approval`:
+    whether the erasure waits for a second person (`compliance.desk.approvals`)."""
     if intake["dry_run"]:
-        return erasure_preview.preview(ctx, intake_job.examine(ctx, params, "delete"))
-    return planning.plan(ctx, replan=bool(params.get("replan")))
+        batch = erasure_preview.preview(ctx, intake_job.examine(ctx, params, "delete"))
+    else:
+        batch = planning.plan(ctx, replan=bool(params.get("replan")))
+    return {**batch, "approval": approvals.for_deletion(ctx.settings, batch, scheduled=scheduled)}
 
 
 def erase_system(ctx: JobContext, batch: dict[str, Any], system: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from compliance.core.context import JobContext
+from compliance.desk import approvals
 from compliance.offboarding import run
 
 
@@ -27,8 +28,10 @@ def options(params: dict[str, Any], scheduled: bool) -> run.Options:
 
 
 def plan(ctx: JobContext, params: dict[str, Any], scheduled: bool = False) -> dict[str, Any]:
-    """Who is due and what each holds (the report); a dry run ends the run here."""
-    return run.plan(ctx, options(params, scheduled))
+    """Who is due and what each holds (the report); a dry run ends the run here. `approval`:
+    always required when there is something to do (`compliance.desk.approvals`)."""
+    planned = run.plan(ctx, options(params, scheduled))
+    return {**planned, "approval": approvals.for_offboarding(ctx.settings, planned)}
 
 
 def needs_approval(planned: dict[str, Any]) -> bool:

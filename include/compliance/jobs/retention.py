@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from compliance.core.context import JobContext
+from compliance.desk import approvals
 from compliance.requests.state import STATE_CONN_ID
 from compliance.retention import run
 from compliance.retention.plan import Sweep
@@ -22,13 +23,19 @@ from compliance.retention.report import record, write_report
 
 
 def plan(ctx: JobContext, params: dict[str, Any], *, scheduled: bool) -> dict[str, Any]:
-    """Options from the form, then the dry-run diff and each wave's rule ids (R27, R26, R19).
+    """Options from the form, then the dry-run diff and each wave's rule ids (R27, R26, R19),
+    and whether the run waits for a second person (rules changed since the last approval).
 
     Raises `RetentionError` / `PolicyInvalid` for a bad form or policy file: a retry would not
     fix either, so the DAG fails the task at once."""
     opts = run.options(params, scheduled=scheduled, run_day=ctx.run_day.isoformat(), now=ctx.now())
     sweep, loaded = _sweep(ctx, opts)
-    return run.plan(sweep, loaded, opts)
+    planned = run.plan(sweep, loaded, opts)
+    digest = approvals.rules_digest(loaded.sha256, ctx.datamap_hash)
+    decision = approvals.for_retention(
+        ctx.settings, ctx.state, planned["plan"], dry_run=opts["dry_run"], digest=digest
+    )
+    return {**planned, "approval": decision}
 
 
 def execute(ctx: JobContext, options: dict[str, Any], rule_id: str) -> dict[str, Any]:
