@@ -17,6 +17,7 @@ import yaml
 from compliance.__main__ import main
 from compliance.core.datamap import indexes
 from compliance.core.datamap.validate import load_datamap
+from compliance.core.stores.sql import engine_from_url, live_indexes
 from tests.conftest import fresh_pg_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,11 @@ def _cols(plan: indexes.IndexPlan) -> set[tuple[str, tuple[str, ...]]]:
 def test_demo_map_needs_identity_relation_and_retention_indexes() -> None:
     plan = indexes.needed(load_datamap(DEMO_MAP))
     cols = _cols(plan)
-    assert ("contacts", ("client_id", "email")) in cols  # identity within a tenant
+    # identity within a tenant; e-mails as resolve compares them, lower-cased (R16, R8)
+    assert ("contacts", ("client_id", "lower(email)")) in cols
+    assert ("contact_aliases", ("client_id", "lower(email)")) in cols
+    # nothing compares the raw e-mail column: no plain index a lookup would not use
+    assert not any(c[-1] == "email" for t, c in cols)
     assert ("contacts", ("client_id", "external_id")) in cols
     assert ("contact_aliases", ("client_id", "phone")) in cols
     assert ("email_events", ("contact_id",)) in cols  # relation toward the consumer
@@ -56,11 +61,12 @@ def test_demo_map_needs_identity_relation_and_retention_indexes() -> None:
 def test_second_world_map_follows_its_own_keys() -> None:
     plan = indexes.needed(load_datamap(SECOND_MAP))
     cols = _cols(plan)
-    assert ("people", ("org_code", "primary_email")) in cols
+    assert ("people", ("org_code", "lower(primary_email)")) in cols
+    assert ("people", ("org_code", "primary_email")) not in cols
     assert ("people", ("org_code", "ref_code")) in cols
     assert ("people", ("org_code", "signed_up_at")) in cols
     # person_channels has no tenant column: its identities are indexed alone
-    assert ("person_channels", ("email",)) in cols
+    assert ("person_channels", ("lower(email)",)) in cols
     assert ("person_channels", ("phone",)) in cols
     assert ("person_channels", ("person_uuid",)) in cols
     # person_tags' composite primary key (person_uuid, tag) already serves its relation
@@ -77,16 +83,28 @@ def test_adding_an_identity_column_adds_its_index(tmp_path: Path) -> None:
     raw = yaml.safe_load(DEMO_MAP.read_text())
     before = _cols(indexes.needed(load_datamap(DEMO_MAP)))
     assert ("messages", ("client_id", "to_address")) not in before
-    raw["systems"]["crm"]["tables"]["messages"]["columns"]["to_address"]["identity"] = "email"
+    assert not any(t == "messages" and "to_address" in str(c) for t, c in before)
+    column = raw["systems"]["crm"]["tables"]["messages"]["columns"]["to_address"]
     path = tmp_path / "datamap.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    after = _cols(indexes.needed(load_datamap(path)))
-    assert after - before == {("messages", ("client_id", "to_address"))}
+    # a phone is compared as stored: a plain index; an e-mail lower-cased: the expression
+    for kind, key in [("phone", "to_address"), ("email", "lower(to_address)")]:
+        column["identity"] = kind
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        after = indexes.needed(load_datamap(path))
+        assert _cols(after) - before == {("messages", ("client_id", key))}
+        assert before <= _cols(after)  # nothing else changes
+        (spec,) = [
+            i for i in after.indexes if (i.table, i.columns) == ("messages", ("client_id", key))
+        ]
+        assert spec.name == f"cj_messages_client_id_{key.replace('(', '_').rstrip(')')}"
+        assert kind in spec.why
 
 
 def test_names_are_deterministic_and_fit_postgres() -> None:
     short = indexes.index_name("contacts", ["client_id", "email"])
     assert short == "cj_contacts_client_id_email"
+    lowered = indexes.index_name("contacts", ["client_id", indexes.lowered("email")])
+    assert lowered == "cj_contacts_client_id_lower_email"
     a = indexes.index_name("t" * 60, ["a_long_column_name", "x"])
     b = indexes.index_name("t" * 60, ["a_long_column_name", "y"])
     assert len(a) <= 63 and len(b) <= 63 and a != b
@@ -98,7 +116,11 @@ def test_printed_sql_per_dialect(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     creates = [line for line in out.splitlines() if line.startswith("CREATE")]
     assert creates and all("CREATE INDEX CONCURRENTLY IF NOT EXISTS" in c for c in creates)
-    assert '"cj_people_org_code_primary_email" ON "people" ("org_code", "primary_email")' in out
+    people = (
+        '"cj_people_org_code_lower_primary_email" ON "people" ("org_code", lower("primary_email"))'
+    )
+    assert people in out
+    assert '("lower(' not in out  # the expression is SQL, never a quoted column name
     assert "not indexable, scanned: activity_logs.recipients[].email" in out
     dialect = ["--dialect", "sqlite"]
     assert main(["datamap", "indexes", "--datamap", str(SECOND_MAP), *dialect]) == 0
@@ -129,10 +151,19 @@ def _world(name: str) -> tuple[Path, sa.MetaData]:
 
 
 def _index_names(url: str) -> dict[str, set[str]]:
+    """Every index by table, read from the catalog: SQLAlchemy's SQLite reflection skips
+    expression indexes, the very ones (tenant, lower(email)) this command creates."""
     engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+        stmt = "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index'"
+    else:
+        stmt = "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    out: dict[str, set[str]] = {}
     try:
-        insp = sa.inspect(engine)
-        return {t: {ix["name"] for ix in insp.get_indexes(t)} for t in insp.get_table_names()}
+        with engine.connect() as conn:
+            for table, name in conn.exec_driver_sql(stmt):
+                out.setdefault(table, set()).add(name)
+        return out
     finally:
         engine.dispose()
 
@@ -164,6 +195,14 @@ def _apply_twice(url: str, world: str, capsys: pytest.CaptureFixture[str]) -> No
     assert created == {i.name for i in plan.indexes if i.name in missing}
     for spec in plan.indexes:  # every index the map needs is now served
         assert spec.name in after[spec.table] or spec.name not in missing
+    emails = [i for i in plan.indexes if i.columns[-1].startswith("lower(")]
+    assert emails and all(i.name in missing for i in emails)  # no CRM index serves lower()
+    engine = engine_from_url(url)
+    try:  # and each is read back as (tenant, lower(col)), on both dialects
+        live = live_indexes(engine, {i.table for i in emails})
+        assert all(list(i.columns) in live[i.table] for i in emails)
+    finally:
+        engine.dispose()
 
     assert main([*args, "--apply"]) == 0  # idempotent
     out = capsys.readouterr().out

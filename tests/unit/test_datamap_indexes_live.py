@@ -89,7 +89,12 @@ def _lookup_plan(engine: sa.Engine, kind: IdentityType, column: str) -> str:
     stmt = (
         sa.select(owned.tenant, value, owned.consumer_key)
         .select_from(owned.from_clause)
-        .where(sa.tuple_(owned.tenant, value).in_([(1, "a@x.example"), (2, "b@y.example")]))
+        .where(  # as resolve spells it: per tenant, OR-ed
+            sa.or_(
+                sa.and_(owned.tenant == 1, value.in_(["a@x.example"])),
+                sa.and_(owned.tenant == 2, value.in_(["b@y.example"])),
+            )
+        )
     )
     sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
@@ -112,23 +117,107 @@ def test_lookup_by_tenant_and_phone_uses_an_index_on_both_columns() -> None:
             engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19 gap: resolve compares lower(email); the (tenant, email) index the command "
-    "counts as serving covers only the tenant prefix, lower(email) is a Filter. Needs a "
-    "(tenant, lower(email)) expression index from datamap.indexes (see the report)",
-)
 def test_lookup_by_tenant_and_email_uses_the_email_in_the_index() -> None:
-    """resolve compares lower(email): only an index on (client_id, lower(email)) serves both
-    parts of the lookup."""
+    """resolve compares lower(email): the command derives (client_id, lower(email)), reads it
+    back as existing, and the planner probes it with both the tenant and the lower-cased
+    address (the CRM's own plain (client_id, email) index would serve only the tenant)."""
     with fresh_pg_database() as url:
         engine = _demo_pg(url)
         try:
-            apply_indexes(engine, indexes.needed(load_datamap(DEMO_MAP)).for_system("crm"))
+            specs = indexes.needed(load_datamap(DEMO_MAP)).for_system("crm")
+            spec = next(s for s in specs if s.name == "cj_contacts_client_id_lower_email")
+            assert spec.columns == ("client_id", "lower(email)")
+            assert spec in apply_indexes(engine, specs)
+            assert ["client_id", "lower(email)"] in live_indexes(engine, {"contacts"})["contacts"]
+            assert apply_indexes(engine, specs) == []  # the expression index is read back
             plan = _lookup_plan(engine, IdentityType.email, "email")
-            assert "Seq Scan" not in plan  # the tenant prefix is served today
+            assert "Seq Scan" not in plan
             assert "cj_contacts_client_id_lower_email" in plan, plan
             cond = [ln for ln in plan.splitlines() if "Index Cond" in ln]
             assert cond and all("lower" in ln and "client_id" in ln for ln in cond), plan
+            assert "Filter" not in plan, plan  # nothing of the pair is left to a row filter
         finally:
             engine.dispose()
+
+
+def _demo_sqlite(path: Path) -> sa.Engine:
+    """The demo CRM on SQLite, 20 clients x 1000 contacts, the command's indexes, statistics."""
+    from compliance_dev.world import schema
+
+    engine = engine_from_url(f"sqlite:///{path}")
+    schema.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20)"
+            " INSERT INTO clients (client_id, name, industry, state, active, created_at)"
+            " SELECT n, 'c' || n, 'retail', 'CA', 1, CURRENT_TIMESTAMP FROM g"
+        )
+        conn.exec_driver_sql(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000)"
+            " INSERT INTO contacts (contact_id, client_id, email, phone, is_child, created_at,"
+            " updated_at) SELECT n, 1 + n % 20, 'u' || n || '@x.example', '+1555' || n, 0,"
+            " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP FROM g"
+        )
+    apply_indexes(engine, indexes.needed(load_datamap(DEMO_MAP)).for_system("crm"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    return engine
+
+
+def _sqlite_plan(engine: sa.Engine, stmt: sa.Executable) -> str:
+    with engine.connect() as conn:
+        sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+        return "\n".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+
+
+def test_sqlite_matches_the_expression_resolve_compares(tmp_path: Path) -> None:
+    """SQLite uses an expression index only for the same expression: `create_sql`'s
+    `lower("email")` must be what `resolve` compares (`normalise_for_column`, qualified and
+    unquoted, default collation). A (tenant, e-mail) probe is served on both parts."""
+    engine = _demo_sqlite(tmp_path / "crm.db")
+    try:
+        assert ["client_id", "lower(email)"] in live_indexes(engine, {"contacts"})["contacts"]
+        dm = load_datamap(DEMO_MAP)
+        owned = MappedSql(engine, dm.systems["crm"]).owned("contacts")
+        value = normalise_for_column(IdentityType.email, owned.table.c["email"])
+        stmt = (
+            sa.select(owned.consumer_key)
+            .select_from(owned.from_clause)
+            .where(owned.tenant == 4, value.in_(["u3@x.example", "u23@x.example"]))
+        )
+        plan = _sqlite_plan(engine, stmt)
+        assert "USING INDEX cj_contacts_client_id_lower_email (client_id=? AND <expr>=?)" in plan
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_resolve_lookup_uses_the_expression_index(tmp_path: Path) -> None:
+    """The statements `resolve` really runs (captured), explained on SQLite."""
+    from compliance.requests.resolve import Subject, resolve
+
+    engine = _demo_sqlite(tmp_path / "crm.db")
+    seen: list[str] = []
+    try:
+        dm = load_datamap(DEMO_MAP)
+        sa.event.listen(engine, "before_cursor_execute", lambda _c, _u, sql, *_a: seen.append(sql))
+        subjects = [
+            Subject("a", "4", ((IdentityType.email, "U3@x.example"),)),
+            Subject("b", "5", ((IdentityType.email, "u4@x.example"),)),
+        ]
+        got = resolve(engine, dm.systems["crm"], subjects)
+        assert got["a"].consumer_ids == {"3"} and got["b"].consumer_ids == {"4"}
+        lookups = [s for s in seen if "lower(contacts.email)" in s and "FROM contacts" in s]
+        assert lookups, seen
+        with engine.connect() as conn:
+            for sql in lookups:
+                n = sql.count("?")
+                params = tuple(
+                    v for s in subjects for v in (int(s.client_id), s.identities[0][1].lower())
+                )
+                assert n == len(params)
+                plan = "\n".join(
+                    str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+                )
+                assert "cj_contacts_client_id_lower_email" in plan, plan
+    finally:
+        engine.dispose()

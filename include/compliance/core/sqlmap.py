@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+import warnings
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -40,7 +41,9 @@ class MappedSql:
         self.system = system
         self.metadata = sa.MetaData()
         names = [n for n in system.tables if present is None or n in present]
-        self.metadata.reflect(engine, only=names)
+        with warnings.catch_warnings():  # SQLite skips expression indexes (lower(email), #19)
+            warnings.filterwarnings("ignore", "Skipped unsupported reflection")
+            self.metadata.reflect(engine, only=names)
 
     def table(self, name: str) -> sa.Table:
         return self.metadata.tables[name]

@@ -93,11 +93,19 @@ def resolve(
                 continue
             value_expr = normalise_for_column(kind, owned.table.c[cname])
             for i in range(0, len(pairs), CHUNK):
-                chunk = [(typed, value) for _, typed, value in pairs[i : i + CHUNK]]
+                by_tenant: dict[object, list[str]] = defaultdict(list)
+                for _, typed, value in pairs[i : i + CHUNK]:
+                    by_tenant[typed].append(value)
+                # Per tenant `tenant = t AND value IN (...)`, OR-ed (issue 19): SQLite never
+                # probes an index with a multi-row `(a, b) IN (VALUES ...)` (a compound
+                # subquery); PostgreSQL plans the OR as a BitmapOr over the same index.
+                match = sa.or_(
+                    *(sa.and_(owned.tenant == t, value_expr.in_(vs)) for t, vs in by_tenant.items())
+                )
                 stmt = (
                     sa.select(owned.tenant, value_expr, owned.consumer_key)
                     .select_from(owned.from_clause)
-                    .where(sa.tuple_(owned.tenant, value_expr).in_(chunk))
+                    .where(match)
                 )
                 for tenant, value, consumer in conn.execute(stmt):
                     for ref in wanted.get((key_text(tenant), kind, value), ()):

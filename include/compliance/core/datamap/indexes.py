@@ -7,19 +7,23 @@ and age. Without an index behind each of those statements a lookup reads a whole
 here from the map and created by `python -m compliance datamap indexes` (docs/deployment.md),
 never by a benchmark-only script.
 
+E-mails are compared lower-cased (`requests.resolve`), so their index is on the expression,
+`(tenant, lower(email))`, spelt `lower(email)` in a spec's columns and created as `lower("email")`.
+
 Pure: no database access. The command inspects the live database and passes the existing
-indexes' column lists to `missing`.
+indexes' key parts (column names, `lower(col)` for that expression) to `missing`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from compliance.core.datamap import paths
-from compliance.core.datamap.model import DataMap, LogStore, SqlSystem
+from compliance.core.datamap.model import DataMap, IdentityType, LogStore, SqlSystem
 
 Dialect = Literal["postgresql", "sqlite"]
 DIALECTS: tuple[Dialect, ...] = ("postgresql", "sqlite")
@@ -56,11 +60,25 @@ class IndexPlan:
         return [i for i in self.indexes if i.system == system]
 
 
+def lowered(column: str) -> str:
+    """The key part of a column compared lower-case, as specs spell it: `lower(email)`.
+
+    `requests.resolve` compares e-mails as `lower(column) IN (...)` (R16, R8: an address matches
+    whatever its case), so an index on the raw column serves only the parts before it; only an
+    index on the expression serves the e-mail itself (PostgreSQL and SQLite alike)."""
+    return f"lower({column})"
+
+
+_LOWERED = re.compile(r"lower\((?P<col>[^()]+)\)")
+
+
 def index_name(table: str, columns: Sequence[str]) -> str:
-    """`cj_<table>_<cols>`; over 63 characters, truncated with a short hash so it stays unique.
+    """`cj_<table>_<cols>` (`lower(email)` spelt `lower_email`); over 63 characters, truncated
+    with a short hash so it stays unique.
 
     Deterministic, so a second run finds (IF NOT EXISTS) what the first created."""
-    full = "_".join(["cj", table, *columns])
+    parts = [_LOWERED.sub(r"lower_\g<col>", c) for c in columns]
+    full = "_".join(["cj", table, *parts])
     if len(full) <= MAX_NAME:
         return full
     digest = hashlib.sha256(full.encode()).hexdigest()[:8]
@@ -85,12 +103,17 @@ def _system_indexes(name: str, system: SqlSystem) -> list[IndexSpec]:
         for cname, column in table.columns.items():
             if column.identity is None:
                 continue
+            # resolve compares e-mails lower-cased and nothing compares the raw column, so the
+            # e-mail index is on the expression alone: a plain one would serve no lookup.
+            email = column.identity is IdentityType.email
+            key = lowered(cname) if email else cname
+            how = ", compared lower-case" if email else ""
             if tenant and tenant != cname:
-                cols: tuple[str, ...] = (tenant, cname)
-                why = f"find a consumer by {column.identity.value} within a client (R16, R8)"
+                cols: tuple[str, ...] = (tenant, key)
+                why = f"find a consumer by {column.identity.value} within a client{how} (R16, R8)"
             else:
-                cols = (cname,)
-                why = f"find a consumer by {column.identity.value} (R16, R8)"
+                cols = (key,)
+                why = f"find a consumer by {column.identity.value}{how} (R16, R8)"
             want(tname, cols, why)
         rel = table.relation
         if rel is not None:
@@ -159,13 +182,21 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _key_sql(column: str) -> str:
+    """One key part in SQL: a quoted column, or `lower("col")` for a lowered one. Both dialects
+    store the expression as `lower(col)`, the same expression `resolve` compares, so the
+    planner matches it (SQLite matches an expression index only on the same expression)."""
+    match = _LOWERED.fullmatch(column)
+    return f"lower({_quote(match.group('col'))})" if match else _quote(column)
+
+
 def create_sql(spec: IndexSpec, dialect: Dialect = "postgresql") -> str:
     """CREATE INDEX for one spec; CONCURRENTLY on PostgreSQL, so writes go on while it builds
     (it must then run outside a transaction)."""
     if dialect not in DIALECTS:
         raise ValueError(f"--dialect: {dialect!r} is not one of {', '.join(DIALECTS)}")
     concurrently = "CONCURRENTLY " if dialect == "postgresql" else ""
-    cols = ", ".join(_quote(c) for c in spec.columns)
+    cols = ", ".join(_key_sql(c) for c in spec.columns)
     return (
         f"CREATE INDEX {concurrently}IF NOT EXISTS {_quote(spec.name)} "
         f"ON {_quote(spec.table)} ({cols})"

@@ -6,6 +6,8 @@ demo) and PostgreSQL (production). Dialect differences are handled here and nowh
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -54,6 +56,9 @@ def table_columns(engine: Engine) -> dict[str, list[str]]:
 def live_indexes(engine: Engine, tables: set[str]) -> dict[str, list[list[str | None]]]:
     """Per table, the column lists of its indexes, unique constraints and primary key: what
     already serves a lookup (`datamap.indexes.missing`). Tables that do not exist are left out.
+    An expression part is spelt as `datamap.indexes` spells it (`lower(email)`), on PostgreSQL
+    from SQLAlchemy's reflected `expressions`, on SQLite (whose reflection skips expression
+    indexes) from the index's own CREATE statement (`_sqlite_expression_indexes`).
 
     An INVALID PostgreSQL index (`pg_index.indisvalid = false`, what a failed or interrupted
     `CREATE INDEX CONCURRENTLY` leaves behind) serves no query, so it is left out too: the
@@ -62,13 +67,75 @@ def live_indexes(engine: Engine, tables: set[str]) -> dict[str, list[list[str | 
     invalid = invalid_indexes(engine, tables)
     out: dict[str, list[list[str | None]]] = {}
     for table in sorted(tables & set(insp.get_table_names())):
+        with warnings.catch_warnings():  # SQLite: "Skipped unsupported reflection of expression-
+            warnings.filterwarnings("ignore", "Skipped unsupported reflection")  # based index"
+            reflected = insp.get_indexes(table)
+            uniques = insp.get_unique_constraints(table)  # reads the indexes again on SQLite
         out[table] = [
-            ix["column_names"]
-            for ix in insp.get_indexes(table)
+            [_key(e) for e in ix["expressions"]] if ix.get("expressions") else ix["column_names"]
+            for ix in reflected
             if (table, ix["name"]) not in invalid
         ]
-        out[table] += [u["column_names"] for u in insp.get_unique_constraints(table)]
+        if is_sqlite(engine):
+            out[table] += _sqlite_expression_indexes(
+                engine, table, {ix["name"] for ix in reflected}
+            )
+        out[table] += [u["column_names"] for u in uniques]
         out[table].append(insp.get_pk_constraint(table)["constrained_columns"])
+    return out
+
+
+def _key(part: str | None) -> str | None:
+    """An index key part as `datamap.indexes` spells it: a column name, or `lower(col)` for the
+    lower-case expression whatever the dialect prints (`lower((email)::text)` on PostgreSQL,
+    `lower("email")` on SQLite). Any other expression keeps a spelling no spec uses, so it
+    serves nothing the map wants (it is not what `resolve` compares)."""
+    if part is None:
+        return None
+    bare = re.sub(r"::[a-z ]+(\(\d+\))?", "", part, flags=re.I)  # PostgreSQL casts
+    bare = bare.replace('"', "").replace("`", "").replace(" ", "")
+    match = re.fullmatch(r"lower\(+(?P<col>[^()]+)\)+", bare, flags=re.I)
+    if match and bare.count("(") == bare.count(")"):
+        return f"lower({match.group('col')})"
+    return bare
+
+
+def _key_parts(create: str) -> list[str] | None:
+    """The key parts of a CREATE INDEX statement: its first parenthesised list after ON, split
+    at top-level commas (a WHERE clause of a partial index is not part of it)."""
+    on = re.search(r"\sON\s", create, flags=re.I)
+    start = create.find("(", on.end()) if on else -1
+    if start < 0:
+        return None
+    parts, depth, begin = [], 0, start + 1
+    for i in range(start, len(create)):
+        ch = create[i]
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 1:
+            parts.append(create[begin:i].strip())
+            begin = i + 1
+        elif depth == 0:
+            parts.append(create[begin:i].strip())
+            return parts
+    return None
+
+
+def _sqlite_expression_indexes(
+    engine: Engine, table: str, reflected: set[str | None]
+) -> list[list[str | None]]:
+    """The key parts of a SQLite table's expression indexes, which SQLAlchemy's reflection skips
+    (`PRAGMA index_xinfo` names no expression either): read from each CREATE statement."""
+    stmt = text(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"
+        " AND sql IS NOT NULL"
+    )
+    out: list[list[str | None]] = []
+    with engine.connect() as conn:
+        for name, create in conn.execute(stmt, {"t": table}):
+            parts = None if name in reflected else _key_parts(create)
+            if parts:
+                out.append([_key(p) for p in parts])
     return out
 
 
