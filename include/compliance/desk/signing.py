@@ -30,7 +30,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 SCHEME = "v1"
@@ -72,15 +72,9 @@ def sign(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The four headers of a signed call (the client's side, and our callbacks)."""
-    ts = int(time.time() if now is None else now)
-    nonce = nonce or secrets.token_urlsafe(18)
-    message = canonical(method, path, ts, nonce, body)
-    return {
-        CLIENT: key,
-        TIMESTAMP: str(ts),
-        NONCE: nonce,
-        SIGNATURE: hmac_signature(secret, message),
-    }
+    return _headers(
+        key, method, path, body, now, nonce, lambda message: hmac_signature(secret, message)
+    )
 
 
 def sign_ed25519(
@@ -96,17 +90,31 @@ def sign_ed25519(
     """The same headers signed with an Ed25519 private key (raw 32 bytes)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    signer = Ed25519PrivateKey.from_private_bytes(private_key)
+    return _headers(
+        key,
+        method,
+        path,
+        body,
+        now,
+        nonce,
+        lambda message: "ed25519=" + base64.b64encode(signer.sign(message)).decode(),
+    )
+
+
+def _headers(
+    key: str,
+    method: str,
+    path: str,
+    body: bytes,
+    now: float | None,
+    nonce: str | None,
+    signature: Callable[[bytes], str],
+) -> dict[str, str]:
     ts = int(time.time() if now is None else now)
     nonce = nonce or secrets.token_urlsafe(18)
-    signed = Ed25519PrivateKey.from_private_bytes(private_key).sign(
-        canonical(method, path, ts, nonce, body)
-    )
-    return {
-        CLIENT: key,
-        TIMESTAMP: str(ts),
-        NONCE: nonce,
-        SIGNATURE: "ed25519=" + base64.b64encode(signed).decode(),
-    }
+    message = canonical(method, path, ts, nonce, body)
+    return {CLIENT: key, TIMESTAMP: str(ts), NONCE: nonce, SIGNATURE: signature(message)}
 
 
 @dataclass(frozen=True)
