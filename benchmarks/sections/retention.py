@@ -8,17 +8,24 @@ rows are past the period; the run says which day. Both sides get a fresh TEMPLAT
 seeded CRM:
 
 - baseline: `DELETE FROM email_events WHERE occurred_at < cutoff`, one statement, one
-  transaction (the in-database floor; it holds its locks for the whole run);
-- ours: the DAG's task `compliance.jobs.retention.execute` (`execute_step`) for the rule
-  "email-events": keyset batches of the policy's `batch_rows`, each re-checked, aggregated
-  and deleted in its own short transaction, legal holds excluded. Its longest write
-  transaction is timed by the module itself.
+  transaction (the in-database floor; it holds its locks for the whole run), timed from BEGIN
+  to COMMIT on a connected session;
+- ours: the DAG's task `compliance.jobs.retention.execute` for the rule "email-events", timed in
+  two parts: its set-up (policy file checked, sweep built, tables reflected, holds read) and the
+  purge (`execute_step`: key-range batches, on PostgreSQL each deleted and counted into the
+  monthly aggregates by one `WITH gone AS (DELETE ... RETURNING ...) INSERT ...` statement in
+  its own short transaction, legal holds excluded). The throughput target compares the purge
+  with the bulk DELETE (both from a ready session to the last COMMIT); the whole task's time is
+  a row of its own. The purge's longest write transaction is timed by the module itself
+  (`longest_transaction_s` in the task's result) and reported as
+  `retention.longest_transaction_s`.
 
 Throughput is rows deleted per second on each side (their row counts differ by the held rows).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -40,27 +47,43 @@ def available() -> str | None:
     return None
 
 
-def bulk_delete(db: str, cutoff: str) -> int:
-    with C.engine(db).begin() as conn:
-        result = conn.execute(
-            sa.text("DELETE FROM email_events WHERE occurred_at < :c"),
-            {"c": datetime.fromisoformat(cutoff)},
-        )
-        return int(result.rowcount or 0)
+def bulk_delete(db: str, cutoff: str) -> dict[str, Any]:
+    """The floor: one DELETE, one transaction; `seconds` from BEGIN to COMMIT (connected)."""
+    with C.engine(db).connect() as conn:
+        conn.exec_driver_sql("SELECT 1")  # connected before the clock, as the sweep is
+        conn.commit()
+        started = time.perf_counter()
+        with conn.begin():
+            result = conn.execute(
+                sa.text("DELETE FROM email_events WHERE occurred_at < :c"),
+                {"c": datetime.fromisoformat(cutoff)},
+            )
+        seconds = time.perf_counter() - started
+    return {"rows": int(result.rowcount or 0), "seconds": seconds}
 
 
 def batched(crm: str, state: str, as_of: str) -> dict[str, Any]:
-    """The DAG's own task (`compliance.jobs.retention.execute`) for one rule, real run."""
+    """The DAG's own task (`compliance.jobs.retention.execute`) for one rule, real run, in its
+    two parts: the set-up the task does before any write (policy file checked, sweep built,
+    tables reflected, holds read: `_sweep` and `Sweep.rows`), then the purge
+    (`execute_step`), each timed. The stage's time is the whole task."""
     from dataclasses import replace
     from pathlib import Path
 
     from benchmarks.sections.deletion import job_context
     from compliance.jobs import retention as job
+    from compliance.retention import run as ret_run
 
     ctx = job_context({"ws": "unused-by-execute", "state": state, "crm": crm})
     ctx = replace(ctx, settings=replace(ctx.settings, retention_path=Path(C.env().retention_path)))
     options = {"dry_run": False, "rules": [RULE], "as_of": as_of, "now": C.now().isoformat()}
-    return job.execute(ctx, options, RULE)
+    started = time.perf_counter()
+    sweep, _ = job._sweep(ctx, options)
+    sweep.rows(sweep.step(RULE).system or "")  # reflection and the hold registry
+    ready = time.perf_counter()
+    result = ret_run.execute(sweep, options, RULE)
+    done = time.perf_counter()
+    return {**result, "setup_s": ready - started, "purge_s": done - ready}
 
 
 def _sweep_day(bench: C.Bench, rows: int) -> tuple[date, datetime, int, int, int]:
@@ -91,7 +114,7 @@ def run(bench: C.Bench, target_rows: int) -> list[C.Row]:
     if missing:
         return [
             C.unavailable(SECTION, "retention purge throughput", missing),
-            C.unavailable(SECTION, "retention longest transaction", missing),
+            C.unavailable(SECTION, "retention.longest_transaction_s", missing),
         ]
     day, cutoff, expired, total, batch_rows = _sweep_day(bench, target_rows)
     state = bench.state_db("ret_state")
@@ -108,7 +131,8 @@ def run(bench: C.Bench, target_rows: int) -> list[C.Row]:
     result = ours.results[0]
     counts = result["counts"].get("email_events", {})
     ours_rows = int(sum(v for k, v in counts.items() if k != "held"))
-    bulk_rows = bulk.results[0]
+    bulk_rows, bulk_s = int(bulk.results[0]["rows"]), float(bulk.results[0]["seconds"])
+    purge_s, setup_s = float(result["purge_s"]), float(result["setup_s"])
     longest = float(result.get("longest_transaction_s", 0.0))
     return [
         C.info(
@@ -122,38 +146,50 @@ def run(bench: C.Bench, target_rows: int) -> list[C.Row]:
         C.info(
             SECTION,
             "bulk DELETE (one statement)",
-            bulk.seconds,
+            bulk_s,
             "s",
             peak_mb=bulk.peak_mb,
-            note=f"{bulk_rows:,} rows, {bulk_rows / bulk.seconds:,.0f} rows/s",
+            note=f"{bulk_rows:,} rows, {bulk_rows / bulk_s:,.0f} rows/s, BEGIN to COMMIT on a "
+            f"connected session (the stage with its process and connection: {bulk.seconds:.2f} s)",
         ),
         C.info(
             SECTION,
-            "retention execute_step (batched)",
+            "retention task (set-up + purge)",
             ours.seconds,
             "s",
             peak_mb=ours.peak_mb,
+            note=f"compliance.jobs.retention.execute's work: set-up {setup_s:.2f} s (policy file "
+            f"checked, sweep built, tables reflected, holds read), purge {purge_s:.2f} s",
+        ),
+        C.info(
+            SECTION,
+            "retention purge (execute_step, batched)",
+            purge_s,
+            "s",
+            peak_mb=ours.peak_mb,
             note=f"{ours_rows:,} rows in {result.get('batches', 0)} batches (policy batch_rows "
-            f"{batch_rows}, growing under batch_seconds), "
-            f"{ours_rows / ours.seconds:,.0f} rows/s; counts {counts}",
+            f"{batch_rows}, growing under batch_seconds), {ours_rows / purge_s:,.0f} rows/s; "
+            f"counts {counts}",
         ),
         C.at_least(
             SECTION,
             "retention purge throughput",
-            ours_rows / ours.seconds,
-            bulk_rows / bulk.seconds,
+            ours_rows / purge_s,
+            bulk_rows / bulk_s,
             "rows/s",
             0.5,
             peak_mb=ours.peak_mb,
-            note="baseline = one bulk DELETE of the same age cut on its own copy",
+            note="baseline = one bulk DELETE of the same age cut on its own copy; both timed "
+            "from a connected, ready session to the last COMMIT",
         ),
         C.at_most(
             SECTION,
-            "retention longest transaction",
+            "retention.longest_transaction_s",
             longest,
             "s",
             1.0,
             peak_mb=ours.peak_mb,
-            note=f"the bulk DELETE's single transaction lasted {bulk.seconds:.1f} s",
+            note=f"the purge's longest write transaction (its result's longest_transaction_s); "
+            f"the bulk DELETE's single transaction lasted {bulk_s:.2f} s",
         ),
     ]

@@ -73,14 +73,98 @@ def aggregate(
     conn.execute(stmt)
 
 
+def can_fold(conn: sa.Connection, rows: SystemRows, step: Step) -> bool:
+    """Whether `delete_counted` serves this rule: PostgreSQL (data-modifying CTEs), and the
+    table's tenant and time are its own columns (no ancestor joined in: a DELETE's RETURNING
+    has only the deleted row's columns)."""
+    name = step.table or ""
+    return conn.dialect.name == "postgresql" and rows.owned(name).from_clause is rows.table(name)
+
+
+def delete_counted(
+    conn: sa.Connection,
+    rows: SystemRows,
+    step: Step,
+    agg: sa.Table,
+    where: sa.ColumnElement,
+    as_text: bool = True,
+) -> int:
+    """Delete the batch's rows and add them to the counts in ONE statement (PostgreSQL, issue 19):
+
+        WITH gone AS (DELETE ... WHERE <where> RETURNING tenant, time, by...),
+             grouped AS (SELECT tenant, date_trunc('month', time), by..., count(*) FROM gone
+                         GROUP BY ...),
+             counted AS (INSERT INTO <agg> SELECT ... FROM grouped ON CONFLICT DO UPDATE ...)
+        SELECT sum(n) FROM grouped
+
+    The predicate is evaluated once and each row is read once, where the two-statement form
+    (`aggregate`, then a DELETE) reads the range twice. Grouping is on the raw values and the
+    text keys (tenant as text, `YYYY-MM`, the `dims` JSON) are formatted per group afterwards:
+    each formatting is one-to-one, so the groups and the counts are exactly `aggregate`'s, and
+    no group reaches the ON CONFLICT twice. `as_text`: `tenant_as_text(conn, agg)`, asked
+    once per rule rather than per batch. Returns the rows deleted (= rows counted).
+    """
+    name = step.table or ""
+    table = rows.table(name)
+    owned = rows.owned(name)
+    by = sorted(step.rule.aggregate.by) if step.rule.aggregate else []
+    gone = (
+        sa.delete(table)
+        .where(where)
+        .returning(
+            owned.tenant.label("tenant"),
+            rows.time(name).label("at"),
+            *(table.c[c].label(f"by{i}") for i, c in enumerate(by)),
+        )
+        .cte("gone")
+    )
+    keys = [
+        gone.c.tenant,
+        sa.func.date_trunc("month", gone.c.at).label("month"),
+        *(gone.c[f"by{i}"] for i in range(len(by))),
+    ]
+    grouped = (
+        sa.select(*keys, sa.func.count().label("n"))
+        .select_from(gone)
+        .group_by(*keys)
+        .cte("grouped")
+    )
+    g = grouped.c
+    dims = _dims_json([(c, g[f"by{i}"]) for i, c in enumerate(by)], True)
+    counted = sa.select(
+        sa.literal(step.id, sa.String),
+        sa.literal(f"{step.system}.{name}", sa.String),
+        sa.cast(g.tenant, sa.String) if as_text else g.tenant,
+        sa.func.to_char(g.month, "YYYY-MM"),
+        dims,
+        g.n,
+    )
+    from sqlalchemy.dialects.postgresql import insert
+
+    ins = insert(agg).from_select(
+        ["rule_id", "source", "client_id", "month", "dims", "row_count"], counted
+    )
+    ins = ins.on_conflict_do_update(
+        index_elements=[c.name for c in agg.primary_key.columns],
+        set_={"row_count": agg.c.row_count + ins.excluded.row_count},
+    )
+    stmt = sa.select(sa.func.coalesce(sa.func.sum(g.n), 0)).add_cte(ins.cte("counted"))
+    return int(conn.execute(stmt).scalar() or 0)
+
+
+def tenant_as_text(conn: sa.Connection, agg: sa.Table) -> bool:
+    """False for a counts table created before tenant ids became text (integer `client_id`)."""
+    existing = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(agg.name)}
+    return not isinstance(existing.get("client_id"), sa.Integer)
+
+
 def _tenant_text(conn: sa.Connection, agg: sa.Table, tenant: sa.ColumnElement) -> Any:
     """The tenant as text for the counts' `client_id` (any-CRM tenant ids: integer, text, UUID).
 
     A cast in the projection only, never in a WHERE clause, so no index is lost. A counts table
     created before tenant ids became text keeps its integer column: the tenant goes in as is.
     """
-    existing = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(agg.name)}
-    if isinstance(existing.get("client_id"), sa.Integer):
+    if not tenant_as_text(conn, agg):
         return tenant
     return sa.cast(tenant, sa.String)
 

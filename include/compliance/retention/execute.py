@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql
 
 from compliance.core import checkpoints
 from compliance.core.datamap.graph import chain_to_consumer
@@ -39,7 +40,12 @@ from compliance.deletion.erase_sql import _mask, execute_erasure, new_mask_key
 from compliance.retention import objects
 from compliance.retention import workspace as ws_areas
 from compliance.retention.aggregates import aggregate as _aggregate
-from compliance.retention.aggregates import aggregates_table
+from compliance.retention.aggregates import (
+    aggregates_table,
+    can_fold,
+    delete_counted,
+    tenant_as_text,
+)
 from compliance.retention.plan import Sweep, area_plan, describe, request_log_table, store_plan
 from compliance.retention.policy import (
     Action,
@@ -196,6 +202,8 @@ def _bounds(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int) -> 
     """
     owned = rows.owned(table)
     cols = rows.pk_columns(table)  # several for a composite key: ranges of row values
+    if rows.engine.dialect.name == "postgresql" and len(cols) == 1:
+        return _pg_bounds(rows, owned.from_clause, cols[0], pred, size)
     ranked = (
         sa.select(
             *(c.label(f"pk{i}") for i, c in enumerate(cols)),
@@ -215,6 +223,28 @@ def _bounds(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int) -> 
     with rows.engine.connect() as conn:
         found = conn.execute(bounds).all()
     return [r[0] if len(cols) == 1 else tuple(r) for r in found]
+
+
+def _pg_bounds(
+    rows: SystemRows, from_clause: sa.FromClause, pk: sa.Column, pred: sa.ColumnElement, size: int
+) -> list[Any]:
+    """`_bounds` on PostgreSQL for a one-column key, from two aggregates instead of two window
+    functions: the count of matching rows, then `percentile_disc` at every `size`-th of them
+    (the last fraction is 1: the last match). The windows sorted and numbered every match and
+    spilled `count(*) OVER ()` to disk: 0.76 s for 300k matches against 0.34 s (issue 19)."""
+    with rows.engine.connect() as conn:
+        total = int(
+            conn.execute(sa.select(sa.func.count()).select_from(from_clause).where(pred)).scalar()
+            or 0
+        )
+        if not total:
+            return []
+        fractions = [min(1.0, n / total) for n in range(size, total, size)] + [1.0]
+        quantiles = sa.func.percentile_disc(
+            sa.literal(fractions, postgresql.ARRAY(sa.Float))
+        ).within_group(pk)
+        found = conn.execute(sa.select(quantiles).select_from(from_clause).where(pred)).scalar()
+    return sorted(set(found or []))
 
 
 def _spans(
@@ -277,6 +307,11 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
     counts: dict[str, dict[str, int]] = {name: {key: 0}}
     table = rows.table(name)
     simple = agg_table is None and not children and owned.from_clause is table
+    fold, as_text = False, True  # aggregate and delete in one statement (PostgreSQL)
+    if agg_table is not None and not children:
+        with rows.engine.connect() as conn:
+            fold = can_fold(conn, rows, step)
+            as_text = tenant_as_text(conn, agg_table)
     for span in _batches(sweep, rows, name, pred, progress):
         batch = (
             sa.select(*rows.pk_columns(name))
@@ -294,6 +329,8 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
         with progress.transaction(rows.engine) as conn:
             if simple:  # one statement: the DELETE re-checks the predicate itself
                 gone = conn.execute(sa.delete(table).where(span, pred)).rowcount
+            elif fold and agg_table is not None:  # one statement: DELETE ... RETURNING, counted
+                gone = delete_counted(conn, rows, step, agg_table, sa.and_(span, pred), as_text)
             else:
                 gone = _delete_batch(conn, rows, step, span, pred, children, agg_table, counts)
             counts[name][key] += gone or 0

@@ -25,8 +25,9 @@ No statement returns a row per event, and no Python loop runs per event.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
@@ -75,7 +76,11 @@ def _two_level(
     by: list[tuple[str, str]],
     types: tuple[str, ...],
     keep_tenant: bool,
+    weekly: bool = False,
 ) -> sa.Select:
+    """The two-level GROUP BY; `weekly` adds the ISO week (PostgreSQL `date_trunc('week')`,
+    the Monday) to both levels' keys, so one statement aggregates many weeks at once, each
+    week's groups and distinct consumers exactly what a statement over that week alone gives."""
     t = _events(src)
     c = t.c
     stored = {
@@ -88,7 +93,9 @@ def _two_level(
     def count_of(name: str) -> sa.ColumnElement:
         return sa.func.sum(sa.case((kind == stored[name], 1), else_=0))
 
+    week = [sa.func.date_trunc("week", c[src.time_column]).label("week")] if weekly else []
     inner_keys = [
+        *week,
         c[src.tenant_column].label("client_id"),
         *(c[col].label(name) for name, col in by),
         c[src.consumer_column].label("consumer"),
@@ -109,7 +116,8 @@ def _two_level(
         .subquery("per_consumer")
     )
     i = inner.c
-    keys = [i.client_id] if keep_tenant else []
+    keys = [i.week] if weekly else []
+    keys += [i.client_id] if keep_tenant else []
     keys += [i[name] for name, _ in by]
 
     def reached(col: sa.ColumnElement) -> sa.ColumnElement:
@@ -127,17 +135,20 @@ def _two_level(
     ).group_by(*keys)
 
 
-def campaigns_query(src: EventSource, lo: datetime, hi: datetime) -> sa.Select:
-    return _two_level(src, lo, hi, [("campaign", src.campaign_column)], CANONICAL, True)
+def campaigns_query(
+    src: EventSource, lo: datetime, hi: datetime, weekly: bool = False
+) -> sa.Select:
+    by = [("campaign", src.campaign_column)]
+    return _two_level(src, lo, hi, by, CANONICAL, True, weekly)
 
 
-def devices_query(src: EventSource, lo: datetime, hi: datetime) -> sa.Select:
+def devices_query(src: EventSource, lo: datetime, hi: datetime, weekly: bool = False) -> sa.Select:
     dims = [(d, d) for d in src.dimensions]
-    return _two_level(src, lo, hi, dims, ("open", "click"), False)
+    return _two_level(src, lo, hi, dims, ("open", "click"), False, weekly)
 
 
-def reach_query(src: EventSource, lo: datetime, hi: datetime) -> sa.Select:
-    return _two_level(src, lo, hi, [], CANONICAL, True)
+def reach_query(src: EventSource, lo: datetime, hi: datetime, weekly: bool = False) -> sa.Select:
+    return _two_level(src, lo, hi, [], CANONICAL, True, weekly)
 
 
 def _frame(engine: Engine, query: sa.Select) -> pd.DataFrame:
@@ -191,6 +202,56 @@ def aggregate(engine: Engine, src: EventSource, lo: datetime, hi: datetime) -> A
         devices=devices(engine, src, lo, hi),
         reach=reach(engine, src, lo, hi),
     )
+
+
+def aggregate_weeks(
+    engine: Engine, src: EventSource, mondays: list[date]
+) -> dict[date, Aggregates]:
+    """Every week of a run of consecutive Mondays, from three statements in all (PostgreSQL).
+
+    The same three groupings as `aggregate`, with the week as one more key: one range scan of
+    the events instead of three per week (a backfill of 156 weeks was 468 statements). Each
+    week's frames are exactly what `aggregate(week_range(monday))` returns: the same groups,
+    the same exact distinct consumers (a consumer is counted within the week), the same
+    columns and types; a week without events gets empty frames. The statements run side by
+    side on two connections.
+    """
+    lo = datetime.combine(mondays[0], time())
+    hi = datetime.combine(mondays[-1] + timedelta(days=7), time())
+    queries = {
+        "campaigns": campaigns_query(src, lo, hi, weekly=True),
+        "reach": reach_query(src, lo, hi, weekly=True),
+    }
+    if src.dimensions:
+        queries["devices"] = devices_query(src, lo, hi, weekly=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        frames = dict(
+            zip(queries, pool.map(lambda q: _frame(engine, q), queries.values()), strict=True)
+        )
+    dims = list(src.dimensions)
+    labels = {"campaigns": (["campaign"], True), "devices": (dims, False), "reach": ([], True)}
+    split = {name: _by_week(df, *labels[name]) for name, df in frames.items()}
+    out = {}
+    for monday in mondays:
+        parts = {
+            name: split.get(name, {}).get(monday)
+            if monday in split.get(name, {})
+            else _tidy(pd.DataFrame(), *labels[name])  # a week (or grouping) without rows
+            for name in labels
+        }
+        out[monday] = Aggregates(**parts)
+    return out
+
+
+def _by_week(df: pd.DataFrame, labels: list[str], tenant: bool) -> dict[date, pd.DataFrame]:
+    """One `_tidy` over every week's rows, then a frame per week (the same columns and types
+    as `_tidy` of that week alone: tidying per week cost more than the SQL, issue 19)."""
+    if df.empty:
+        return {}
+    weeks = df["week"].map(lambda v: v.date() if isinstance(v, datetime) else v).to_numpy()
+    tidy = _tidy(df, labels, tenant)
+    positions = pd.Series(range(len(tidy))).groupby(weeks, sort=False).indices
+    return {w: tidy.iloc[idx].reset_index(drop=True) for w, idx in positions.items()}
 
 
 def tenant_industries(engine: Engine, registry: TenantRegistry) -> dict[str, str]:
