@@ -144,7 +144,7 @@ def alert_not_approved(after: Any = None, plan_task: str = "plan") -> Any:
 # The Core API's route that records a response (Required Actions uses it too), under any prefix.
 HITL_PATH = re.compile(
     r"/dags/(?P<dag_id>[^/]+)/dagRuns/(?P<run_id>[^/]+)/taskInstances/(?P<task_id>[^/]+)"
-    r"/(?P<map_index>-?\d+)/hitlDetails/?$"
+    r"/(?P<map_index>[^/]+)/hitlDetails/?$"  # any spelling: coerced as the route does below
 )
 
 
@@ -185,8 +185,13 @@ class FourEyesGuard:
             return None  # the route answers a malformed body itself
         if ApprovalOperator.APPROVE not in chosen:
             return None  # a reject by anyone is fine
+        from pydantic import TypeAdapter, ValidationError
         from starlette.concurrency import run_in_threadpool
 
+        try:  # the route's own coercion (pydantic's lax int): "-1.0", "+0", "1_0" are -1, 0, 10
+            where = {**where, "map_index": TypeAdapter(int).validate_python(where["map_index"])}
+        except ValidationError:
+            return None  # the route answers 422 itself
         trigger = await run_in_threadpool(_triggering_user, where)
         if not trigger:
             return None  # not ours, or a scheduled run: any staff member may approve
@@ -200,7 +205,7 @@ class FourEyesGuard:
         )
 
 
-def _triggering_user(where: dict[str, str]) -> str | None:
+def _triggering_user(where: dict[str, Any]) -> str | None:
     """The run's triggering user when the task is one of our four-eyes approvals, else None."""
     import sqlalchemy as sa
     from airflow.models.dagrun import DagRun
@@ -213,7 +218,7 @@ def _triggering_user(where: dict[str, str]) -> str | None:
                 TaskInstance.dag_id == where["dag_id"],
                 TaskInstance.run_id == where["run_id"],
                 TaskInstance.task_id == where["task_id"],
-                TaskInstance.map_index == int(where["map_index"]),
+                TaskInstance.map_index == where["map_index"],
             )
         )
         if operator != OPERATOR:

@@ -196,6 +196,30 @@ def test_the_ledger_entry_names_nobody(engine):
     assert ledger.verify(engine, b"k").ok
 
 
+def test_destructive_steps_need_the_approvals_ledger_entry(settings, engine):
+    """Marking the approval task "success" by hand, or clearing the erasing tasks after a
+    rejection, must not erase: each step checks the ledger entry only an Approve writes."""
+    waiting = approvals.for_deletion(settings, BATCH, scheduled=False)
+    assert waiting["required"] and len(waiting["token"]) == 32
+    with pytest.raises(approvals.NotApproved):
+        approvals.require(engine, waiting)
+    other = approvals.for_deletion(settings, BATCH, scheduled=False)  # another plan's token
+    approvals.record(
+        engine, b"k", dag_id="deletion_requests", run_id="r9", approval=other, approver_id="x"
+    )
+    with pytest.raises(approvals.NotApproved):  # an approval of another plan does not count
+        approvals.require(engine, waiting)
+    approvals.record(
+        engine, b"k", dag_id="deletion_requests", run_id="r1", approval=waiting, approver_id="x"
+    )
+    approvals.require(engine, waiting)  # approved: goes ahead
+    small = approvals.for_deletion(settings, {**BATCH, "requests": 1}, scheduled=True)
+    assert small["required"] is False and small["token"] is None
+    approvals.require(engine, small)  # nothing to approve
+    with pytest.raises(approvals.NotApproved):  # a required decision without a token
+        approvals.require(engine, {**waiting, "token": None})
+
+
 def test_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "approvals.md").read_text()
     for name in (

@@ -272,3 +272,12 @@ def test_old_calls_are_pruned_after_twice_the_window(state_db):
         left = conn.execute(sa.select(cj_api_calls.c.nonce)).scalars().all()
     assert left == ["new-call-0000001"]
     assert api_calls.KEEP_SECONDS >= 2 * signing.WINDOW_SECONDS  # a skewed signature's life
+
+
+def test_a_non_ascii_signature_header_is_refused_not_a_crash():
+    """A header decoded as latin-1 may hold any character: 401 bad_signature, never a 500."""
+    headers = signing.sign(b"s" * 16, "acme", "GET", "/p")
+    headers[signing.SIGNATURE] = "v1=\xe9" + headers[signing.SIGNATURE][4:]
+    with pytest.raises(signing.SignatureRefused) as refused:
+        signing.verify(headers, "GET", "/p", b"", secret=b"s" * 16)
+    assert refused.value.code == "bad_signature"

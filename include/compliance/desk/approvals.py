@@ -18,13 +18,18 @@ the digest approved and a keyed hash of the approver (no names); the last approv
 read back from there. A dry run never needs approval: it changes nothing.
 
 The dict returned (`Decision.to_xcom`) is small and PII-free: `required`, `why` (codes),
-`summary_md` (the counts the approver reads), `digest`, `timeout_s`.
+`summary_md` (the counts the approver reads), `digest`, `timeout_s`, and a random `token` naming
+this one decision. The approval's ledger entry carries the token, and every destructive step
+checks that entry before it acts (`require`): marking the approval task "success" by hand, or
+clearing the erasing tasks after a rejection, erases nothing, because only a second person's
+approval writes that entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +59,7 @@ class Decision:
 
     def to_xcom(self) -> dict[str, Any]:
         return {
+            "token": secrets.token_hex(16) if self.required else None,
             "required": self.required,
             "why": list(self.why),
             "summary_md": self.summary_md,
@@ -206,6 +212,38 @@ def record(
             "why": list(approval.get("why") or []),
             "approver": keyed_hash(hash_key, "approver", approver_id),
         },
-        idempotency_key=f"{KIND}:{dag_id}:{run_id}",
+        idempotency_key=_approved_key(approval, dag_id, run_id),
     )
     return ledger.append(state, hash_key, [entry])[0]
+
+
+class NotApproved(PermissionError):
+    """A destructive step whose plan needed a second person's approval, with none on record."""
+
+
+def require(state: Engine, approval: dict[str, Any] | None) -> None:
+    """Raise `NotApproved` unless the plan needed no approval or its approval is in the ledger.
+
+    Why here and not only in the approval step: Airflow lets a user mark a task "success" or
+    clear downstream tasks after a rejection; the ledger entry is written only when a second
+    person's Approve is recorded (`plugins/compliance_approval.py`)."""
+    if not approval or approval.get("required") is False:
+        return
+    token = approval.get("token")
+    t = ledger.cj_ledger
+    found = None
+    if token:
+        with state.connect() as conn:
+            found = conn.execute(
+                select(t.c.seq).where(t.c.idempotency_key == f"{KIND}:{token}")
+            ).first()
+    if found is None:
+        raise NotApproved(
+            "four eyes: this plan needs a second person's approval and none is on record; "
+            "the destructive step does not run (docs/approvals.md)"
+        )
+
+
+def _approved_key(approval: dict[str, Any], dag_id: str, run_id: str) -> str:
+    token = approval.get("token")
+    return f"{KIND}:{token}" if token else f"{KIND}:{dag_id}:{run_id}"

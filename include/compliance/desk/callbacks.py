@@ -206,7 +206,10 @@ def _send(due: outbox.Due, client: api_clients.ApiClient | str | None, now: date
 
 
 def body(due: outbox.Due, now: datetime) -> bytes:
-    """The callback's JSON: event, reason code, the request as the client sees it, when."""
+    """The callback's JSON: event, reason code, the request as the client sees it, when.
+
+    `request` is the request as it stands when the callback is sent: a late `received` may
+    already show `status: completed` (the events themselves arrive in order, docs/api.md)."""
     view = status.view(due.client_id, due.request_id, due.type, due.request)
     doc: dict[str, Any] = {
         "event": due.event,

@@ -44,11 +44,13 @@ def plan(
 
 
 def erase_system(ctx: JobContext, batch: dict[str, Any], system: str) -> dict[str, Any]:
+    approvals.require(ctx.state, batch.get("approval"))  # four eyes (docs/approvals.md)
     return erasure.erase_system(ctx, batch["batch_id"], system)
 
 
 def scrub_logs(ctx: JobContext, batch: dict[str, Any], shard: str) -> dict[str, Any]:
     """Scrub one day folder; a dry run counts what a scrub would remove."""
+    approvals.require(ctx.state, batch.get("approval"))
     if batch.get("dry_run"):
         return erasure_preview.scan_log_shard(ctx, batch["batch_id"], LogShard.parse(shard))
     return erasure.scrub_log_shard(ctx, batch["batch_id"], LogShard.parse(shard))
@@ -61,12 +63,14 @@ def verify_logs(ctx: JobContext, batch: dict[str, Any], shard: str) -> dict[str,
 
 
 def erase_recordings(ctx: JobContext, batch: dict[str, Any], store: str) -> dict[str, Any]:
+    approvals.require(ctx.state, batch.get("approval"))  # four eyes (docs/approvals.md)
     return erasure.erase_recordings(ctx, batch["batch_id"], store)
 
 
 def tombstone_backups(ctx: JobContext, batch: dict[str, Any], store: str) -> dict[str, Any]:
     """Tombstones (R18), and with `rewrite: true` the snapshots rewritten; a dry run only
     counts the tombstones it would add and the rows a rewrite would remove (read only)."""
+    approvals.require(ctx.state, batch.get("approval"))
     if batch.get("dry_run"):
         return erasure_preview.count_backups(ctx, batch["batch_id"], store)
     return erasure.tombstone(ctx, batch["batch_id"], store)
@@ -74,6 +78,7 @@ def tombstone_backups(ctx: JobContext, batch: dict[str, Any], store: str) -> dic
 
 def notify_subprocessors(ctx: JobContext, batch: dict[str, Any]) -> dict[str, Any]:
     """Queue this batch's notices and send every due one of any batch (R16.3, R16.4)."""
+    approvals.require(ctx.state, batch.get("approval"))
     if batch.get("dry_run"):
         return {}  # a dry run tells nobody anything
     return outbox.run(ctx, batch["batch_id"] if batch["requests"] else "")
@@ -83,6 +88,7 @@ def finalize(
     ctx: JobContext, batch: dict[str, Any], shard_results: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
     """Verify, receipt, ledger, close; a dry run writes its report instead."""
+    approvals.require(ctx.state, batch.get("approval"))
     if batch.get("dry_run"):
         return erasure_preview.report(ctx, batch["batch_id"], list(shard_results or []))
     return closing.finalize(ctx, batch["batch_id"], list(shard_results or []))

@@ -41,6 +41,7 @@ def needs_approval(planned: dict[str, Any]) -> bool:
 
 def execute(ctx: JobContext, planned: dict[str, Any]) -> dict[str, Any]:
     """After approval: delete or return each planned client's data; receipts, ledger."""
+    approvals.require(ctx.state, planned.get("approval"))  # four eyes (docs/approvals.md)
     return run.execute(ctx, planned)
 
 

@@ -35,11 +35,19 @@ def plan(ctx: JobContext, params: dict[str, Any], *, scheduled: bool) -> dict[st
     decision = approvals.for_retention(
         ctx.settings, ctx.state, planned["plan"], dry_run=opts["dry_run"], digest=digest
     )
-    return {**planned, "approval": decision}
+    # The execute tasks get `options` only: the decision and the map it was made under go along
+    # (a map edited while the approval waited must not be swept under: R27, four eyes).
+    options = {**planned["options"], "approval": decision, "datamap_sha256": ctx.datamap_hash}
+    return {**planned, "options": options, "approval": decision}
 
 
 def execute(ctx: JobContext, options: dict[str, Any], rule_id: str) -> dict[str, Any]:
     """One rule, in short batches; counts only."""
+    approvals.require(ctx.state, options.get("approval"))  # four eyes (docs/approvals.md)
+    if options.get("datamap_sha256") not in (None, ctx.datamap_hash):
+        raise approvals.NotApproved(
+            "the data map changed after this run was planned (and approved): plan again"
+        )
     sweep, _ = _sweep(ctx, options)
     return run.execute(sweep, options, rule_id)
 

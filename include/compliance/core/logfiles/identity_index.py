@@ -43,6 +43,7 @@ from compliance.core.datamap.model import IdentityType, LogStore
 from compliance.core.logfiles.matching import _norm_log, _scalar
 from compliance.core.logfiles.reading import GZIP, line_blocks
 from compliance.core.logfiles.targets import Targets
+from compliance.core.outputs import put_bytes
 from compliance.core.stores.s3 import list_keys
 from compliance.core.workspace_layout import LOG_INDEX
 
@@ -293,8 +294,12 @@ class LogIndex:
         return sidecar, result
 
     def write(self, store: LogStore, key: str, sidecar: Sidecar) -> None:
-        self.s3.put_object(
-            Bucket=self.bucket, Key=sidecar_key(store.bucket, key), Body=sidecar.encode()
+        put_bytes(  # encrypted like every workspace object
+            self.s3,
+            self.bucket,
+            sidecar_key(store.bucket, key),
+            sidecar.encode(),
+            "application/octet-stream",
         )
 
     def read(self, store: LogStore, obj: dict[str, Any]) -> Sidecar | None:
