@@ -69,6 +69,10 @@ def job_context(ctx: dict[str, str]) -> Any:
         "COMPLIANCE_HASH_KEY": C.HASH_KEY.decode(),
         "COMPLIANCE_WORKSPACE_BUCKET": ctx["ws"],
         "COMPLIANCE_DATAMAP": C.env().datamap_path,
+        # a scheduled run someone already approved: the figures time the work, not a wait
+        "COMPLIANCE_APPROVAL_BATCH_SIZE": "1000000",
+        "COMPLIANCE_APPROVAL_MANUAL_RUNS": "off",
+        "COMPLIANCE_APPROVAL_RETENTION_RULES": "off",
     }
     return JobContext(
         settings=Settings.from_env(env),

@@ -16,7 +16,7 @@ from compliance.jobs import offboarding as jobs
 from tests.e2e.test_second_world import w2  # noqa: F401 (the module-scoped world fixture)
 from tests.second_world import checker, generate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("approvals_bypassed")]  # past the gate
 DORMANT = generate.INACTIVE_TENANT
 
 

@@ -27,7 +27,7 @@ from tests.e2e.test_second_world_backup_rewrite import (  # noqa: F401 (the w2 f
 )
 from tests.second_world import generate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("approvals_bypassed")]  # past the gate
 DORMANT = generate.INACTIVE_TENANT
 
 
