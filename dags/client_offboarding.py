@@ -13,15 +13,21 @@ At a contract's end the service provider returns or deletes all of the client's 
 3. **approve**: a second person approves the counts in Browse -> Required Actions
    (`FourEyesApproval`, docs/approvals.md: not the user who triggered the run); no answer
    within `COMPLIANCE_APPROVAL_TIMEOUT_HOURS` (72) counts as a rejection;
-4. **execute**: *delete*: recordings, the client's log lines, tombstones for backups (R18), every
+4. **approved**: an empty marker, the approval's one direct downstream: a rejection skips it,
+   and with it execute;
+5. **execute**: *delete*: recordings, the client's log lines, tombstones for backups (R18), every
    mapped CRM table through the tenant column and relations, its workspace documents; verified
    empty; `rewrite: true` backups rewritten without the client's rows; one contract-end notice
    per sub-processor through the notice outbox. *return*: one zip of every mapped table (CSV and
    JSON), its log lines and recordings, encrypted, behind a link that expires within 7 days
    (R12). A receipt per client in `receipts/offboarding/<client>/` and a ledger entry (counts,
    keyed hashes);
-5. **alert_not_approved**: only when the approval was rejected or timed out (execute skipped):
-   one alert to the staff channels naming the clients whose data stays (R27).
+6. **alert_not_approved**: only when the approval was rejected or timed out (`approved`
+   skipped): one alert to the staff channels naming the clients whose data stays (R27).
+
+It hangs below `approved`, not below execute: execute stays a leaf, and the leaves decide the
+run's state (the alert, all_skipped, is skipped whenever something before it failed), so a
+failed plan, approval or execute shows a failed run, never a green one.
 
 Scheduled runs delete (after approval). Tasks: `compliance.jobs.offboarding`; guide:
 docs/offboarding.md.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from compliance import runtime
@@ -94,9 +101,12 @@ def client_offboarding():
         return jobs_offboarding.execute(runtime.context(), planned)
 
     planned = plan()
-    # alert_not_approved runs only when execute was skipped by the approval (rejected, or its
-    # timeout's default); the short-circuit of a dry run skips it too (compliance_approval).
-    needs_approval(planned) >> approve >> execute(planned) >> alert_not_approved()
+    # A rejection (or its timeout's default) skips the gate's direct downstream, `approved`, and
+    # so execute; the alert (all_skipped) hangs below `approved`, not below execute, which stays
+    # the leaf that decides the run's state. A dry run's short-circuit skips all of them.
+    approved = needs_approval(planned) >> approve >> EmptyOperator(task_id="approved")
+    alert_not_approved(after=approved)
+    approved >> execute(planned)
 
 
 client_offboarding()

@@ -227,7 +227,10 @@ def where_to_look(staff: dict, env: dict[str, str]) -> None:
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             print(f"    {line}")
-    print("  the page itself: `make up`, then Compliance (/compliance/requests) in the Airflow UI")
+    print(
+        "  the desk itself: `make up`, then Compliance (/compliance/dashboard) in the Airflow UI;"
+        " its 'Enter a request' link opens the staff page"
+    )
 
 
 def _run_confs(dag_id: str) -> int:

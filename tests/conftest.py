@@ -14,8 +14,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 _AF_HOME = Path(tempfile.mkdtemp(prefix="cj-airflow-"))
@@ -149,6 +153,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'crm.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def state_engine(db_url: str) -> Iterator[Engine]:
+    """A fresh compliance state DB (`create_state_schema`) on `db_url`'s backend, so on both
+    SQLite and PostgreSQL; disposed afterwards. A module with other needs defines its own."""
+    from compliance.core.stores.sql import engine_from_url
+    from compliance.requests import state
+
+    eng = engine_from_url(db_url)
+    state.create_state_schema(eng)
+    yield eng
+    eng.dispose()
 
 
 def airflow_conn_env(name: str, conn: dict) -> None:

@@ -91,24 +91,16 @@ class Recorder:
         raise AssertionError("callbacks send no e-mail")
 
 
-@pytest.fixture
-def engine(db_url):
-    eng = engine_from_url(db_url)
-    state.create_state_schema(eng)
-    yield eng
-    eng.dispose()
-
-
-def _ctx(engine, creds: dict[str, dict[str, Any] | None]) -> SimpleNamespace:
+def _ctx(state_engine, creds: dict[str, dict[str, Any] | None]) -> SimpleNamespace:
     def credentials(conn_id: str):
         found = creds.get(conn_id.removeprefix("compliance_api_"))
         return None if found is None else (SECRET, found)
 
-    return SimpleNamespace(state=engine, credentials=credentials, channels=Recorder())
+    return SimpleNamespace(state=state_engine, credentials=credentials, channels=Recorder())
 
 
-def _submit(engine, request_id: str, key: str = "acme", accept: bool = True) -> int | None:
-    with engine.begin() as conn:
+def _submit(state_engine, request_id: str, key: str = "acme", accept: bool = True) -> int | None:
+    with state_engine.begin() as conn:
         conn.execute(
             insert(cj_api_requests).values(
                 client_id=CLIENT,
@@ -131,26 +123,26 @@ def _submit(engine, request_id: str, key: str = "acme", accept: bool = True) -> 
         response_due=(T0 + timedelta(days=44)).date(),
         source=f"inbox/{CLIENT}/{request_id}.json",
     )
-    return state.insert_requests(engine, [new])[(CLIENT, request_id, "delete")]
+    return state.insert_requests(state_engine, [new])[(CLIENT, request_id, "delete")]
 
 
-def _rows(engine, request_id: str) -> dict[str, Any]:
+def _rows(state_engine, request_id: str) -> dict[str, Any]:
     q = select(cj_callbacks).where(cj_callbacks.c.request_id == request_id)
-    with engine.connect() as conn:
+    with state_engine.connect() as conn:
         return {m["event"]: m for m in conn.execute(q).mappings().all()}
 
 
-def test_retried_with_backoff_in_order_signed_and_without_identities(engine, endpoint):
-    ctx = _ctx(engine, {"acme": {"client_ids": [CLIENT], "callback_url": endpoint.url}})
-    pk = _submit(engine, "r1")
-    state.record_extension(engine, pk, T0 - timedelta(minutes=30), FREE_TEXT)  # R4
-    callbacks.sync(engine, T0)
+def test_retried_with_backoff_in_order_signed_and_without_identities(state_engine, endpoint):
+    ctx = _ctx(state_engine, {"acme": {"client_ids": [CLIENT], "callback_url": endpoint.url}})
+    pk = _submit(state_engine, "r1")
+    state.record_extension(state_engine, pk, T0 - timedelta(minutes=30), FREE_TEXT)  # R4
+    callbacks.sync(state_engine, T0)
     endpoint.answers = [500, 503, 500]
     at, nexts = T0, []
     for _ in range(3):
         counts = callbacks.deliver(ctx, at, 50)
         assert counts["failed"] == 1 and "acknowledged" not in counts
-        row = _rows(engine, "r1")["received"]
+        row = _rows(state_engine, "r1")["received"]
         nexts.append(row["next_attempt_at"] - at)
         assert callbacks.deliver(ctx, at + timedelta(seconds=30), 50) == {}  # not due yet
         at = row["next_attempt_at"]
@@ -160,12 +152,12 @@ def test_retried_with_backoff_in_order_signed_and_without_identities(engine, end
     assert counts == {"attempted": 3, "acknowledged": 3}
     assert [c["event"] for c in endpoint.calls] == ["received"] * 4 + ["acknowledged", "extended"]
     assert [c["_answer"] for c in endpoint.calls] == [500, 503, 500, 200, 200, 200]
-    rows = _rows(engine, "r1")
+    rows = _rows(state_engine, "r1")
     assert (rows["received"]["attempts"], rows["received"]["last_status"]) == (4, 200)
     assert all(r["acked_at"] == at and r["next_attempt_at"] is None for r in rows.values())
     # Completed after that: one more callback, once; a rerun sends nothing.
-    state.set_status(engine, [pk], "completed", completed_at=at)
-    callbacks.sync(engine, at)
+    state.set_status(state_engine, [pk], "completed", completed_at=at)
+    callbacks.sync(state_engine, at)
     assert callbacks.deliver(ctx, at + timedelta(minutes=5), 50) == {
         "attempted": 1,
         "acknowledged": 1,
@@ -196,17 +188,17 @@ def test_retried_with_backoff_in_order_signed_and_without_identities(engine, end
     assert ctx.channels.alerts == []
 
 
-def test_unacknowledged_for_24h_alerts_once_and_keeps_retrying(engine, endpoint):
-    ctx = _ctx(engine, {"acme": {"client_ids": [CLIENT], "callback_url": endpoint.url}})
-    _submit(engine, "down-1")
-    _submit(engine, "down-2", accept=False)
-    callbacks.sync(engine, T0)
+def test_unacknowledged_for_24h_alerts_once_and_keeps_retrying(state_engine, endpoint):
+    ctx = _ctx(state_engine, {"acme": {"client_ids": [CLIENT], "callback_url": endpoint.url}})
+    _submit(state_engine, "down-1")
+    _submit(state_engine, "down-2", accept=False)
+    callbacks.sync(state_engine, T0)
     endpoint.answers = [500] * 1000
     at, runs = T0, 0
     while at <= T0 + timedelta(hours=40) and runs < 100:
         callbacks.deliver(ctx, at, 50)
         runs += 1
-        with engine.connect() as conn:
+        with state_engine.connect() as conn:
             at = conn.execute(  # the heads; `acknowledged` waits behind `received`
                 select(func.min(cj_callbacks.c.next_attempt_at)).where(
                     cj_callbacks.c.event == "received"
@@ -218,19 +210,19 @@ def test_unacknowledged_for_24h_alerts_once_and_keeps_retrying(engine, endpoint)
     assert alert.kind == "callback" and "acme" in alert.subject
     assert "http_500 x2" in alert.body and "event_received x2" in alert.body
     assert "down-1" not in alert.body and "down-2" not in alert.body
-    rows = [*_rows(engine, "down-1").values(), *_rows(engine, "down-2").values()]
+    rows = [*_rows(state_engine, "down-1").values(), *_rows(state_engine, "down-2").values()]
     received = [r for r in rows if r["event"] == "received"]
     assert all(r["acked_at"] is None and r["attempts"] > 12 for r in received)
     assert all(r["last_attempt_at"] > T0 + timedelta(hours=30) for r in received)  # retried
-    assert _rows(engine, "down-1")["acknowledged"]["attempts"] == 0  # waits its turn
+    assert _rows(state_engine, "down-1")["acknowledged"]["attempts"] == 0  # waits its turn
     assert runs < 40  # backoff, not a call every 5 minutes
 
 
-def test_unknown_credential_and_no_url(engine, endpoint):
-    ctx = _ctx(engine, {"quiet": {"client_ids": [CLIENT]}})  # no callback_url; "gone" missing
-    _submit(engine, "q1", key="quiet", accept=False)
-    _submit(engine, "g1", key="gone", accept=False)
-    callbacks.sync(engine, T0)
+def test_unknown_credential_and_no_url(state_engine, endpoint):
+    ctx = _ctx(state_engine, {"quiet": {"client_ids": [CLIENT]}})  # no callback_url; "gone" missing
+    _submit(state_engine, "q1", key="quiet", accept=False)
+    _submit(state_engine, "g1", key="gone", accept=False)
+    callbacks.sync(state_engine, T0)
     counts = callbacks.deliver(ctx, T0, 50)
     assert counts == {
         "no_callback_url": 1,
@@ -242,7 +234,7 @@ def test_unknown_credential_and_no_url(engine, endpoint):
     assert endpoint.calls == []
     [alert] = ctx.channels.alerts
     assert "gone" in alert.subject and "credential_unknown x1" in alert.body
-    rows = {**_rows(engine, "q1"), **{"gone": _rows(engine, "g1")["received"]}}
+    rows = {**_rows(state_engine, "q1"), **{"gone": _rows(state_engine, "g1")["received"]}}
     assert rows["received"]["attempts"] == 0  # a client without a URL: re-checked later
     assert rows["received"]["next_attempt_at"] == T0 + timedelta(hours=6)
     assert rows["gone"]["attempts"] == 1 and rows["gone"]["acked_at"] is None  # kept
@@ -258,9 +250,9 @@ def test_dag_delivers_to_the_registered_endpoint(stack, endpoint, monkeypatch):
         "extra": {"client_ids": [CLIENT], "callback_url": endpoint.url},
     }
     monkeypatch.setenv("AIRFLOW_CONN_COMPLIANCE_API_ACME", json.dumps(conn))
-    engine = engine_from_url(stack.state_url)
-    state.create_state_schema(engine)
-    _submit(engine, "dag-1")
+    state_engine = engine_from_url(stack.state_url)
+    state.create_state_schema(state_engine)
+    _submit(state_engine, "dag-1")
     run = stack.run_dag("client_callbacks")
     assert run.state == "success"
     assert [(c["event"], c["_key"]) for c in endpoint.calls] == [
@@ -268,21 +260,21 @@ def test_dag_delivers_to_the_registered_endpoint(stack, endpoint, monkeypatch):
         ("acknowledged", "acme"),
     ]
     assert endpoint.refused == []
-    assert all(r["acked_at"] is not None for r in _rows(engine, "dag-1").values())
-    engine.dispose()
+    assert all(r["acked_at"] is not None for r in _rows(state_engine, "dag-1").values())
+    state_engine.dispose()
 
 
-def test_an_alert_no_channel_took_fails_the_task(engine, endpoint):
+def test_an_alert_no_channel_took_fails_the_task(state_engine, endpoint):
     class Deaf(Recorder):
         def alert(self, alert: Any) -> list[str]:
             self.alerts.append(alert)
             return []  # configured, but nothing accepted it
 
-    ctx = _ctx(engine, {})
+    ctx = _ctx(state_engine, {})
     ctx.channels = Deaf()
-    _submit(engine, "x1", key="gone", accept=False)
-    callbacks.sync(engine, T0)
+    _submit(state_engine, "x1", key="gone", accept=False)
+    callbacks.sync(state_engine, T0)
     with pytest.raises(RuntimeError, match="no alert channel accepted 1"):
         callbacks.deliver(ctx, T0, 50)
-    assert _rows(engine, "x1")["received"]["attempts"] == 1  # recorded before the failure
+    assert _rows(state_engine, "x1")["received"]["attempts"] == 1  # recorded before the failure
     assert len(ctx.channels.alerts) == 1

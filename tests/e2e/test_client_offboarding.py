@@ -11,16 +11,16 @@ unanswered past its timeout (the scheduler's own sweep), it takes Reject and ale
 from __future__ import annotations
 
 import json
-import logging
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-pytestmark = pytest.mark.slow
+from tests.e2e import hitl
+from tests.e2e.hitl import Key
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 
 
 def _counts(url: str) -> dict[str, int]:
@@ -58,11 +58,10 @@ def test_manual_run_is_a_dry_run(stack):
 
 # -- the approval answered for real -------------------------------------------------------------
 #
-# On Airflow 3.3 the ApprovalOperator parks its task in AWAITING_INPUT, and `dag.test()` keeps the
-# run alive until a response is recorded from outside (airflow/sdk/definitions/dag.py). So the run
-# goes in a thread, and this thread answers the way Airflow does: the Core API's own endpoint
-# function (`update_hitl_detail`, what Required Actions calls) for a person's answer, and the
-# scheduler's own timeout sweep (`check_awaiting_input_timeouts`) for nobody answering.
+# The run goes through tests/e2e/hitl.py: `dag.test()` in this thread, a second thread answers the
+# parked approval the way Airflow does: the Core API's own endpoint function (`update_hitl_detail`,
+# what Required Actions calls) for a person's answer, and the scheduler's own timeout sweep
+# (`check_awaiting_input_timeouts`) for nobody answering (the 3-day response timeout, passed).
 
 
 class _Approver:
@@ -75,103 +74,34 @@ class _Approver:
         return "approver"
 
 
-def _run_and_answer(stack, answer, conf: dict) -> Any:
-    """`dag.test()` in this (main) thread, as the task runner's signals need; a second thread
-    waits for the approval to park in AWAITING_INPUT and answers it through Airflow."""
-    import threading
-    import time
-
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
-
-    bag = DagBag(dag_folder=str(REPO / "dags" / "client_offboarding.py"))
-    assert not bag.import_errors, bag.import_errors
-    dag = bag.dags["client_offboarding"]
-    answered: list[str] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    with create_session() as session:  # this test's run is the one not there yet
-        earlier = set(
-            session.scalars(
-                sa.select(TaskInstance.run_id).where(TaskInstance.dag_id == "client_offboarding")
-            )
-        )
-
-    def parked(session) -> Any:
-        return session.scalars(
-            sa.select(TaskInstance).where(
-                TaskInstance.dag_id == "client_offboarding",
-                TaskInstance.task_id == "approve",
-                TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
-                TaskInstance.run_id.not_in(earlier or {""}),
-            )
-        ).first()
-
-    def answer_when_parked() -> None:
-        deadline = time.monotonic() + 240
-        try:
-            while not stop.is_set() and time.monotonic() < deadline:
-                with create_session() as session:
-                    ti = parked(session)
-                    if ti is not None:
-                        answer(session, ti)
-                        answered.append(ti.run_id)
-                        return
-                time.sleep(0.5)
-        except BaseException as exc:
-            errors.append(exc)
-        # never answered: fail the parked step, or dag.test() would wait for it forever
-        with create_session() as session:
-            ti = parked(session)
-            if ti is not None:
-                ti.state = TaskInstanceState.FAILED
-
-    thread = threading.Thread(target=answer_when_parked, daemon=True)
-    thread.start()
-    try:
-        run = dag.test(run_conf=conf)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not errors, errors
-    assert answered == [run.run_id], "the approval was never reached or answered"
+def _run_and_answer(answer: Callable[[Key], Any], conf: dict) -> Any:
+    """The run, its approval answered with `answer`; fails unless that run's step parked."""
+    run, parked = hitl.run_answering("client_offboarding", conf, answer)
+    assert [key[1] for key in parked] == [run.run_id], "the approval was never reached"
     return run
 
 
-def _answer(option: str):
-    def answer(session, ti) -> None:
+def _answer(option: str) -> Callable[[Key], None]:
+    def answer(key: Key) -> None:
         from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
         from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+        from airflow.utils.session import create_session
 
-        update_hitl_detail(
-            dag_id=ti.dag_id,
-            dag_run_id=ti.run_id,
-            task_id=ti.task_id,
-            update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
-            user=_Approver(),
-            session=session,
-        )
+        with create_session() as session:
+            update_hitl_detail(
+                dag_id=key[0],
+                dag_run_id=key[1],
+                task_id=key[2],
+                update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
+                user=_Approver(),
+                session=session,
+            )
 
     return answer
 
 
 _approve = _answer("Approve")
-
-
-def _time_out(session, ti) -> None:
-    """The 3-day response timeout, passed: the scheduler's sweep takes the default (Reject)."""
-    from datetime import UTC, datetime, timedelta
-    from types import SimpleNamespace
-
-    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
-
-    ti.trigger_timeout = datetime.now(UTC) - timedelta(seconds=1)
-    session.flush()
-    SchedulerJobRunner.check_awaiting_input_timeouts(
-        SimpleNamespace(log=logging.getLogger("scheduler")), session=session
-    )
+_time_out = hitl.time_out
 
 
 def _client_rows(url: str, client: str) -> int:
@@ -188,7 +118,7 @@ def _client_rows(url: str, client: str) -> int:
 
 def test_an_approved_run_deletes_the_client(stack, esp_webhook):
     before = _counts(stack.db_url)
-    run = _run_and_answer(stack, _approve, {"dry_run": False})
+    run = _run_and_answer(_approve, {"dry_run": False})
     assert run.state == "success"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["approve"] == "success" and states["execute"] == "success"
@@ -221,7 +151,7 @@ def test_no_approval_skips_execute_and_alerts(stack, monkeypatch, answer):
         lambda alert, settings, senders, *a, **k: sent.append(alert) or ["slack"],
     )
     before = _counts(stack.db_url)
-    run = _run_and_answer(stack, answer, {"dry_run": False})
+    run = _run_and_answer(answer, {"dry_run": False})
     assert run.state == "success"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["approve"] == "success" and states["execute"] == "skipped"
@@ -235,3 +165,30 @@ def test_no_approval_skips_execute_and_alerts(stack, monkeypatch, answer):
         ].read()
     )
     assert f"Clients: {', '.join(summary['clients'])}." in alert.body
+
+
+def test_a_failed_plan_fails_the_run(airflow_db, monkeypatch):
+    """The run's state comes from its leaves (tests/dags/test_client_offboarding.py): a plan
+    that fails must show a failed run, not a green one whose only leaf was the all_skipped
+    alert. No world is needed: the plan fails before it reads anything."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from compliance import runtime
+    from compliance.jobs import offboarding
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the plan failed")
+
+    monkeypatch.setattr(runtime, "context", lambda *_a, **_k: None)
+    monkeypatch.setattr(offboarding, "plan", broken)
+    bag = DagBag(dag_folder=str(hitl.REPO / "dags" / "client_offboarding.py"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["client_offboarding"]
+    for task in dag.tasks:  # fail now, not after two backed-off retries
+        task.retries = 0
+    run = dag.test(run_conf={"dry_run": False})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["plan"] == "failed"
+    assert states["execute"] == "upstream_failed"
+    assert states["alert_not_approved"] == "skipped"
+    assert run.state == "failed"

@@ -13,10 +13,7 @@ here turns on what it checks.
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
-from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,13 +21,14 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from tests.e2e import hitl
+from tests.e2e.hitl import Key
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TRIGGER = "dag_test"  # who dag.test() says triggered the run
 HASH_KEY = b"e2e-test-key"  # tests/e2e/conftest.py
-
-Key = tuple[str, str, str, int]  # dag_id, run_id, task_id, map_index
 
 
 @pytest.fixture
@@ -83,98 +81,14 @@ def _patch(desk, key: Key, option: str, user: str, cookie: bool = False) -> Any:
     )
 
 
-def _run(dag_id: str, conf: dict, answer: Callable[[Key], None] | None) -> tuple[Any, list[Key]]:
-    """`dag.test()` here; a second thread answers the parked approval (if `answer`). Returns
-    the run and the approvals that parked (an unanswered one is failed, never left hanging)."""
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
-
-    bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"))
-    assert not bag.import_errors, bag.import_errors
-    dag = bag.dags[dag_id]
-    with create_session() as session:
-        earlier = set(
-            session.scalars(sa.select(TaskInstance.run_id).where(TaskInstance.dag_id == dag_id))
-        )
-    parked: list[Key] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def find() -> Key | None:
-        with create_session() as session:
-            ti = session.scalars(
-                sa.select(TaskInstance).where(
-                    TaskInstance.dag_id == dag_id,
-                    TaskInstance.task_id == "approve",
-                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
-                    TaskInstance.run_id.not_in(earlier or {""}),
-                )
-            ).first()
-            return None if ti is None else (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
-
-    def watch() -> None:
-        deadline = time.monotonic() + 240
-        try:
-            while not stop.is_set() and time.monotonic() < deadline:
-                key = find()
-                if key is not None:
-                    parked.append(key)
-                    if answer is not None:
-                        answer(key)
-                        return
-                    break
-                time.sleep(0.5)
-        except BaseException as exc:
-            errors.append(exc)
-        # unanswered: fail the parked step, or dag.test() would wait for it forever
-        with create_session() as session:
-            for ti in session.scalars(
-                sa.select(TaskInstance).where(
-                    TaskInstance.dag_id == dag_id,
-                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
-                    TaskInstance.run_id.not_in(earlier or {""}),
-                )
-            ):
-                ti.state = TaskInstanceState.FAILED
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        run = dag.test(run_conf=conf)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not errors, errors
-    return run, parked
+_run = hitl.run_answering  # dag.test() here; a second thread answers the parked approval
 
 
 def _time_out(key: Key) -> None:
     """The response timeout passed: the scheduler's sweep takes the default (Reject)."""
-    from datetime import UTC, datetime, timedelta
-    from types import SimpleNamespace
-
-    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        ti = session.scalars(
-            sa.select(TaskInstance).where(
-                TaskInstance.dag_id == key[0],
-                TaskInstance.run_id == key[1],
-                TaskInstance.task_id == key[2],
-            )
-        ).one()
-        # COMPLIANCE_APPROVAL_TIMEOUT_HOURS reached the parked step
-        left = ti.trigger_timeout - datetime.now(UTC)
-        assert timedelta(0) < left < timedelta(minutes=2), left
-        ti.trigger_timeout = datetime.now(UTC) - timedelta(seconds=1)
-        session.flush()
-        SchedulerJobRunner.check_awaiting_input_timeouts(
-            SimpleNamespace(log=logging.getLogger("scheduler")), session=session
-        )
+    left = hitl.time_out(key)
+    # COMPLIANCE_APPROVAL_TIMEOUT_HOURS reached the parked step
+    assert timedelta(0) < left < timedelta(minutes=2), left
 
 
 def _states(run) -> dict[str, set[str]]:

@@ -15,9 +15,7 @@ import pytest
 from compliance.core import ledger
 from compliance.core.hashing import keyed_hash
 from compliance.core.settings import Settings
-from compliance.core.stores.sql import engine_from_url
 from compliance.desk import approvals
-from compliance.requests import state
 
 BATCH = {
     "batch_id": "b-20261206T040000",
@@ -33,14 +31,6 @@ BATCH = {
 @pytest.fixture
 def settings() -> Settings:
     return Settings.from_env({})
-
-
-@pytest.fixture
-def engine(db_url):
-    eng = engine_from_url(db_url)
-    state.create_state_schema(eng)
-    yield eng
-    eng.dispose()
 
 
 def test_settings_defaults_and_environment():
@@ -130,50 +120,52 @@ PLAN = {
 }
 
 
-def test_retention_first_run_changed_and_unchanged(settings, engine):
+def test_retention_first_run_changed_and_unchanged(settings, state_engine):
     digest = approvals.rules_digest("p1", "m1")
-    first = approvals.for_retention(settings, engine, PLAN, dry_run=False, digest=digest)
+    first = approvals.for_retention(settings, state_engine, PLAN, dry_run=False, digest=digest)
     assert first["required"] and first["why"] == [approvals.FIRST_RUN]
     assert "R27-logs" in first["summary_md"] and "objects=4" in first["summary_md"]
     approvals.record(
-        engine,
+        state_engine,
         b"k",
         dag_id="retention_sweep",
         run_id="manual__1",
         approval=first,
         approver_id="reviewer",
     )
-    assert approvals.last_approved_digest(engine, "retention_sweep") == digest
-    same = approvals.for_retention(settings, engine, PLAN, dry_run=False, digest=digest)
+    assert approvals.last_approved_digest(state_engine, "retention_sweep") == digest
+    same = approvals.for_retention(settings, state_engine, PLAN, dry_run=False, digest=digest)
     assert same["required"] is False
     other = approvals.rules_digest("p2", "m1")
-    changed = approvals.for_retention(settings, engine, PLAN, dry_run=False, digest=other)
+    changed = approvals.for_retention(settings, state_engine, PLAN, dry_run=False, digest=other)
     assert changed["required"] and changed["why"] == [approvals.RULES_CHANGED]
     # a dry run, or the rule switched off, never waits
-    assert not approvals.for_retention(settings, engine, PLAN, dry_run=True, digest=other)[
+    assert not approvals.for_retention(settings, state_engine, PLAN, dry_run=True, digest=other)[
         "required"
     ]
     off = replace(settings, approval_retention_rules=False)
-    assert not approvals.for_retention(off, engine, PLAN, dry_run=False, digest=other)["required"]
+    assert not approvals.for_retention(off, state_engine, PLAN, dry_run=False, digest=other)[
+        "required"
+    ]
 
 
-def test_the_newest_approval_wins_and_dags_are_apart(engine):
+def test_the_newest_approval_wins_and_dags_are_apart(state_engine):
     for run, digest in (("r1", "d1"), ("r2", "d2")):
         approvals.record(
-            engine,
+            state_engine,
             b"k",
             dag_id="retention_sweep",
             run_id=run,
             approval={"digest": digest, "why": ["rules_changed"]},
             approver_id="reviewer",
         )
-    assert approvals.last_approved_digest(engine, "retention_sweep") == "d2"
-    assert approvals.last_approved_digest(engine, "deletion_requests") is None
+    assert approvals.last_approved_digest(state_engine, "retention_sweep") == "d2"
+    assert approvals.last_approved_digest(state_engine, "deletion_requests") is None
 
 
-def test_the_ledger_entry_names_nobody(engine):
+def test_the_ledger_entry_names_nobody(state_engine):
     seq = approvals.record(
-        engine,
+        state_engine,
         b"k",
         dag_id="deletion_requests",
         run_id="manual__2",
@@ -181,7 +173,7 @@ def test_the_ledger_entry_names_nobody(engine):
         approver_id="reviewer",
     )
     again = approvals.record(  # a retried task: the same entry, not a second one
-        engine,
+        state_engine,
         b"k",
         dag_id="deletion_requests",
         run_id="manual__2",
@@ -189,35 +181,40 @@ def test_the_ledger_entry_names_nobody(engine):
         approver_id="reviewer",
     )
     assert again == seq
-    (entry,) = ledger.entries(engine, kind="approval")
+    (entry,) = ledger.entries(state_engine, kind="approval")
     assert entry.payload["approver"] == keyed_hash(b"k", "approver", "reviewer")
     assert "reviewer" not in json.dumps(entry.payload)
     assert "summary_md" not in entry.payload
-    assert ledger.verify(engine, b"k").ok
+    assert ledger.verify(state_engine, b"k").ok
 
 
-def test_destructive_steps_need_the_approvals_ledger_entry(settings, engine):
+def test_destructive_steps_need_the_approvals_ledger_entry(settings, state_engine):
     """Marking the approval task "success" by hand, or clearing the erasing tasks after a
     rejection, must not erase: each step checks the ledger entry only an Approve writes."""
     waiting = approvals.for_deletion(settings, BATCH, scheduled=False)
     assert waiting["required"] and len(waiting["token"]) == 32
     with pytest.raises(approvals.NotApproved):
-        approvals.require(engine, waiting)
+        approvals.require(state_engine, waiting)
     other = approvals.for_deletion(settings, BATCH, scheduled=False)  # another plan's token
     approvals.record(
-        engine, b"k", dag_id="deletion_requests", run_id="r9", approval=other, approver_id="x"
+        state_engine, b"k", dag_id="deletion_requests", run_id="r9", approval=other, approver_id="x"
     )
     with pytest.raises(approvals.NotApproved):  # an approval of another plan does not count
-        approvals.require(engine, waiting)
+        approvals.require(state_engine, waiting)
     approvals.record(
-        engine, b"k", dag_id="deletion_requests", run_id="r1", approval=waiting, approver_id="x"
+        state_engine,
+        b"k",
+        dag_id="deletion_requests",
+        run_id="r1",
+        approval=waiting,
+        approver_id="x",
     )
-    approvals.require(engine, waiting)  # approved: goes ahead
+    approvals.require(state_engine, waiting)  # approved: goes ahead
     small = approvals.for_deletion(settings, {**BATCH, "requests": 1}, scheduled=True)
     assert small["required"] is False and small["token"] is None
-    approvals.require(engine, small)  # nothing to approve
+    approvals.require(state_engine, small)  # nothing to approve
     with pytest.raises(approvals.NotApproved):  # a required decision without a token
-        approvals.require(engine, {**waiting, "token": None})
+        approvals.require(state_engine, {**waiting, "token": None})
 
 
 def test_documented():

@@ -1,6 +1,6 @@
 """An offboarding approval rejected or timed out: staff are alerted (R27, G4 Art. 28(3)(g)).
 
-The DAG's `alert_not_approved` task runs only when execute was skipped by the approval
+The DAG's `alert_not_approved` task runs only when the approval skipped `approved` (and execute)
 (tests/dags/test_client_offboarding.py proves the wiring; tests/e2e/test_client_offboarding.py
 answers the approval for real). Here: the job function it calls sends one alert through the
 staff channels, recorded at `compliance.core.alerts.dispatch` as tests/unit/test_alerts.py does,
