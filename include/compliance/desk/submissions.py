@@ -147,7 +147,7 @@ def _repeat(
         )
     row = _row(ctx.state, client_id, request_id, [known["type"]])
     if row is None:
-        key = inbox.submission_key(f"{known['type']}-{client_id}-{request_id}")
+        key = inbox.entry_key(known["type"], client_id, request_id)
         ws = ctx.workspace
         if not _exists(ws.s3, ws.bucket, key):
             again = staff_entry.enter_document(ctx, known["type"], doc)

@@ -20,6 +20,7 @@ recognised as such, not as a duplicate.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -66,15 +67,28 @@ class IntakeSummary:
         return asdict(self)
 
 
-def submit(s3: Any, bucket: str, document: dict[str, Any], name: str) -> str:
-    """Staff's UI form: put one request document into the inbox (validated like any other)."""
-    key = submission_key(name)
+def submit(s3: Any, bucket: str, document: dict[str, Any], key: str) -> str:
+    """Staff's form and the client API: put one checked request document into the inbox at its
+    `entry_key` (the intake validates it like any other)."""
     put_bytes(s3, bucket, key, json.dumps(document).encode(), "application/json")
     return key
 
 
 def submission_key(name: str) -> str:
     return f"{INBOX}{UI}/{_SAFE.sub('_', name)}.json"
+
+
+def entry_key(type_: str, client_id: Any, request_id: Any) -> str:
+    """Where an entered request (staff form, client API) waits in the inbox.
+
+    The sanitised name alone is not one-to-one: tenant `acme` with request `east-1` and tenant
+    `acme-east` with request `1` would share a file, and so would tenants differing only in
+    non-ASCII letters; the second would be refused as a duplicate (R22) while the first waits.
+    A digest of the exact (type, tenant, request id) keeps the readable name and makes it unique.
+    Tenant ids are compared as text, as everywhere in the desk."""
+    exact = json.dumps([str(type_), str(client_id), str(request_id)]).encode()
+    digest = hashlib.sha256(exact).hexdigest()[:12]
+    return submission_key(f"{type_}-{client_id}-{request_id}-{digest}")
 
 
 def form_document(params: dict[str, Any], type_: str) -> dict[str, Any] | None:

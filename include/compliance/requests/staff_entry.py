@@ -101,7 +101,6 @@ class Checked:
 
     entered: Entered
     doc: dict[str, Any] = field(repr=False)
-    name: str
 
 
 def enter_document(ctx: JobContext, type_: str, doc: dict[str, Any]) -> Entered | Refused:
@@ -118,7 +117,7 @@ def check_documents(
     batch, duplicates among them included); writes nothing. An `Entered` (with `again`) is a
     document already waiting in the inbox unchanged."""
     out: list[Checked | Entered | Refused | None] = [None] * len(items)
-    pending: list[tuple[int, str, dict[str, Any], str, str, bytes]] = []
+    pending: list[tuple[int, str, dict[str, Any], str, bytes]] = []
     ws = ctx.workspace
     keys: set[str] = set()
     for i, (type_, doc) in enumerate(items):
@@ -131,8 +130,7 @@ def check_documents(
             out[i] = _refused("missing_field", "request_id", "the request id is required (R1)")
             continue
         body = json.dumps(doc).encode()
-        name = f"{type_}-{doc.get('client_id')}-{doc['request_id']}"
-        key = inbox.submission_key(name)
+        key = inbox.entry_key(type_, doc.get("client_id"), doc["request_id"])
         waiting = _read(ws.s3, ws.bucket, key)
         if key in keys or (waiting is not None and waiting != body):
             out[i] = _refused(
@@ -146,7 +144,7 @@ def check_documents(
         if waiting is not None:  # entered before and not yet taken in by a run
             out[i] = Entered(_ref(doc.get("client_id"), doc["request_id"]), key, type_, again=True)
             continue
-        pending.append((i, type_, doc, name, key, body))
+        pending.append((i, type_, doc, key, body))
     if pending:
         exam = inbox.examine(
             ws.s3,
@@ -155,10 +153,10 @@ def check_documents(
             ctx.state,
             ctx.hash_key,
             ctx.now(),
-            [(key, body) for _, _, _, _, key, body in pending],
+            [(key, body) for _, _, _, key, body in pending],
         )
         found = {r.source: (r, again) for r, again in exam.results}  # one result per document
-        for i, type_, doc, name, key, _ in pending:
+        for i, type_, doc, key, _ in pending:
             result, replay = found[key]
             if isinstance(result, intake.Rejected):
                 out[i] = Refused([_public(result.as_dict())])
@@ -168,13 +166,13 @@ def check_documents(
                 )
             else:
                 entered = Entered(_ref(result.client_id, result.request_id), key, type_)
-                out[i] = Checked(entered, doc, name)
+                out[i] = Checked(entered, doc)
     return [o for o in out if o is not None]
 
 
 def put(ctx: JobContext, checked: Checked) -> Entered:
     """Write a checked document to the inbox (the same object a client's drop would be)."""
-    inbox.submit(ctx.workspace.s3, ctx.workspace.bucket, checked.doc, checked.name)
+    inbox.submit(ctx.workspace.s3, ctx.workspace.bucket, checked.doc, checked.entered.key)
     return checked.entered
 
 
@@ -235,7 +233,7 @@ def lookup(ctx: JobContext, ref: tuple[str, str], type_: str, waiting: set[str])
     for t in types:
         if (row := rows.get((client, request_id, t))) is not None:
             return str(row.status)
-        if inbox.submission_key(f"{t}-{client}-{request_id}") in waiting:
+        if inbox.entry_key(t, client, request_id) in waiting:
             return "waiting"
     raise ValueError(
         f"{REF_PARAM}: no {type_} request {client}/{request_id} in the inbox or on record; "

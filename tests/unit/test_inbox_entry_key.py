@@ -1,0 +1,30 @@
+"""Entered requests wait in the inbox under a key unique to (type, tenant, request id) (R22).
+
+A sanitised name alone mapped different requests to one file, so the second was refused as a
+duplicate while the first waited (found by the second-world desk test's review)."""
+
+from __future__ import annotations
+
+import pytest
+
+from compliance.requests.inbox import entry_key
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (("delete", "acme", "east-1"), ("delete", "acme-east", "1")),
+        (("delete", "zürich-süd", "R-1"), ("delete", "zärich-säd", "R-1")),
+        (("delete", "a b", "1"), ("delete", "a_b", "1")),
+        (("delete", "1", "R-1"), ("access", "1", "R-1")),
+    ],
+)
+def test_different_requests_get_different_inbox_keys(one, other):
+    assert entry_key(*one) != entry_key(*other)
+
+
+def test_the_key_is_stable_readable_and_in_the_staff_inbox():
+    key = entry_key("delete", 6, "OVER-1")
+    assert key == entry_key("delete", "6", "OVER-1")  # tenant ids compared as text
+    assert key.startswith("inbox/ui/delete-6-OVER-1-") and key.endswith(".json")
+    assert "/" not in key.removeprefix("inbox/ui/")
