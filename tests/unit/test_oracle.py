@@ -328,6 +328,25 @@ def test_another_consumers_own_shared_identity_is_not_residue_unless_the_request
     assert run(crm, s3).residue == {"crm:contacts.email": 1}
 
 
+def test_a_shared_identity_on_the_other_consumers_other_rows_is_theirs_too(crm, logs):
+    """Their own phone in their notes (a message to their own number) is theirs as well, once a
+    mapped identity column shows the phone is theirs; a found value they do not hold as an
+    identity, or one the request gave, is still residue in those rows."""
+    engine, md = crm
+    s3, _ = logs
+    notes, contacts = md.tables["notes"], md.tables["contacts"]
+    with engine.begin() as c:
+        c.execute(notes.update().where(sa.text("note_id = 1")).values(body=f"call me on {PHONE}"))
+    assert run(crm, s3).residue == {"crm:notes.body": 1}  # not theirs: contact 6 has another
+    with engine.begin() as c:
+        c.execute(contacts.update().where(sa.text("contact_id = 6")).values(phone=PHONE))
+    verdict = run(crm, s3)
+    assert verdict.clean and verdict.sql["crm"]["shared_identity"] == 2
+    with engine.begin() as c:
+        c.execute(notes.update().where(sa.text("note_id = 1")).values(body=f"from {EMAIL}"))
+    assert run(crm, s3).residue == {"crm:notes.body": 1}  # the given e-mail is never shared
+
+
 def test_deferred_requests_are_not_searched(crm, logs):
     """A request under a legal hold (R19) is outside the erased scope."""
     s3, put = logs

@@ -169,8 +169,12 @@ def verify_system(
         "held_tables": sorted(kept_of),
     }
     verdict.sql[sname] = report
+    owners: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, value) -> consumers
     with engine.connect() as conn:
-        for tname, spec in sorted(system.tables.items()):
+        # Tables with identity columns first: they name the other consumers whose own identity a
+        # found value is (`owners`), which the other tables' rows of those consumers then share.
+        ordered = sorted(system.tables.items(), key=lambda kv: (not _identity_cols(kv[1]), kv[0]))
+        for tname, spec in ordered:
             if spec.erase is TableErase.keep:
                 report["kept_tables"].append(
                     {"table": tname, "exception": spec.exception and spec.exception.value}
@@ -193,7 +197,7 @@ def verify_system(
             unheld = _not_held(joined, kept_of.get(tname, set()))
             table = _Table(sname, tname, spec, joined, columns, unheld)
             if columns and every:
-                _search_table(conn, table, by_tenant, consumers, verdict)
+                _search_table(conn, table, by_tenant, consumers, verdict, owners)
             checked = {t: ks - exempt.get(tname, set()) for t, ks in consumers.items()}
             _key_check(conn, table, checked, verdict)
         _short_contact_ids(conn, md, sname, system, values, verdict, kept_of)
@@ -221,15 +225,24 @@ class _Table:
     unheld: sa.ColumnElement
 
 
-def _search_table(conn, table: _Table, by_tenant, consumers, verdict) -> None:
+def _identity_cols(spec: Any) -> set[str]:
+    return {c for c, col in spec.columns.items() if col.identity is not None}
+
+
+def _search_table(conn, table: _Table, by_tenant, consumers, verdict, owners) -> None:
     """Rows of each tenant holding one of its values; then rows whose tenant cannot be told
-    (an orphan whose parent is gone), against every tenant's values."""
+    (an orphan whose parent is gone), against every tenant's values.
+
+    Shared, not residue: a value the request did not give, found on a row of a consumer outside
+    the batch who holds it as their own identity: in a mapped identity column (recorded in
+    `owners`), or in any column of that consumer's rows once an identity column showed it is
+    theirs (their messages to their own address: the same e-mail on two contacts)."""
     sname, tname, spec, joined, columns = (
         table.system, table.name, table.spec, table.joined, table.columns
     )  # fmt: skip
     low = _haystack(columns)
     digits = _digits(low)
-    identity_cols = {c for c, col in spec.columns.items() if col.identity is not None}
+    identity_cols = _identity_cols(spec)
     passes = [
         (tenant, _tenant_filter(joined, tenant), vs) for tenant, vs in sorted(by_tenant.items())
     ]
@@ -252,14 +265,19 @@ def _search_table(conn, table: _Table, by_tenant, consumers, verdict) -> None:
                     hits = [v for v in chunk if _found_in(v, cell)]
                     if not hits:
                         continue
-                    shared = (  # another consumer's own identity, one we only found (module doc)
+                    other = (  # a consumer outside the batch, a value we only found (module doc)
                         tenant is not None
-                        and col.name in identity_cols
                         and consumer is not None
                         and str(consumer) not in erased
                         and not any(v.given for v in hits)
                     )
-                    if shared:
+                    theirs = col.name in identity_cols or all(
+                        str(consumer) in owners.get((str(tenant), v.text), ()) for v in hits
+                    )
+                    if other and theirs:
+                        if col.name in identity_cols:
+                            for v in hits:
+                                owners[(str(tenant), v.text)].add(str(consumer))
                         verdict.sql[sname]["shared_identity"] += 1
                     else:
                         verdict.residue[f"{sname}:{tname}.{col.name}"] += 1
