@@ -1,17 +1,20 @@
 """What every section shares: result rows, the world's services, stage processes, requests.
 
-Stages run in worker processes forked from a forkserver (so a stage's peak memory is its own
-process's, not the harness's), a pool per stage: workers are started and initialised (S3
+Stages run in worker processes forked from a forkserver (so a stage's memory is its own
+processes', not the harness's), a pool per stage: workers are started and initialised (S3
 client, data map) before the clock starts, then the stage's calls are submitted and timed from
-the harness, from the first submission to the last result. A call reports its process's peak
-resident set (VmHWM) when it returns, so a stage's `peak_mb` is the largest peak of any of its
-worker processes. Nothing here prints or stores personal data: rows hold counts and timings.
+the harness, from the first submission to the last result. A stage's `peak_mb` is the memory
+of every process involved (issue 19): its workers, every PostgreSQL server process and the S3
+server, sampled while it runs, each worker's peak resident set (VmHWM) taken as its part when
+that is larger (`run_stage`, `MemorySampler`). Nothing here prints or stores personal data:
+rows hold counts and timings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import cProfile
+import dataclasses
 import functools
 import importlib
 import io
@@ -60,12 +63,19 @@ class Row:
     met: bool | None = None
     peak_mb: float | None = None
     note: str = ""
+    # peak_mb's parts, MB ({"workers", "postgres", "s3"}: Stage.memory_parts); in the JSON only
+    # when set (the memory summary row sets it)
+    peak_parts: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("value", "baseline", "ratio", "peak_mb"):
             if isinstance(d[key], float):
                 d[key] = round(d[key], 4 if abs(d[key]) < 10 else 2)
+        if d["peak_parts"] is None:
+            del d["peak_parts"]
+        else:
+            d["peak_parts"] = {k: round(v, 2) for k, v in d["peak_parts"].items()}
         return d
 
 
@@ -237,6 +247,244 @@ def hwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
 
 
+# -- memory of every process a stage involves (issue 19) -------------------------------------------
+
+PROC = Path("/proc")
+_SHARED_SEGMENT_PATHS = ("/dev/zero (deleted)", "/anon_hugepage (deleted)", "/SYSV")
+
+
+def _rollup(pid: int) -> tuple[int, int] | None:
+    """(Pss, Pss_Shmem) of one process in bytes, from /proc/<pid>/smaps_rollup; None if the
+    process is gone or not readable. Pss_Shmem is 0 on kernels that do not report it."""
+    pss = shmem = -1
+    try:
+        with open(PROC / str(pid) / "smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss_Shmem:"):
+                    shmem = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        return None
+    return None if pss < 0 else (pss, max(shmem, 0))
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's children file; needs no full /proc scan)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in (PROC / str(pid) / "task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants that exist now."""
+    seen: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        if p in seen or not (PROC / str(p)).exists():
+            continue
+        seen.append(p)
+        todo += _children(p)
+    return seen
+
+
+def _comm(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _title(pid: int) -> str:
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def postmasters() -> list[int]:
+    """Every local PostgreSQL postmaster: a `postgres` process whose parent is not one.
+
+    A server in a container or on another host is not visible here: its part is then 0 and
+    the figure says so (MemorySample.postgres_procs == 0)."""
+    out = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or _comm(int(entry.name)) != "postgres":
+            continue
+        try:
+            ppid = next(
+                int(line.split()[1])
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("PPid:")
+            )
+        except (OSError, StopIteration, ValueError):
+            continue
+        if _comm(ppid) != "postgres":
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def pg_shared_segment(postmaster: int) -> int:
+    """Bytes of the server's main shared memory (shared buffers, locks, WAL buffers...): the
+    size of its shared anonymous (or huge page, or SysV) mappings in the postmaster.
+
+    Counted once at its full size: every page of it is resident once touched and stays so
+    until the server stops, but a page counts in a process's PSS only while a live process has
+    it mapped in (a sequential scan uses a ring of 256 kB, so the backends of a stage may map
+    little of it while the rest stays resident)."""
+    total = 0
+    size_next = False
+    try:
+        with open(PROC / str(postmaster) / "smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=5)
+                if len(head) >= 5 and "-" in head[0] and len(head[1]) == 4:
+                    path = head[5].strip() if len(head) == 6 else ""
+                    size_next = head[1][3] == "s" and path.startswith(_SHARED_SEGMENT_PATHS)
+                elif size_next and line.startswith("Size:"):
+                    total += int(line.split()[1]) * 1024
+                    size_next = False
+    except (OSError, ValueError):
+        return 0
+    return total
+
+
+def pg_dynamic_shared() -> int:
+    """Bytes of PostgreSQL's dynamic shared memory now (parallel query, /dev/shm segments;
+    tmpfs, so allocated blocks are memory)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/dev/shm"):
+            if entry.name.startswith("PostgreSQL."):
+                with contextlib.suppress(OSError):
+                    total += entry.stat().st_blocks * 512
+    return total
+
+
+def vm_hwm(pid: int) -> float:
+    """Peak resident set (VmHWM) of a live process, MB; 0.0 if it is gone."""
+    with contextlib.suppress(OSError, ValueError), open(PROC / str(pid) / "status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / MB
+    return 0.0
+
+
+@dataclass
+class MemorySample:
+    """Memory of the processes a stage involves at one moment, MB.
+
+    `workers` and `s3`: the sum of each process's PSS (its private pages plus its share of the
+    pages it shares, so a page shared by N processes counts once overall). `postgres`: every
+    server process's PSS without its shared-memory part, plus the main shared segment at its
+    full size and the dynamic shared segments in /dev/shm (see `pg_shared_segment`).
+    `postgres_other`: the part of `postgres` that is client backends of databases outside this
+    run (other sessions on a shared server; included in `postgres`, shown for context)."""
+
+    workers: float = 0.0
+    postgres: float = 0.0
+    s3: float = 0.0
+    postgres_procs: int = 0
+    postgres_other: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.workers + self.postgres + self.s3
+
+
+class MemorySampler:
+    """Samples, in a harness thread, the memory of a stage's worker processes, of every local
+    PostgreSQL server process and of the S3 server's process tree, every `interval` seconds
+    while running, and once more at `stop()`.
+
+    `peak` is the sample with the largest total; `peak_servers` the one with the largest
+    PostgreSQL + S3 part. Sampling reads /proc (root sees every process). It is not free: the
+    kernel walks each process's page tables for smaps_rollup, about 0.6 ms of CPU per
+    PostgreSQL process here (12 ms a sample with 17 server processes), on the same cores as
+    the stage: at one sample per 0.2 s that is 3-6% of one core, which is why the interval is
+    not shorter."""
+
+    def __init__(
+        self,
+        workers: Sequence[int],
+        s3_pid: int | None = None,
+        run_prefix: str = "",
+        interval: float = 0.2,
+    ) -> None:
+        import threading
+
+        self.workers = list(workers)
+        self.s3_pid = s3_pid
+        self.run_prefix = run_prefix
+        self.interval = interval
+        self.postmasters = postmasters()
+        self.shared = sum(pg_shared_segment(p) for p in self.postmasters)
+        self.samples = 0
+        self.peak = MemorySample()
+        self.peak_servers = MemorySample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
+
+    def sample(self) -> MemorySample:
+        """One sample now (also records it in `peak`, `peak_servers`)."""
+        s = MemorySample()
+        s.workers = sum(self._pss(self.workers)) / MB
+        if self.s3_pid is not None:
+            s.s3 = sum(self._pss(process_tree(self.s3_pid))) / MB
+        if self.postmasters:
+            private = other = 0
+            for pm in self.postmasters:
+                for pid in process_tree(pm):
+                    got = _rollup(pid)
+                    if got is None:
+                        continue
+                    s.postgres_procs += 1
+                    private += got[0] - got[1]
+                    if self._foreign(pid):
+                        other += got[0] - got[1]
+            s.postgres = (private + self.shared + pg_dynamic_shared()) / MB
+            s.postgres_other = other / MB
+        self.samples += 1
+        if s.total > self.peak.total:
+            self.peak = s
+        if s.postgres + s.s3 > self.peak_servers.postgres + self.peak_servers.s3:
+            self.peak_servers = s
+        return s
+
+    def _pss(self, roots: Sequence[int]) -> list[int]:
+        pids = {p for r in roots for p in process_tree(r)}
+        return [got[0] for p in pids if (got := _rollup(p)) is not None]
+
+    def _foreign(self, pid: int) -> bool:
+        """A client backend of a database outside this run? Its title is `postgres: [cluster:]
+        user database host(port) state`; background processes and parallel workers are not."""
+        if not self.run_prefix:
+            return False
+        title = _title(pid)
+        return ("(" in title or "[local]" in title) and self.run_prefix not in title
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):  # a figure, never a reason to fail a stage
+                self.sample()
+
+    def start(self) -> MemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
 # -- stage processes ----------------------------------------------------------------------------
 
 PRELOAD = [
@@ -269,7 +517,7 @@ def _ready(delay: float, imports: Sequence[str]) -> int:
     return os.getpid()
 
 
-def _call(fn: Callable[..., Any], args: tuple, profile_to: str) -> tuple[Any, float, float]:
+def _call(fn: Callable[..., Any], args: tuple, profile_to: str) -> tuple[Any, float, float, int]:
     prof = cProfile.Profile() if profile_to else None
     started = time.perf_counter()
     if prof is not None:
@@ -280,18 +528,56 @@ def _call(fn: Callable[..., Any], args: tuple, profile_to: str) -> tuple[Any, fl
         if prof is not None:
             prof.disable()
             prof.dump_stats(profile_to)
-    return result, time.perf_counter() - started, hwm_mb()
+    return result, time.perf_counter() - started, hwm_mb(), os.getpid()
 
 
 @dataclass
 class Stage:
+    """One timed stage. `peak_mb` is the memory of every process the stage involves (workers +
+    PostgreSQL + S3 server, see `run_stage`); `workers_mb`, `postgres_mb` and `s3_mb` are its
+    parts, so that `peak_mb == workers_mb + postgres_mb + s3_mb`."""
+
     name: str
     seconds: float  # wall time, first submission to last result (workers already started)
-    peak_mb: float  # the largest peak RSS of any worker process of the stage
+    peak_mb: float  # all processes of the stage at their peak (see run_stage)
     results: list[Any]
     workers: int
     call_seconds: list[float] = field(default_factory=list)
     s3_cpu: float = 0.0  # CPU seconds the S3 server process used meanwhile (same 2 cores)
+    workers_mb: float = 0.0  # the worker processes' part of peak_mb
+    postgres_mb: float = 0.0  # every PostgreSQL server process (shared memory counted once)
+    s3_mb: float = 0.0  # the S3 server's process tree
+    worker_hwm_mb: float = 0.0  # the largest worker's VmHWM (the figure before issue 19)
+    sampled_mb: float = 0.0  # the largest sampled sum (PSS), for comparison with peak_mb
+    memory_samples: int = 0
+    postgres_other_mb: float = 0.0  # of postgres_mb: other databases' sessions (shared server)
+
+    @property
+    def memory_parts(self) -> dict[str, float]:
+        """The breakdown of `peak_mb`, MB, for a row's `peak_parts`."""
+        return {"workers": self.workers_mb, "postgres": self.postgres_mb, "s3": self.s3_mb}
+
+
+# Every stage's memory, in the order run (world stages included): what the memory summary row
+# picks its largest stage from (`benchmarks.run._summary`). Copies without `results`, so that
+# the harness does not keep every stage's results alive for the whole run.
+STAGE_MEMORY: list[Stage] = []
+
+
+def stage_memory() -> list[dict[str, Any]]:
+    """Every stage's memory so far, MB, rounded (for `latest.json`): name, peak and parts."""
+    return [
+        {
+            "stage": st.name,
+            "peak_mb": round(st.peak_mb, 1),
+            **{f"{k}_mb": round(v, 1) for k, v in st.memory_parts.items()},
+            "worker_hwm_mb": round(st.worker_hwm_mb, 1),
+            "sampled_mb": round(st.sampled_mb, 1),
+            "samples": st.memory_samples,
+            "postgres_other_mb": round(st.postgres_other_mb, 1),
+        }
+        for st in STAGE_MEMORY
+    ]
 
 
 def run_stage(
@@ -301,10 +587,27 @@ def run_stage(
     calls: Sequence[tuple],
     workers: int = 1,
     imports: Sequence[str] = (),
+    s3_pid: int | None = None,
 ) -> Stage:
     """Run `fn(*args)` for each of `calls` in `workers` fresh processes; time the calls only.
 
     `imports`: modules the stage's code imports, loaded during the warm-up (before the clock).
+
+    Memory (issue 19: the sum over every process involved). From the first submission to the
+    last result a harness thread samples, every 0.2 s and once more at the end, the stage's
+    worker processes (PSS), every local PostgreSQL server process (PSS without shared memory,
+    plus the server's shared memory once at its full size: `MemorySample`) and the S3 server
+    `s3_pid` with its children (PSS). A worker can peak between two samples, so its peak
+    resident set (VmHWM, read before the pool ends: the whole life of the process, warm-up
+    included, shared library pages counted in full) replaces its sampled part. `peak_mb` is
+    the larger of two figures, which is conservative:
+      - the largest sampled sum;
+      - the largest sampled PostgreSQL + S3 part plus every worker's VmHWM (each part at its
+        own worst moment, even if they were not at the same time).
+    So the workers' part can only overstate; a PostgreSQL or S3 spike shorter than the
+    interval can still fall between two samples (their PSS has no high-water mark).
+    The parts of whichever figure is larger are `workers_mb`, `postgres_mb`, `s3_mb`. The
+    harness process and the idle forkserver are not counted: they stand for the scheduler.
     """
     calls = list(calls)
     if not calls:
@@ -319,24 +622,45 @@ def run_stage(
     ) as pool:
         delay = 0.1 if workers > 1 else 0.0
         warm = [fn.__module__, *imports]
-        list(pool.map(_ready, [delay] * workers, [warm] * workers))  # workers started, warm
+        pids = set(pool.map(_ready, [delay] * workers, [warm] * workers))  # started, warm
+        pids |= set(getattr(pool, "_processes", None) or {})  # every worker, warm-up or not
+        sampler = MemorySampler(sorted(pids), s3_pid, f"cjb_{env_.run_id}_").start()
         started = time.perf_counter()
-        futures = [
-            pool.submit(_call, fn, args, path)
-            for args, path in zip(calls, profile_paths, strict=True)
-        ]
-        outs = [f.result() for f in futures]
-        seconds = time.perf_counter() - started
+        try:
+            futures = [
+                pool.submit(_call, fn, args, path)
+                for args, path in zip(calls, profile_paths, strict=True)
+            ]
+            outs = [f.result() for f in futures]
+            seconds = time.perf_counter() - started
+        finally:
+            sampler.stop()
+        hwm = {pid: vm_hwm(pid) for pid in pids}  # before the pool ends its workers
+    for o in outs:  # a worker already gone: the peak its calls reported
+        hwm[o[3]] = max(hwm.get(o[3], 0.0), o[2])
     if env_.profile_dir:
         _profile_summary(env_, name, [p for p in profile_paths if Path(p).exists()])
-    return Stage(
+    sampled, servers = sampler.peak, sampler.peak_servers
+    bound = MemorySample(sum(hwm.values()), servers.postgres, servers.s3)
+    bound.postgres_other = servers.postgres_other
+    top = bound if bound.total >= sampled.total else sampled
+    st = Stage(
         name,
         seconds,
-        max(o[2] for o in outs),
+        top.total,
         [o[0] for o in outs],
         workers,
         [o[1] for o in outs],
+        workers_mb=top.workers,
+        postgres_mb=top.postgres,
+        s3_mb=top.s3,
+        worker_hwm_mb=max(hwm.values()),
+        sampled_mb=sampled.total,
+        memory_samples=sampler.samples,
+        postgres_other_mb=top.postgres_other,
     )
+    STAGE_MEMORY.append(dataclasses.replace(st, results=[]))
+    return st
 
 
 def _slug(name: str) -> str:
@@ -410,7 +734,7 @@ class Bench:
         imports: Sequence[str] = (),
     ) -> Stage:
         before = self.s3_cpu()
-        st = run_stage(self.env, name, fn, calls, workers, imports)
+        st = run_stage(self.env, name, fn, calls, workers, imports, self.s3_pid)
         st.s3_cpu = self.s3_cpu() - before
         return st
 

@@ -8,22 +8,28 @@ Where: in the jobs' WORKSPACE bucket (never the client's log bucket), at
 `log-index/<log bucket>/<object key>.idx` (`workspace_layout.LOG_INDEX`, a personal area with a
 retention rule: keyed hashes of identities).
 
-What: a small header (magic, version, the object's ETag and size, a fingerprint of the store's
-identity fields and of the hash key) then a Bloom filter (`Sidecar`) over the 8-byte keyed hashes
-(BLAKE2b keyed with a key derived from the deployment's hash key, R20: a phone number's hash cannot
-be reversed by enumeration without the key; the filter holds only bits of those hashes) of every
-identity value the object's lines carry, normalised the way
-the matcher compares them (`matching._norm_log`, `targets.norm_target`, then ASCII lower-case).
-The set is a superset of what the matcher can match: values are extracted with the matcher's own
-pre-filter expression at each identity path's leaf key wherever it stands; the lines where that
-extraction could be wrong (escapes, arrays, non-ASCII e-mails) are parsed and their values at the
-identity paths added. Tenants are not hashed: fewer, larger sets, and the matcher checks tenants.
+What: a small binary header (magic, version, an 8-byte stamp: a keyed hash of the object's ETag
+and size, of the store's identity fields and of the index key) then a binary fuse filter
+(`fuse_filter.Sidecar`) over the 8-byte keyed hashes (BLAKE2b keyed with a key derived from the
+deployment's hash key, R20: a phone number's hash cannot be reversed by enumeration without the
+key; the filter holds only a few bits per hash) of every identity value the object's lines
+carry, normalised the way the matcher compares them (`matching._norm_log`,
+`targets.norm_target`, then ASCII lower-case). The set is a superset of what the matcher can
+match: values are extracted with the matcher's own pre-filter expression at each identity path's
+leaf key wherever it stands; the lines where that extraction could be wrong (escapes, arrays,
+non-ASCII e-mails) are parsed and their values at the identity paths added. Tenants are not
+hashed: the matcher checks tenants on the lines read.
+
+Size: a sidecar may take SIZE_BUDGET (1.9%) of its object's gzip bytes, at least
+MIN_SIDECAR_BYTES; `fuse_filter.width_for` gives each value the most fingerprint bits that fit,
+so the false-positive rate adapts to how dense in identities an object is (docs/log-index.md has
+the figures: about 10% per value on the demo's application logs, 3% on its mail logs).
 
 Correctness never depends on the index: an object without a sidecar, or whose sidecar is stale
 (another ETag or size, other identity fields, another key, an unknown version), is read in full,
-as before. A false positive (the filter's few percent, or a value in another tenant) costs one
-read. The code paths that replace a log object delete its sidecar (`forget`); the `log_index`
-job rebuilds it, and removes sidecars whose object is gone.
+as before. A false positive (the filter's rate per value looked up, or a value in another tenant)
+costs one read. The code paths that replace a log object delete its sidecar (`forget`); the
+`log_index` job rebuilds it, and removes sidecars whose object is gone.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import hashlib
 import hmac
 import json
 import re
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +45,7 @@ from typing import Any
 
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import IdentityType, LogStore
+from compliance.core.logfiles.fuse_filter import Sidecar, width_for
 from compliance.core.logfiles.matching import _norm_log, _scalar
 from compliance.core.logfiles.reading import GZIP, line_blocks
 from compliance.core.logfiles.targets import Targets
@@ -47,12 +53,15 @@ from compliance.core.outputs import put_bytes
 from compliance.core.stores.s3 import list_keys
 from compliance.core.workspace_layout import LOG_INDEX
 
-MAGIC = b"CJLI"
-VERSION = 1
 HASH_BYTES = 8
-BITS_PER_VALUE = 6  # Bloom filter bits per distinct value: about 5.6% false positives with k=4
-HASHES_PER_VALUE = 4
-_HEAD = struct.Struct(">4sBH")  # magic, version, length of the JSON header that follows
+# A sidecar may cost this share of its object's gzip bytes (issue 19's target: 2%, kept with a
+# margin). Within it, each value gets as many fingerprint bits as fit: the false-positive rate
+# per value looked up is 2**-bits (3 bits: 12.5%, 4 bits: 6.25%, 5 bits: 3.1%).
+SIZE_BUDGET = 0.019
+# Every sidecar may take this much: the budget of a tiny object (a few kB) leaves no room for a
+# useful filter, tiny objects weigh nothing in the total, and storing or reading an object costs
+# a request whatever its size.
+MIN_SIDECAR_BYTES = 128
 
 
 def sidecar_key(bucket: str, key: str) -> str:
@@ -68,14 +77,29 @@ def value_hash(secret: bytes, norm: bytes) -> bytes:
     return hashlib.blake2b(norm, key=secret, digest_size=HASH_BYTES).digest()
 
 
+def value_hashes(secret: bytes, values: Iterable[bytes]) -> list[bytes]:
+    """`value_hash` of each value, from one keyed state copied per value (a third faster than
+    keying every call: the key costs a compression of its own)."""
+    keyed = hashlib.blake2b(key=secret, digest_size=HASH_BYTES)
+    out = []
+    for v in values:
+        h = keyed.copy()
+        h.update(v)
+        out.append(h.digest())
+    return out
+
+
 def fields_fingerprint(store: LogStore) -> str:
     """Which identity paths the sidecar was built for: another map makes it stale."""
     spec = sorted((p, f.identity.value) for p, f in store.fields.items() if f.identity is not None)
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
-def key_id(secret: bytes) -> str:
-    return hashlib.sha256(secret + b"id").hexdigest()[:8]
+def stamp(secret: bytes, etag: str, size: int, fields: str) -> bytes:
+    """What a sidecar must match to be current, in 8 bytes: the object's ETag and size, the
+    store's identity fields, and (keyed) the index key itself."""
+    text = f"{etag}\0{size}\0{fields}".encode()
+    return hashlib.blake2b(text, key=secret, digest_size=8, person=b"cj-log-idx-stamp").digest()
 
 
 def target_hashes(secret: bytes, store: LogStore, targets: Targets) -> frozenset[bytes]:
@@ -107,7 +131,10 @@ class Extractor:
         ]
         leaf_keys = {fp.leaf_key for fp, _ in self.id_paths}
         self.rx_value: re.Pattern[bytes] | None = None
-        self.hazards: list[re.Pattern[bytes]] = []
+        self.rx_array: re.Pattern[bytes] | None = None
+        self.rx_escaped_value: re.Pattern[bytes] | None = None
+        self.rx_escaped_key: re.Pattern[bytes] | None = None
+        self.rx_non_ascii: re.Pattern[bytes] | None = None
         if not leaf_keys:
             return
 
@@ -121,22 +148,36 @@ class Extractor:
         self.rx_value = re.compile(head + rb'"?((?<=")[^"\n]*|-?[0-9]+|\[)')
         plain = all(re.fullmatch(r"[A-Za-z0-9_.@$ -]+", n) for n in leaf_keys)
         escape = rb"\\u00[2-7][0-9a-fA-F]" if plain else rb"\\"
-        self.hazards = [
-            re.compile(head + rb"\["),  # an array: its items are parsed
-            re.compile(head + rb'"[^"\n]*\\'),  # an escaped value
-            re.compile(escape + rb'[^"\n]*"' + ws + rb":"),  # a key spelt with an escape
-        ]
+        # lines whose values the expression above could get wrong: they are parsed
+        self.rx_array = re.compile(head + rb"\[")
+        self.rx_escaped_value = re.compile(head + rb'"[^"\n]*\\')
+        self.rx_escaped_key = re.compile(escape + rb'[^"\n]*"' + ws + rb":")
         emails = {fp.leaf_key for fp, t in self.id_paths if t is IdentityType.email}
         if emails:
             email_head = rb'"(?:' + alternation(emails) + rb')"' + ws + rb":" + ws
-            self.hazards.append(re.compile(email_head + rb'"[^"\n]*[\x80-\xff]'))
+            self.rx_non_ascii = re.compile(email_head + rb'"[^"\n]*[\x80-\xff]')
 
     def add(self, block: bytes, out: set[bytes]) -> None:
+        """Each hazard is looked for only where it can be, as the matcher's `candidates` does:
+        an array where a value extracted is "[", an escaped value where one holds a backslash,
+        a non-ASCII e-mail where one is not ASCII, an escaped key where the block holds a
+        backslash. Plain ASCII logs cost one expression pass."""
         if self.rx_value is None:
             return
-        out.update(self.rx_value.findall(block))
+        values = set(self.rx_value.findall(block))
+        out |= values
+        joined = b"\n".join(values)
+        hazards: list[re.Pattern[bytes] | None] = []
+        if b"[" in values:
+            hazards.append(self.rx_array)
+        if b"\\" in joined:
+            hazards.append(self.rx_escaped_value)
+        if self.rx_non_ascii is not None and not joined.isascii():
+            hazards.append(self.rx_non_ascii)
+        if b"\\" in block:
+            hazards.append(self.rx_escaped_key)
         starts: set[int] = set()
-        for rx in self.hazards:
+        for rx in filter(None, hazards):
             for m in rx.finditer(block):
                 starts.add(block.rfind(b"\n", 0, m.start()) + 1)
         for start in starts:
@@ -162,83 +203,6 @@ def normalised(raw: set[bytes]) -> set[bytes]:
     if b"-0" in out:
         out.add(b"0")  # JSON -0 is the integer 0 to the parser
     return out
-
-
-# -- the sidecar --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sidecar:
-    """A Bloom filter over the object's value hashes: `k` bit positions per value in `bits`.
-
-    Why a filter and not the sorted hashes themselves: nearly every log line carries its own
-    e-mail, phone and id, so 8 bytes per value cost about 30% of the gzip log bytes; a filter at
-    BITS_PER_VALUE bits per value costs a tenth of that, for a few percent of objects read in
-    vain (a false positive only costs a read)."""
-
-    etag: str
-    size: int
-    fields: str
-    key: str
-    k: int
-    bits: bytes
-
-    @classmethod
-    def of(cls, etag: str, size: int, fields: str, key: str, hashes: set[bytes]) -> Sidecar:
-        m = max(64, BITS_PER_VALUE * len(hashes))
-        m += -m % 8
-        k = HASHES_PER_VALUE
-        bits = bytearray(m // 8)
-        for h in hashes:
-            for pos in _positions(h, k, m):
-                bits[pos >> 3] |= 1 << (pos & 7)
-        return cls(etag, size, fields, key, k, bytes(bits))
-
-    def contains(self, h: bytes) -> bool:
-        bits, m = self.bits, len(self.bits) * 8
-        return m > 0 and all(bits[p >> 3] >> (p & 7) & 1 for p in _positions(h, self.k, m))
-
-    def encode(self) -> bytes:
-        head = json.dumps(
-            {
-                "etag": self.etag,
-                "size": self.size,
-                "fields": self.fields,
-                "key": self.key,
-                "k": self.k,
-            },
-            separators=(",", ":"),
-        ).encode()
-        return _HEAD.pack(MAGIC, VERSION, len(head)) + head + self.bits
-
-    @classmethod
-    def decode(cls, data: bytes) -> Sidecar | None:
-        """The sidecar, or None when it is not one this version can read."""
-        try:
-            magic, version, n = _HEAD.unpack_from(data)
-            if magic != MAGIC or version != VERSION:
-                return None
-            head = json.loads(data[_HEAD.size : _HEAD.size + n])
-            k = int(head["k"])
-            if not 1 <= k <= 16:
-                return None
-            return cls(
-                str(head["etag"]),
-                int(head["size"]),
-                head["fields"],
-                head["key"],
-                k,
-                data[_HEAD.size + n :],
-            )
-        except (struct.error, ValueError, KeyError, TypeError):
-            return None
-
-
-def _positions(h: bytes, k: int, m: int) -> list[int]:
-    """k bit positions from one 64-bit hash (Kirsch-Mitzenmacher double hashing)."""
-    a = int.from_bytes(h[:4], "big")
-    b = int.from_bytes(h[4:8], "big") | 1
-    return [(a + i * b) % m for i in range(k)]
 
 
 def may_contain(sidecar: Sidecar, hashes: Iterable[bytes]) -> bool:
@@ -281,13 +245,12 @@ class LogIndex:
             for _offset, block in line_blocks(gz, key):
                 extractor.add(block, raw)
         values = normalised(raw)
-        sidecar = Sidecar.of(
-            _etag(resp.get("ETag")),
-            result.bytes_in,
-            fields_fingerprint(store),
-            key_id(self.secret),
-            {value_hash(self.secret, v) for v in values},
+        current = stamp(
+            self.secret, _etag(resp.get("ETag")), result.bytes_in, fields_fingerprint(store)
         )
+        budget = max(SIZE_BUDGET * result.bytes_in, MIN_SIDECAR_BYTES)
+        width = width_for(len(values), budget)
+        sidecar = Sidecar.of(current, value_hashes(self.secret, values), width)
         result.values = len(values)
         result.sidecar_bytes = len(sidecar.encode())
         result.seconds = time.monotonic() - started
@@ -309,13 +272,10 @@ class LogIndex:
         except self.s3.exceptions.NoSuchKey:
             return None
         sidecar = Sidecar.decode(resp["Body"].read())
-        if (
-            sidecar is None
-            or sidecar.etag != _etag(obj.get("ETag"))
-            or sidecar.size != int(obj.get("Size", -1))
-            or sidecar.fields != fields_fingerprint(store)
-            or sidecar.key != key_id(self.secret)
-        ):
+        expected = stamp(
+            self.secret, _etag(obj.get("ETag")), int(obj.get("Size", -1)), fields_fingerprint(store)
+        )
+        if sidecar is None or sidecar.stamp != expected:
             return None
         return sidecar
 
@@ -358,9 +318,10 @@ def index_day(index: LogIndex, store_s3: Any, store: LogStore, day_prefix: str) 
     started = time.monotonic()
     out = {"objects": 0, "built": 0, "current": 0, "removed": 0, "bytes_in": 0, "index_bytes": 0}
     listed = list(list_keys(store_s3, store.bucket, day_prefix))
+    indexed = set(index.sidecars(store, day_prefix))  # one listing spares a GET per new object
     for obj in listed:
         out["objects"] += 1
-        if index.read(store, obj) is not None:
+        if obj["Key"] in indexed and index.read(store, obj) is not None:
             out["current"] += 1
             continue
         sidecar, built = index.build(store_s3, store, obj["Key"])
@@ -369,9 +330,8 @@ def index_day(index: LogIndex, store_s3: Any, store: LogStore, day_prefix: str) 
         out["bytes_in"] += built.bytes_in
         out["index_bytes"] += built.sidecar_bytes
     present = {o["Key"] for o in listed}
-    for key in index.sidecars(store, day_prefix):
-        if key not in present:
-            index.forget(store, key)
-            out["removed"] += 1
+    for key in sorted(indexed - present):
+        index.forget(store, key)
+        out["removed"] += 1
     out["seconds"] = round(time.monotonic() - started, 3)
     return out
