@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from compliance.access.batch import load
 from compliance.access.gather import owned_rows, put_part, record_line
-from compliance.access.snapshots import loaded, snapshot_day
+from compliance.access.snapshots import loaded, snapshot_day, wanted_for
 from compliance.core.context import Workspace
 from compliance.core.datamap.model import BackupStore, DataMap
 from compliance.core.shards import LogShard
@@ -54,7 +54,9 @@ def gather_backup_shard(
     loaded_rows = 0
     if batch.gather_refs:  # R5: categories-only requests read no store
         tenants = {str(batch.requests[ref]["client_id"]) for ref in batch.gather_refs}
-        with loaded(store_s3, store, day, system, live, tenants) as (engine, counts):
+        with loaded(
+            store_s3, store, day, system, live, tenants, wanted_for(batch, store.system)
+        ) as (engine, counts):
             loaded_rows = sum(counts.values())
             per_ref = batch.consumers.get(store.system, {})
             owners = {ref: {str(c) for c in per_ref.get(ref, [])} for ref in batch.gather_refs}

@@ -16,6 +16,13 @@ size; the file lives in a temporary directory removed when the shard is done. Th
 reading as `compliance.deletion.backups.restore` (PostgreSQL COPY text forms, "" is NULL), but
 written here: restore loads a whole snapshot into a database that already has the schema, while
 the access job needs a typed subset in a throwaway file.
+
+Issue 19: only the batch's rows reach the file (`snapshot_subset`: its consumers' rows and
+those holding its given identities, parents first), and rows of other consumers are never even
+parsed: each decompressed block is searched for the batch's keys and identities, and only the
+records around a match go through `csv` (`_candidates`). What the gather finds is the same, byte
+for byte (tests/unit/test_snapshot_subset.py); the cost left is reading and decompressing the
+snapshot.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance.access.snapshot_subset import Needles, Plan, RowTest, Subset, Wanted
+from compliance.access.snapshot_subset import plan as subset_plan
+from compliance.access.snapshot_subset import wanted_for as wanted_for  # gather_backups' import
 from compliance.core.datamap.live import type_family
 from compliance.core.datamap.model import BackupStore, DataMap, SqlSystem
 from compliance.core.shards import LogShard
@@ -155,13 +165,17 @@ def loaded(
     system: SqlSystem,
     live: Engine,
     tenants: set[str] | None = None,
+    wanted: Wanted | None = None,
 ) -> Iterator[tuple[Engine, dict[str, int]]]:
     """A temporary SQLite engine holding one snapshot's mapped tables (missing ones empty),
     and the rows loaded per table; the file is removed on exit.
 
     `tenants` (tenant ids as text, `key_text`): rows of a table with its own tenant column are
-    loaded only for these, since the gather keeps no other tenant's row anyway; tables dated
-    and owned through a parent are loaded whole (the join decides)."""
+    loaded only for these, since the gather keeps no other tenant's row anyway. `wanted` (the
+    batch's consumers and given identities, `snapshot_subset.wanted_for`): only the rows the
+    gather can reach for them are loaded (`snapshot_subset`, issue 19), so the file follows the
+    batch, not the snapshot; None loads every row of the batch's tenants (and is what a map
+    with an identity column two hops below the consumer table falls back to)."""
     prefix = f"{store.prefix}{day}/"
     keys = {
         o["Key"][len(prefix) : -len(".csv.gz")]: o["Key"]
@@ -173,6 +187,7 @@ def loaded(
     live_md.reflect(live, only=[t for t in system.tables if t in present])
     with tempfile.TemporaryDirectory(prefix="cj-snapshot-") as tmp:
         engine = sa.create_engine(f"sqlite:///{tmp}/snapshot.db")
+        sa.event.listen(engine, "connect", _scratch_pragmas)
         try:
             md = sa.MetaData()
             joined = _join_columns(system)
@@ -191,22 +206,61 @@ def loaded(
                     sa.Index(f"ix_{tname}_{i}", table.c[cname])
                 plans[tname] = convert
             md.create_all(engine)
-            counts = {
-                tname: _load(
-                    s3,
-                    store.bucket,
-                    keys[tname],
-                    engine,
-                    md.tables[tname],
-                    plan,
-                    (system.tables[tname].tenant_column, tenants),
+
+            def load(
+                tname: str,
+                keep: Callable[[dict[str, int]], RowTest] | None = None,
+                needles: Needles | bool | None = True,
+            ) -> int:
+                if tname not in keys or needles is None:
+                    return 0  # (needles None: no row of this table can be kept)
+                only = (system.tables[tname].tenant_column, tenants)
+                table = md.tables[tname]
+                scan = needles if isinstance(needles, Needles) else None
+                return _load(
+                    s3, store.bucket, keys[tname], engine, table, plans[tname], only, keep, scan
                 )
-                for tname, plan in plans.items()
-                if tname in keys
-            }
+
+            order = subset_plan(system) if wanted is not None else None
+            if order is None or wanted is None:
+                counts = {tname: load(tname) for tname in plans if tname in keys}
+            else:
+                counts = _load_subset(order, Subset(order, wanted), load, set(keys))
             yield engine, counts
         finally:
             engine.dispose()
+
+
+def _load_subset(
+    order: Plan, subset: Subset, load: Callable[..., int], present: set[str]
+) -> dict[str, int]:
+    """Load the tables in `order` through `subset`'s row tests: identity tables first (they may
+    add consumers), each streamed again for consumers added after its first stream began, then
+    the rest parents first. Rows loaded per table present in the snapshot (as the full load)."""
+    counts: dict[str, int] = {}
+    before: dict[str, set[str]] = {}
+    for step in order.first:
+        before[step.table] = set(subset.consumers)
+        test = lambda at, s=step: subset.test(s, at)  # noqa: E731
+        counts[step.table] = load(step.table, test, subset.needles(step))
+    for step in order.first:
+        extra = subset.consumers - before[step.table]
+        if extra:
+            again = lambda at, s=step, e=extra: subset.again(s, at, e)  # noqa: E731
+            counts[step.table] += load(step.table, again, subset.needles(step, extra))
+    for step in order.rest:
+        test = lambda at, s=step: subset.test(s, at)  # noqa: E731
+        counts[step.table] = load(step.table, test, subset.needles(step))
+    return {t: n for t, n in counts.items() if t in present}
+
+
+def _scratch_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """The snapshot file is scratch (a temporary directory, removed when the shard is done, and
+    rebuilt from S3 by any retry): no rollback journal and no fsync per chunk."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=OFF")
+    cur.execute("PRAGMA synchronous=OFF")
+    cur.close()
 
 
 def _load(
@@ -217,32 +271,155 @@ def _load(
     table: sa.Table,
     plan: list[tuple[str, Callable[[str], Any]]],
     only: tuple[str | None, set[str] | None] = (None, None),
+    keep: Callable[[dict[str, int]], Callable[[list[str]], bool]] | None = None,
+    scan: Needles | None = None,
 ) -> int:
     """Stream one csv.gz (several gzip members are fine) into `table`, `CHUNK` rows at a time;
     a column the snapshot lacks is NULL, one the mapping does not name is never read. `only`:
-    (tenant column, tenant ids as text): other tenants' rows are skipped while streaming."""
+    (tenant column, tenant ids as text): other tenants' rows are skipped while streaming.
+    `keep`: given the header's column positions, a test a row must pass as well (the batch's
+    subset, `snapshot_subset`); it sees only rows of the kept tenants. `scan`: a pattern every
+    row `keep` can keep matches in its lower-cased CSV text (`snapshot_subset.needle_pattern`):
+    only the rows of blocks' matches are parsed (`_candidates`), the rest never leave C code.
+
+    Rows are inserted as tuples through the DBAPI's executemany, each value passed through the
+    column type's own bind processor first: the stored values are exactly those a Core
+    `insert()` would store (the same DateTime text, booleans as 0/1), without building a dict
+    and compiling parameters per row (most of the loader's time on a large snapshot)."""
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
     n = 0
+    dialect = engine.dialect
+    names = [name for name, _ in plan]
+    sql = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+        f"({', '.join(dialect.identifier_preparer.quote(c) for c in names)}) "
+        f"VALUES ({', '.join('?' for _ in names)})"
+    )
     with gzip.GzipFile(fileobj=body) as gz:
-        reader = csv.reader(io.TextIOWrapper(gz, encoding="utf-8", newline=""))
+        text = io.TextIOWrapper(gz, encoding="utf-8", newline="")
+        reader = csv.reader(text)
         header = next(reader, None)
         if header is None:
             return 0
         at = {name: i for i, name in enumerate(header)}
-        picks = [(name, at.get(name), conv) for name, conv in plan]
+        picks = [
+            (at.get(name), _bound(conv, _processor(table.c[name], dialect))) for name, conv in plan
+        ]
         tenant_col, tenants = only
         tenant_at = at.get(tenant_col) if tenant_col and tenants is not None else None
-        chunk: list[dict[str, Any]] = []
-        for row in reader:
-            if tenant_at is not None and _tenant_text(row[tenant_at]) not in tenants:
+        wanted = keep(at) if keep is not None else None
+        chunk: list[tuple[Any, ...]] = []
+        rows = reader if scan is None else _candidates(text, scan)
+        for row in rows:
+            if tenant_at is not None:
+                raw = row[tenant_at]
+                # the text as given is already `key_text`'s form unless it is a UUID in
+                # another spelling: only then is it normalised (same verdict, far fewer calls)
+                if raw not in tenants and _tenant_text(raw) not in tenants:  # type: ignore[operator]
+                    continue
+            if wanted is not None and not wanted(row):
                 continue
-            chunk.append({name: None if i is None else conv(row[i]) for name, i, conv in picks})
+            chunk.append(tuple(None if i is None else conv(row[i]) for i, conv in picks))
             if len(chunk) >= CHUNK:
-                n += _insert(engine, table, chunk)
+                n += _insert(engine, sql, chunk)
                 chunk = []
         if chunk:
-            n += _insert(engine, table, chunk)
+            n += _insert(engine, sql, chunk)
     return n
+
+
+BLOCK = 1 << 22  # characters of decompressed CSV searched at a time by `_candidates`
+
+
+def _candidates(text: io.TextIOBase, scan: Needles) -> Iterator[list[str]]:
+    """The parsed rows of `text` (past its header) whose CSV text matches `scan`, in file order.
+
+    The stream is cut into blocks at record ends: a newline after an even number of quote
+    characters (PostgreSQL's CSV quotes every field holding a quote, a comma or a newline, and
+    doubles inner quotes, so quotes pair up within a record). Each block is lower-cased and
+    searched; a match's record is found by the same parity rule and parsed alone by `csv`. A
+    block whose lower-casing changes its length (rare non-ASCII letters) is parsed whole."""
+    rest = ""
+    while True:
+        data = text.read(BLOCK)
+        buf = rest + data
+        end = len(buf) if not data else _record_end(buf)
+        block, rest = buf[:end], buf[end:]
+        if block:
+            yield from _matching_records(block, scan)
+        if not data:
+            return
+
+
+def _record_end(buf: str) -> int:
+    """The index just past the last newline of `buf` that ends a record (0: none yet)."""
+    nl = buf.rfind("\n")
+    quotes = buf.count('"', 0, nl) if nl >= 0 else 0
+    while nl >= 0:
+        if quotes % 2 == 0:
+            return nl + 1
+        prev = buf.rfind("\n", 0, nl)
+        quotes -= buf.count('"', prev + 1 if prev >= 0 else 0, nl)
+        nl = prev
+    return 0
+
+
+def _matching_records(block: str, scan: Needles) -> Iterator[list[str]]:
+    """Rows of `block` (whole records) holding a match of `scan` in their lower-cased text."""
+    digits = bool(scan.words) and all(w.isdigit() for w in scan.words)
+    lowered = block if digits else block.lower()  # digits have no case: spare the copy
+    if len(lowered) != len(block):
+        yield from csv.reader(io.StringIO(block, newline=""))
+        return
+    done = 0  # every record before `done` has been judged; `done` is a record start
+    for pos in _positions(lowered, scan):
+        if pos < done:
+            continue  # inside the record just parsed
+        start = block.rfind("\n", done, pos) + 1 or done
+        start = max(start, done)
+        while block.count('"', done, start) % 2:  # that newline sits inside a quoted field
+            start = max(block.rfind("\n", done, start - 1) + 1, done)
+        stop = block.find("\n", pos)
+        while stop >= 0 and block.count('"', start, stop) % 2:
+            stop = block.find("\n", stop + 1)
+        stop = len(block) if stop < 0 else stop + 1
+        yield from csv.reader(io.StringIO(block[start:stop], newline=""))
+        done = stop
+
+
+def _positions(lowered: str, scan: Needles) -> Iterator[int]:
+    """Where `scan` matches in `lowered`, ascending."""
+    if not scan.words:
+        for match in scan.pattern.finditer(lowered):
+            yield match.start("i") if match.group("i") is not None else match.start("t")
+        return
+    found: list[int] = []
+    for word in scan.words:
+        at = lowered.find(word)
+        while at >= 0:
+            found.append(at)
+            at = lowered.find(word, at + 1)
+    yield from sorted(found)
+
+
+def _processor(column: sa.Column, dialect: Any) -> Callable[[Any], Any] | None:
+    """The bind processor a Core insert applies to `column` on this dialect (SQLite's own
+    DateTime/Date/Boolean implementations, not the generic types')."""
+    return column.type.dialect_impl(dialect).bind_processor(dialect)
+
+
+def _bound(
+    conv: Callable[[str], Any], process: Callable[[Any], Any] | None
+) -> Callable[[str], Any]:
+    """CSV text -> the value the DBAPI receives (None stays None, as in a Core insert)."""
+    if process is None:
+        return conv
+
+    def both(value: str) -> Any:
+        out = conv(value)
+        return None if out is None else process(out)
+
+    return both
 
 
 def _tenant_text(raw: str) -> str:
@@ -253,9 +430,9 @@ def _tenant_text(raw: str) -> str:
         return raw
 
 
-def _insert(engine: Engine, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+def _insert(engine: Engine, sql: str, rows: list[tuple[Any, ...]]) -> int:
     with engine.begin() as conn:
-        conn.execute(sa.insert(table), rows)
+        conn.exec_driver_sql(sql, rows)
     return len(rows)
 
 

@@ -41,17 +41,19 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import IdentityType, LogStore
-from compliance.core.logfiles.fuse_filter import Sidecar, width_for
 from compliance.core.logfiles.matching import _norm_log, _scalar
 from compliance.core.logfiles.reading import GZIP, line_blocks
 from compliance.core.logfiles.targets import Targets
 from compliance.core.outputs import put_bytes
 from compliance.core.stores.s3 import list_keys
 from compliance.core.workspace_layout import LOG_INDEX
+
+if TYPE_CHECKING:  # numpy (the filter's) loads on first use, never at DAG parse time
+    from compliance.core.logfiles.fuse_filter import Sidecar
 
 HASH_BYTES = 8
 # A sidecar may cost this share of its object's gzip bytes (issue 19's target: 2%, kept with a
@@ -249,6 +251,8 @@ class LogIndex:
             self.secret, _etag(resp.get("ETag")), result.bytes_in, fields_fingerprint(store)
         )
         budget = max(SIZE_BUDGET * result.bytes_in, MIN_SIDECAR_BYTES)
+        from compliance.core.logfiles.fuse_filter import Sidecar, width_for
+
         width = width_for(len(values), budget)
         sidecar = Sidecar.of(current, value_hashes(self.secret, values), width)
         result.values = len(values)
@@ -271,6 +275,8 @@ class LogIndex:
             resp = self.s3.get_object(Bucket=self.bucket, Key=sidecar_key(store.bucket, obj["Key"]))
         except self.s3.exceptions.NoSuchKey:
             return None
+        from compliance.core.logfiles.fuse_filter import Sidecar
+
         sidecar = Sidecar.decode(resp["Body"].read())
         expected = stamp(
             self.secret, _etag(obj.get("ETag")), int(obj.get("Size", -1)), fields_fingerprint(store)

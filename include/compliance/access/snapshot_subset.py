@@ -1,0 +1,321 @@
+"""Which rows of a backup snapshot a batch can need (R13, issue 19): the loader streams every
+snapshot row but inserts only these, so the scratch SQLite file, and the time spent filling
+and indexing it, follow the batch rather than the snapshot's size.
+
+The gather on the loaded file (`gather_backups`) asks two things: whose rows (the consumers
+the plan resolved in the live system, plus those the request's given identities find in the
+snapshot: `requests.resolve`) and those consumers' rows in every mapped table, joined up the
+relation chain for consumer, tenant and time (`gather.owned_rows`). A row can enter that
+answer only if it, or a descendant it dates or owns, belongs to such a consumer, so the
+subset keeps, per table in chain order (parents first):
+
+- the consumer table: rows whose key is a wanted consumer;
+- a table one hop below it: rows whose relation column names a wanted consumer (its own
+  column *is* the consumer key, so it is kept whether or not the parent row is in the
+  snapshot, exactly as the full gather returns it);
+- a deeper table: rows whose relation column names a kept parent row (the full gather joins
+  that parent, so a row without one is never returned either);
+
+where the wanted consumers are the plan's, plus the consumer of every row of an identity
+table holding one of the given identity values (any tenant, any kind: a superset of what
+`resolve` matches, which then decides on the subset exactly as on the whole). Comparisons are
+deliberately lenient (`lenient_key`): keeping a row too many costs nothing, since the same
+SQL runs on the subset, while dropping one would weaken R13. When an identity column sits two
+or more hops below the consumer table, the consumer of a matching row is only known through
+rows streamed earlier, so `plan` returns None and the loader falls back to the whole snapshot.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from compliance.core.datamap.graph import chain_to_consumer
+from compliance.core.datamap.model import SqlSystem
+
+
+def lenient_key(raw: str | None) -> str | None:
+    """One spelling for key text as a CSV or the state DB may give it: UUIDs canonical,
+    integers without leading zeros or sign noise, text lower-cased and stripped. Two values
+    SQLite would find equal always get the same spelling (some unequal ones too: harmless)."""
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if text == "":
+        return None
+    body = text[1:] if text[:1] in "+-" else text
+    if body.isdigit():
+        return str(int(text))
+    if len(text) >= 32:
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            pass
+    return text.lower()
+
+
+def identity_text(raw: str) -> str:
+    """An identity value as compared for the subset (case-insensitive, stripped)."""
+    return raw.strip().lower()
+
+
+@dataclass
+class Wanted:
+    """What a batch asks of one system's snapshot: consumer keys (the plan's) and the given
+    identity values, both in their lenient spelling."""
+
+    consumers: set[str] = field(default_factory=set)
+    identities: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, consumers: Iterable[str], identities: Iterable[str]) -> Wanted:
+        keys = {k for k in (lenient_key(c) for c in consumers) if k is not None}
+        return cls(keys, {identity_text(v) for v in identities if v and v.strip()})
+
+
+def wanted_for(batch: object, system: str) -> Wanted:
+    """The batch's wanted consumers and given identities for `system` (gathered refs only:
+    categories-only requests read no store, R5)."""
+    refs = list(batch.gather_refs)  # type: ignore[attr-defined]
+    per_ref = batch.consumers.get(system, {})  # type: ignore[attr-defined]
+    given = batch.given  # type: ignore[attr-defined]
+    consumers = [str(c) for ref in refs for c in per_ref.get(ref, [])]
+    values: list[str] = []
+    for ref in refs:
+        for vs in given.get(ref, {}).values():
+            values += [str(v) for v in (vs if isinstance(vs, list) else [vs])]
+    return Wanted.of(consumers, values)
+
+
+@dataclass(frozen=True)
+class Step:
+    """How one table's rows are chosen: `link` is the column naming the consumer (depth 0: the
+    key; depth 1: the relation column) or the parent row (deeper: the relation column, looked
+    up in `parent`'s kept `parent_column` values). `identity`: its identity columns."""
+
+    table: str
+    depth: int
+    link: str
+    parent: str | None
+    parent_column: str | None
+    identity: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tables in load order: identity tables of depth <= 1 first (they add consumers), then
+    the rest parents first. `targets`: per table, the columns children reference."""
+
+    first: tuple[Step, ...]
+    rest: tuple[Step, ...]
+    targets: dict[str, tuple[str, ...]]
+
+
+def plan(system: SqlSystem) -> Plan | None:
+    """The load order for `system`, or None when an identity column lies two or more hops
+    below the consumer table (the subset cannot be decided in one pass: load everything)."""
+    steps = []
+    targets: dict[str, list[str]] = {}
+    for tname, table in system.tables.items():
+        hops = chain_to_consumer(system, tname)
+        ident = tuple(c for c, col in table.columns.items() if col.identity is not None)
+        if ident and len(hops) >= 2:
+            return None
+        if not hops:
+            keys = list(table.key_columns)
+            if len(keys) != 1:
+                return None  # the consumer key is one column (validated): be safe anyway
+            steps.append(Step(tname, 0, keys[0], None, None, ident))
+            continue
+        rel = hops[0]
+        deep = len(hops) >= 2
+        steps.append(
+            Step(
+                tname,
+                len(hops),
+                rel.column,
+                rel.target_table if deep else None,
+                rel.target_column if deep else None,
+                ident,
+            )
+        )
+        if deep:
+            targets.setdefault(rel.target_table, [])
+            if rel.target_column not in targets[rel.target_table]:
+                targets[rel.target_table].append(rel.target_column)
+    order = sorted(steps, key=lambda s: (s.depth, s.table))
+    first = tuple(s for s in order if s.identity)
+    rest = tuple(s for s in order if not s.identity)
+    return Plan(first, rest, {t: tuple(cs) for t, cs in targets.items()})
+
+
+RowTest = Callable[[list[str]], bool]
+
+
+class Subset:
+    """The running state of one snapshot's filtered load: wanted consumers (growing as
+    identity rows are met) and, per referenced table and column, the kept rows' values."""
+
+    def __init__(self, the_plan: Plan, wanted: Wanted) -> None:
+        self.plan = the_plan
+        self.consumers = set(wanted.consumers)
+        self.identities = set(wanted.identities)
+        self.kept: dict[tuple[str, str], set[str]] = {
+            (t, c): set() for t, cs in the_plan.targets.items() for c in cs
+        }
+
+    def _collect(self, step: Step, at: dict[str, int]) -> list[tuple[int, set[str]]]:
+        return [
+            (at[c], self.kept[(step.table, c)])
+            for c in self.plan.targets.get(step.table, ())
+            if c in at
+        ]
+
+    def _owner(self, step: Step, at: dict[str, int]) -> Callable[[list[str]], str | None]:
+        i = at.get(step.link)
+        if i is None:
+            return lambda _row: None
+        return lambda row: lenient_key(row[i])
+
+    def wanted_keys(self, step: Step) -> set[str]:
+        """The link values a row of `step`'s table is kept for right now (see `test`)."""
+        if step.depth >= 2:
+            assert step.parent is not None and step.parent_column is not None
+            return self.kept.get((step.parent, step.parent_column), set())
+        return self.consumers
+
+    def needles(self, step: Step, extra: set[str] | None = None) -> Needles | None:
+        """What the CSV text of a row `test` (or `again`, for `extra`) keeps must contain
+        (`needle_pattern`); None: no row can be kept. Taken when the table's stream begins,
+        as `test` freezes its consumers then."""
+        if extra is not None:
+            return needle_pattern(extra, ())
+        return needle_pattern(self.wanted_keys(step), self.identities if step.identity else ())
+
+    def test(self, step: Step, at: dict[str, int]) -> RowTest:
+        """The first load of `step`'s table: keep a row of a consumer (or parent) wanted when
+        the table's stream began, or one holding a given identity (its consumer becomes wanted,
+        and `again` later loads that consumer's other rows of the tables streamed before)."""
+        owner = self._owner(step, at)
+        collect = self._collect(step, at)
+        idents = [at[c] for c in step.identity if c in at]
+        consumers, identities = self.consumers, self.identities
+        if step.depth >= 2:
+            assert step.parent is not None and step.parent_column is not None
+            parents = self.kept.get((step.parent, step.parent_column), set())
+        else:
+            parents = set(consumers)  # frozen: `again` relies on exactly this verdict
+
+        def keep(row: list[str]) -> bool:
+            who = owner(row)
+            if who is None:
+                return False
+            ok = who in parents
+            if not ok and idents and _holds(row, idents, identities):
+                consumers.add(who)  # depth <= 1: the row names its consumer
+                ok = True
+            if ok:
+                for i, values in collect:
+                    key = lenient_key(row[i])
+                    if key is not None:
+                        values.add(key)
+            return ok
+
+        return keep
+
+    def again(self, step: Step, at: dict[str, int], extra: set[str]) -> RowTest:
+        """A second load of an identity table for `extra`: consumers wanted only after its
+        first stream began. The first stream kept exactly their rows holding a given identity
+        (`test`), so this one keeps their other rows: nothing is loaded twice or missed."""
+        owner = self._owner(step, at)
+        collect = self._collect(step, at)
+        idents = [at[c] for c in step.identity if c in at]
+        identities = self.identities
+
+        def keep(row: list[str]) -> bool:
+            who = owner(row)
+            if who is None or who not in extra or _holds(row, idents, identities):
+                return False
+            for i, values in collect:
+                key = lenient_key(row[i])
+                if key is not None:
+                    values.add(key)
+            return True
+
+        return keep
+
+
+def _holds(row: list[str], idents: list[int], identities: set[str]) -> bool:
+    return any(row[i] and identity_text(row[i]) in identities for i in idents)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class Needles(NamedTuple):
+    """What a kept row's lower-cased CSV text must contain (`needle_pattern`): `words`, each a
+    substring of it when few and long enough to search one by one with `str.find` (C speed,
+    nothing per row), else `pattern`, one regex over the block."""
+
+    words: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+
+FEW = 24  # up to this many words (of 3+ characters), `str.find` them one by one
+
+
+def needle_pattern(keys: Iterable[str], identities: Iterable[str]) -> Needles | None:
+    """What every kept row's CSV text, lower-cased, holds: a superset test run over whole
+    decompressed blocks, so the rows of other consumers are never parsed.
+
+    `keys` (lenient spellings): an integer as its digits (any sign, leading zeros, blanks or
+    quotes around them still contain them; the regex asks for a whole field, since a bare
+    substring of a short key would match every timestamp); a UUID with or without hyphens;
+    other text anywhere. `identities`: anywhere. Quotes are doubled, as CSV writes them in a
+    quoted field. None when there is nothing to look for (no row can be kept). The regex's
+    group `i` or `t` marks where the value sits (inside the row it belongs to)."""
+    ints: set[str] = set()
+    texts: set[str] = set()
+    for key in keys:
+        if re.fullmatch(r"-?[0-9]+", key):
+            ints.add(key.lstrip("-"))
+        elif _UUID.fullmatch(key):
+            texts |= {key, key.replace("-", "")}
+        else:
+            texts.add(key.replace('"', '""'))
+    texts |= {v.replace('"', '""') for v in identities if v}
+    parts = []
+    if ints:
+        parts.append(rf'(?:^|[,"])\s*[+-]?0*(?P<i>{_trie(ints)})\s*(?=[,"\r\n]|\Z)')
+    if texts:
+        parts.append(f"(?P<t>{_trie(texts)})")
+    if not parts:
+        return None
+    words = tuple(sorted(ints | texts))
+    few = len(words) <= FEW and all(len(w) >= 3 for w in words)
+    return Needles(words if few else (), re.compile("|".join(parts), re.MULTILINE))
+
+
+def _trie(words: Iterable[str]) -> str:
+    """One regex alternative for many literal words, factored by common prefix (the `re`
+    module tries a flat alternation branch by branch: thousands of keys would crawl)."""
+    root: dict[str, dict] = {}
+    for word in words:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, dict]) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else f"(?:{'|'.join(alts)})"
+        if "" in node:
+            return f"(?:{body})?"
+        return body
+
+    return build(root)
