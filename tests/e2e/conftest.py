@@ -65,13 +65,18 @@ class Stack:
     s3: Any
     bucket: str
 
-    def run_dag(self, dag_id: str, conf: dict | None = None):
-        """Run a DAG in-process with dag.test(); returns the finished DagRun."""
+    def run_dag(self, dag_id: str, conf: dict | None = None, retries: int | None = None):
+        """Run a DAG in-process with dag.test(); returns the finished DagRun. `retries=0` for a
+        run expected to fail: it fails now, not after the backed-off retries (30 s, 60 s)."""
         from airflow.dag_processing.dagbag import DagBag
 
         bag = DagBag(dag_folder=str(REPO / "dags"))
         assert not bag.import_errors, bag.import_errors
-        return bag.dags[dag_id].test(run_conf=conf or {})
+        dag = bag.dags[dag_id]
+        if retries is not None:
+            for task in dag.tasks:
+                task.retries = retries
+        return dag.test(run_conf=conf or {})
 
 
 def _sql_conn(url: str) -> dict:

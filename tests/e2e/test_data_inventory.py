@@ -52,7 +52,7 @@ def test_inventory_flags_drift_and_fails_on_missing_column(stack):
         conn.execute(sa.text("create table partner_referrals (id integer, referrer_phone text)"))
         conn.execute(sa.text("alter table web_visits rename column referrer to referer"))
     engine.dispose()
-    run = stack.run_dag("data_inventory")
+    run = stack.run_dag("data_inventory", retries=0)
     assert run.state == "failed"  # a mapped column vanished: someone must look
     report = _report(stack, run.run_after.date().isoformat())
     crm = next(s for s in report["systems"] if s["name"] == "crm")
