@@ -675,11 +675,18 @@ def _enter_deletion(page, ui: UI, client_id: str, address: str, rid: str, shot: 
 
 
 def _awaiting(ui: UI, run_id: str) -> dict:
-    """The run's approval step once it waits for an answer (its Required Action exists)."""
+    """The run's approval step once it waits for an answer: its Required Action exists and the
+    task is parked (`awaiting_input`, Airflow 3.3). An answer sent in the second between the
+    two (sooner than a person would) races Airflow's hand-over: the executor's late "success"
+    for the parking workload finds the task queued again, the scheduler marks it up_for_retry,
+    and the retry asks anew, so the run waits on (seen once in CI)."""
 
     def probe() -> dict | None:
         path = f"/api/v2/dags/{DELETE_DAG}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+        ti = f"/api/v2/dags/{DELETE_DAG}/dagRuns/{run_id}/taskInstances/approve"
         try:
+            if ui.api("GET", ti, STAFF)["state"] not in ("awaiting_input", "deferred"):
+                return None
             detail = ui.api("GET", path, STAFF)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
