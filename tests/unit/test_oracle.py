@@ -347,6 +347,17 @@ def test_a_shared_identity_on_the_other_consumers_other_rows_is_theirs_too(crm, 
     assert run(crm, s3).residue == {"crm:notes.body": 1}  # the given e-mail is never shared
 
 
+def test_an_orphan_row_is_searched_against_every_tenants_values(crm, logs):
+    """A row whose parent is gone has no tenant to tell: it is still searched (once there is
+    such a row; the search is skipped when the table has none)."""
+    engine, md = crm
+    s3, _ = logs
+    assert run(crm, s3).clean
+    with engine.begin() as c:
+        c.execute(md.tables["notes"].insert().values(note_id=9, contact_id=99, body=f"to {EMAIL}"))
+    assert run(crm, s3).residue == {"crm:notes.body": 1}
+
+
 def test_deferred_requests_are_not_searched(crm, logs):
     """A request under a legal hold (R19) is outside the erased scope."""
     s3, put = logs
