@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -34,6 +32,7 @@ from compliance.desk import callbacks
 from compliance.requests.schema import cj_api_requests
 
 from ..conftest import IN_CI
+from .recorder import recording_endpoint
 
 SECRET = "callback-secret-by-hand-0123"  # the connection's password (docs/api.md)
 KEY = "acme"
@@ -52,22 +51,8 @@ def db_url(sqlite_url: str) -> str:
 def received() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A client's endpoint that records every call as it arrived and answers 200."""
     calls: list[dict[str, Any]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}{PATH_AND_QUERY}", calls
-    server.shutdown()
-    server.server_close()
+    with recording_endpoint(calls) as port:
+        yield f"http://127.0.0.1:{port}{PATH_AND_QUERY}", calls
 
 
 def _deliver_one(state_engine, url: str) -> None:

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +40,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e import staff_desk
+from tests.e2e.recorder import recording_endpoint
 from tests.e2e.test_client_api import SECRET, Client, _problem
 from tests.e2e.test_second_world import w2  # noqa: F401 (the module-scoped world fixture)
 from tests.second_world import checker, generate
@@ -73,23 +72,9 @@ class Endpoint:
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[Endpoint]:
     ep = Endpoint()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            ep.calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    ep.url = f"http://127.0.0.1:{server.server_port}{HOOK}"
-    yield ep
-    server.shutdown()
-    server.server_close()
+    with recording_endpoint(ep.calls) as port:
+        ep.url = f"http://127.0.0.1:{port}{HOOK}"
+        yield ep
 
 
 @pytest.fixture(scope="module")
