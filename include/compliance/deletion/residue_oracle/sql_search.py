@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -169,12 +169,9 @@ def verify_system(
         "held_tables": sorted(kept_of),
     }
     verdict.sql[sname] = report
-    owners: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, value) -> consumers
+    shared = _Shared()
     with engine.connect() as conn:
-        # Tables with identity columns first: they name the other consumers whose own identity a
-        # found value is (`owners`), which the other tables' rows of those consumers then share.
-        ordered = sorted(system.tables.items(), key=lambda kv: (not _identity_cols(kv[1]), kv[0]))
-        for tname, spec in ordered:
+        for tname, spec in sorted(system.tables.items()):
             if spec.erase is TableErase.keep:
                 report["kept_tables"].append(
                     {"table": tname, "exception": spec.exception and spec.exception.value}
@@ -197,10 +194,29 @@ def verify_system(
             unheld = _not_held(joined, kept_of.get(tname, set()))
             table = _Table(sname, tname, spec, joined, columns, unheld)
             if columns and every:
-                _search_table(conn, table, by_tenant, consumers, verdict, owners)
+                _search_table(conn, table, by_tenant, consumers, verdict, shared)
             checked = {t: ks - exempt.get(tname, set()) for t, ks in consumers.items()}
             _key_check(conn, table, checked, verdict)
         _short_contact_ids(conn, md, sname, system, values, verdict, kept_of)
+    shared.settle(verdict, sname)
+
+
+@dataclass
+class _Shared:
+    """Hits of found values on another consumer's rows, judged once every table is searched:
+    shared when an identity column showed each value is that consumer's own (`owners`), so the
+    verdict does not depend on the order tables, rows or columns are read in."""
+
+    owners: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    pending: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+
+    def settle(self, verdict: Verdict, sname: str) -> None:
+        for where, tenant, consumer, texts in self.pending:
+            if all(consumer in self.owners.get((tenant, text), ()) for text in texts):
+                verdict.sql[sname]["shared_identity"] += 1
+            else:
+                verdict.residue[where] += 1
+        self.pending.clear()
 
 
 def _not_held(joined: _Joined, consumers: set[str]) -> sa.ColumnElement:
@@ -225,11 +241,7 @@ class _Table:
     unheld: sa.ColumnElement
 
 
-def _identity_cols(spec: Any) -> set[str]:
-    return {c for c, col in spec.columns.items() if col.identity is not None}
-
-
-def _search_table(conn, table: _Table, by_tenant, consumers, verdict, owners) -> None:
+def _search_table(conn, table: _Table, by_tenant, consumers, verdict, shared: _Shared) -> None:
     """Rows of each tenant holding one of its values; then rows whose tenant cannot be told
     (an orphan whose parent is gone), against every tenant's values.
 
@@ -242,7 +254,7 @@ def _search_table(conn, table: _Table, by_tenant, consumers, verdict, owners) ->
     )  # fmt: skip
     low = _haystack(columns)
     digits = _digits(low)
-    identity_cols = _identity_cols(spec)
+    identity_cols = {c for c, col in spec.columns.items() if col.identity is not None}
     passes = [
         (tenant, _tenant_filter(joined, tenant), vs) for tenant, vs in sorted(by_tenant.items())
     ]
@@ -273,16 +285,16 @@ def _search_table(conn, table: _Table, by_tenant, consumers, verdict, owners) ->
                         and str(consumer) not in erased
                         and not any(v.given for v in hits)
                     )
-                    theirs = col.name in identity_cols or all(
-                        str(consumer) in owners.get((str(tenant), v.text), ()) for v in hits
-                    )
-                    if other and theirs:
-                        if col.name in identity_cols:
-                            for v in hits:
-                                owners[(str(tenant), v.text)].add(str(consumer))
+                    where = f"{sname}:{tname}.{col.name}"
+                    if not other:
+                        verdict.residue[where] += 1
+                    elif col.name in identity_cols:
+                        for v in hits:
+                            shared.owners[(str(tenant), v.text)].add(str(consumer))
                         verdict.sql[sname]["shared_identity"] += 1
-                    else:
-                        verdict.residue[f"{sname}:{tname}.{col.name}"] += 1
+                    else:  # theirs only if an identity column anywhere says so: settled later
+                        texts = [v.text for v in hits]
+                        shared.pending.append((where, str(tenant), str(consumer), texts))
 
 
 def _has_orphans(conn, table: _Table) -> bool:
