@@ -235,6 +235,34 @@ def test_lenient_keys_never_separate_what_sqlite_finds_equal() -> None:
     assert key("Abc") == key("abc") and key("1") != key("2")
 
 
+def test_identity_spellings_never_separate_what_sqlite_finds_equal() -> None:
+    """SQLite is the oracle: a given identity bound as text against an INTEGER column (as
+    `resolve` compares) and against a TEXT one under NOCASE; whatever it finds equal, the
+    subset's spelling and its block search must keep."""
+    given = ["0123", "123", "+123", "-0042", " 77 ", "Ann@X.com", "+15550000000"]
+    stored = [123, "123", "0123", -42, 77, "ann@x.com ", "ANN@x.com", 15550000000, "+15550000000"]
+    db = sa.create_engine("sqlite://")
+    with db.begin() as conn:
+        conn.exec_driver_sql("create table t (n integer, s text collate nocase)")
+        for v in stored:
+            conn.execute(sa.text("insert into t values (:v, :v)"), {"v": v})
+        pairs = {
+            (g, str(v))
+            for g in given
+            for col in ("n", "s")
+            for (v,) in conn.execute(
+                sa.text(f"select {col} from t where {col} = trim(:g)"), {"g": g}
+            )
+        }
+    assert ("0123", "123") in pairs and ("-0042", "-42") in pairs  # the oracle can see both
+    text = snapshot_subset.identity_text
+    for g, v in pairs:
+        assert text(g) == text(v), (g, v)
+        needles = snapshot_subset.needle_pattern((), [text(g)])
+        assert needles is not None and needles.pattern.search(f"9,{v.lower()},x\n"), (g, v)
+    assert text("ann@x.com") != text("bob@x.com") and text("12") != text("123")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_candidate_rows_are_real_rows_and_miss_none_that_could_be_kept(
     seed: int, monkeypatch: pytest.MonkeyPatch

@@ -58,8 +58,13 @@ def lenient_key(raw: str | None) -> str | None:
 
 
 def identity_text(raw: str) -> str:
-    """An identity value as compared for the subset (case-insensitive, stripped)."""
-    return raw.strip().lower()
+    """An identity value as compared for the subset: case-insensitive and stripped, and a
+    number spelt as `lenient_key` spells it, because `resolve` compares in the column's own
+    type: an INTEGER identity column holding 123 matches a given "0123". Lenient, as keys are:
+    "+15550000000" and "15550000000" get one spelling, which keeps a row too many at most."""
+    text = raw.strip()
+    body = text[1:] if text[:1] in "+-" else text
+    return str(int(text)) if body.isdigit() else text.lower()
 
 
 @dataclass
@@ -286,7 +291,9 @@ def needle_pattern(keys: Iterable[str], identities: Iterable[str]) -> Needles | 
             texts |= {key, key.replace("-", "")}
         else:
             texts.add(key.replace('"', '""'))
-    texts |= {v.replace('"', '""') for v in identities if v}
+    for v in identities:  # a number's digits: "0123" and "-0123" hold "123" (`identity_text`)
+        if v:
+            texts.add((v[1:] if v[:1] == "-" and v[1:].isdigit() else v).replace('"', '""'))
     parts = []
     if ints:
         parts.append(rf'(?:^|[,"])\s*[+-]?0*(?P<i>{_trie(ints)})\s*(?=[,"\r\n]|\Z)')
