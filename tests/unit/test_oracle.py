@@ -347,6 +347,21 @@ def test_a_shared_identity_on_the_other_consumers_other_rows_is_theirs_too(crm, 
     assert run(crm, s3).residue == {"crm:notes.body": 1}  # the given e-mail is never shared
 
 
+def test_values_past_the_first_statement_are_searched_after_a_hit(crm, logs, monkeypatch):
+    """A tenant's values go to the database in chunks of `SQL_TERMS`; a hit in the first chunk
+    must not disturb the next (at 1M contacts a batch of 1,000 failed finalize on it: the hit's
+    place had replaced the tenant filter). One term per statement here: e-mail, then phone."""
+    from compliance.deletion.residue_oracle import sql_search
+
+    engine, md = crm
+    s3, _ = logs
+    monkeypatch.setattr(sql_search, "SQL_TERMS", 1)
+    with engine.begin() as c:
+        c.execute(md.tables["notes"].insert().values(note_id=8, contact_id=6, body=f"to {EMAIL}"))
+        c.execute(md.tables["notes"].insert().values(note_id=9, contact_id=6, memo=f"{PHONE}"))
+    assert run(crm, s3).residue == {"crm:notes.body": 1, "crm:notes.memo": 1}
+
+
 def test_an_orphan_row_is_searched_against_every_tenants_values(crm, logs):
     """A row whose parent is gone has no tenant to tell: it is still searched (once there is
     such a row; the search is skipped when the table has none)."""

@@ -285,16 +285,16 @@ def _search_table(conn, table: _Table, by_tenant, consumers, verdict, shared: _S
                         and str(consumer) not in erased
                         and not any(v.given for v in hits)
                     )
-                    where = f"{sname}:{tname}.{col.name}"
+                    place = f"{sname}:{tname}.{col.name}"
                     if not other:
-                        verdict.residue[where] += 1
+                        verdict.residue[place] += 1
                     elif col.name in identity_cols:
                         for v in hits:
                             shared.owners[(str(tenant), v.text)].add(str(consumer))
                         verdict.sql[sname]["shared_identity"] += 1
                     else:  # theirs only if an identity column anywhere says so: settled later
                         texts = [v.text for v in hits]
-                        shared.pending.append((where, str(tenant), str(consumer), texts))
+                        shared.pending.append((place, str(tenant), str(consumer), texts))
 
 
 def _has_orphans(conn, table: _Table) -> bool:
