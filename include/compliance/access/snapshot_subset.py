@@ -208,11 +208,7 @@ class Subset:
         collect = self._collect(step, at)
         idents = [at[c] for c in step.identity if c in at]
         consumers, identities = self.consumers, self.identities
-        if step.depth >= 2:
-            assert step.parent is not None and step.parent_column is not None
-            parents = self.kept.get((step.parent, step.parent_column), set())
-        else:
-            parents = set(consumers)  # frozen: `again` relies on exactly this verdict
+        parents = set(self.wanted_keys(step))  # frozen: `again` relies on exactly this verdict
 
         def keep(row: list[str]) -> bool:
             who = owner(row)

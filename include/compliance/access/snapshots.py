@@ -43,7 +43,6 @@ from sqlalchemy import Engine
 
 from compliance.access.snapshot_subset import Needles, Plan, RowTest, Subset, Wanted
 from compliance.access.snapshot_subset import plan as subset_plan
-from compliance.access.snapshot_subset import wanted_for as wanted_for  # gather_backups' import
 from compliance.core.datamap.live import type_family
 from compliance.core.datamap.model import BackupStore, DataMap, SqlSystem
 from compliance.core.shards import LogShard
