@@ -26,6 +26,7 @@ def free_port() -> int:
 def start(port: int | None = None) -> tuple[ThreadedMotoServer, str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     light_version_listings()
+    copies_keep_checksum_type()
     port = port or free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -108,3 +109,32 @@ def light_version_listings() -> None:
     FakeKey._light_copy = True  # type: ignore[attr-defined]
     _VersionedKeyStore.iterlists = lists_under_prefix  # type: ignore[method-assign]
     S3Backend.list_object_versions = list_object_versions  # type: ignore[method-assign]
+
+
+def copies_keep_checksum_type() -> None:
+    """Make moto's CopyObject keep the source's checksum *type* with its value, as S3 does.
+
+    moto (5.2) copies a multipart object's composite checksum (a checksum of its parts'
+    checksums) without marking it composite, so the copy claims it as the checksum of its
+    bytes, and boto3 refuses to read it (`FlexibleChecksumError`). The large benchmark's
+    backup rewrite, which copies the world's snapshots (multipart uploads) into a scratch
+    bucket, failed on it. Idempotent.
+    """
+    from moto.s3.models import S3Backend
+
+    if getattr(S3Backend, "_copies_keep_checksum_type", False):
+        return
+    copy = S3Backend.copy_object
+
+    def copy_object(
+        self: Any, src_key: Any, dest_bucket_name: str, dest_key_name: str, *a: Any, **kw: Any
+    ) -> Any:
+        out = copy(self, src_key, dest_bucket_name, dest_key_name, *a, **kw)
+        if src_key.checksum_value and getattr(src_key, "checksum_type", None):
+            new_key = self.get_bucket(dest_bucket_name).keys[dest_key_name]
+            new_key.checksum_type = src_key.checksum_type
+            new_key.checksum_parts = src_key.checksum_parts
+        return out
+
+    S3Backend.copy_object = copy_object  # type: ignore[method-assign]
+    S3Backend._copies_keep_checksum_type = True  # type: ignore[attr-defined]
