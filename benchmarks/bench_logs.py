@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from compliance.core import logfiles
+from compliance.core import compression, logfiles
 from compliance.core.datamap.model import IdentityType, LogStore
 from compliance.core.logfiles import reading
 from compliance.deletion import log_scrub
@@ -167,7 +167,7 @@ def run_scan(obj: Path, targets: logfiles.Targets) -> tuple[float, int]:
     matcher = logfiles.Matcher.get(STORE, targets)
     started = time.perf_counter()
     matched = 0
-    with obj.open("rb") as raw, reading.GZIP.GzipFile(fileobj=raw, mode="rb") as gz:
+    with obj.open("rb") as raw, compression.GZIP.GzipFile(fileobj=raw, mode="rb") as gz:
         for _, block in reading.line_blocks(gz, obj.name):
             matched += len(matcher.scan(block)[0])
     return time.perf_counter() - started, matched
@@ -274,7 +274,7 @@ def main() -> int:
         "engine",
         engine_best,
         f"{result.lines_matched} of {result.lines_in} lines dropped, "
-        f"out {out_size / 1e6:.1f} MB (isal level {reading.COMPRESS_LEVEL})",
+        f"out {out_size / 1e6:.1f} MB (isal level {compression.COMPRESS_LEVEL})",
     )
     row("scan", scan_best, "scan only")
     if not args.no_s3:

@@ -28,7 +28,6 @@ snapshot.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import tempfile
@@ -43,6 +42,7 @@ from sqlalchemy import Engine
 
 from compliance.access.snapshot_subset import Needles, Plan, RowTest, Subset, Wanted
 from compliance.access.snapshot_subset import plan as subset_plan
+from compliance.core.compression import GZIP
 from compliance.core.datamap.live import type_family
 from compliance.core.datamap.model import BackupStore, DataMap, SqlSystem
 from compliance.core.shards import LogShard
@@ -294,7 +294,7 @@ def _load(
         f"({', '.join(dialect.identifier_preparer.quote(c) for c in names)}) "
         f"VALUES ({', '.join('?' for _ in names)})"
     )
-    with gzip.GzipFile(fileobj=body) as gz:
+    with GZIP.GzipFile(fileobj=body) as gz:
         text = io.TextIOWrapper(gz, encoding="utf-8", newline="")
         reader = csv.reader(text)
         header = next(reader, None)

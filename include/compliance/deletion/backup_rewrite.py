@@ -47,6 +47,7 @@ import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
 from compliance.core import checkpoints
+from compliance.core.compression import GZIP
 from compliance.core.datamap.graph import chain_to_consumer
 from compliance.core.datamap.model import BackupStore, IdentityType, SqlSystem
 from compliance.core.sqlmap import MappedSql, key_text
@@ -247,7 +248,7 @@ def _needed(system: SqlSystem, table: str) -> set[str]:
 def _load(engine: sa.Engine, obj: _Object, system: SqlSystem) -> None:
     """One table of text columns named as in the header (those `_needed`), plus the record's
     number; "" is NULL (COPY CSV's NULL; an empty string would match no key anyway)."""
-    it = records(gzip.decompress(obj.body))
+    it = records(GZIP.decompress(obj.body))
     header = _parse(next(it, b""))
     if not header:
         return
@@ -329,7 +330,7 @@ def _filtered(body: bytes, drop: set[int]) -> bytes:
     other byte as it was, recompressed."""
     out = io.BytesIO()
     with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
-        for number, record in enumerate(records(gzip.decompress(body)), start=-1):
+        for number, record in enumerate(records(GZIP.decompress(body)), start=-1):
             if number not in drop:
                 gz.write(record)
     return out.getvalue()

@@ -25,13 +25,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from compliance.core import checkpoints
+from compliance.core.compression import COMPRESS_LEVEL, GZIP
 from compliance.core.datamap.model import LogStore
 from compliance.core.logfiles import reading
 from compliance.core.logfiles.identity_index import LogIndex
 from compliance.core.logfiles.matching import Hit, Matcher
 from compliance.core.logfiles.reading import (
-    COMPRESS_LEVEL,
-    GZIP,
     LogFormatError,
     ObjectResult,
     count_lines,

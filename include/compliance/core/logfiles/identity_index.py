@@ -43,10 +43,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from compliance.core.compression import GZIP
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import IdentityType, LogStore
 from compliance.core.logfiles.matching import _norm_log, _scalar
-from compliance.core.logfiles.reading import GZIP, line_blocks
+from compliance.core.logfiles.reading import line_blocks
 from compliance.core.logfiles.targets import Targets
 from compliance.core.outputs import put_bytes
 from compliance.core.stores.s3 import list_keys

@@ -1,10 +1,10 @@
 """Reading JSON-lines gzip log objects: day folders, whole-line blocks, matching lines.
 
 What access reports (R10), retention (R18) and erasure (R16.1) share to read a log store: the
-day folders of a store (`day_prefixes`), objects decompressed (isal when installed) in blocks of
-whole lines (`line_blocks`), a read-only count of the lines a request matches (`scan_object`) and
-the matching lines themselves inside a time window (`collect_shard`). Rewriting is erasure's
-alone (`compliance.deletion.log_scrub`).
+day folders of a store (`day_prefixes`), objects decompressed (`core.compression`: isal when
+installed) in blocks of whole lines (`line_blocks`), a read-only count of the lines a request
+matches (`scan_object`) and the matching lines themselves inside a time window
+(`collect_shard`). Rewriting is erasure's alone (`compliance.deletion.log_scrub`).
 
 What leaves this module for XCom or logs (`ObjectResult.to_dict`, `repr`) holds counts, keys and
 request references only, never a line or an identity value.
@@ -12,36 +12,19 @@ request references only, never a line or an identity value.
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from compliance.core.compression import CORRUPT, GZIP
 from compliance.core.datamap import paths as fpaths
 from compliance.core.datamap.model import LogStore
 from compliance.core.logfiles.matching import Matcher
 from compliance.core.logfiles.targets import Targets
 from compliance.core.stores.s3 import list_keys, list_prefixes
-
-try:  # isal's igzip is a drop-in for gzip, several times faster both ways
-    from isal import igzip as GZIP
-    from isal.isal_zlib import error as _IsalError
-
-    COMPRESS_LEVEL = 1  # isal's scale is 0-3; 1 is about zlib's 2-3 in size, far faster
-    CORRUPT: tuple[type[BaseException], ...] = (
-        gzip.BadGzipFile,
-        EOFError,
-        zlib.error,
-        _IsalError,
-    )
-except ImportError:  # pragma: no cover - isal is in requirements
-    GZIP = gzip  # type: ignore[misc]
-    COMPRESS_LEVEL = 3
-    CORRUPT = (gzip.BadGzipFile, EOFError, zlib.error)
 
 READ_SIZE = 4 << 20  # decompressed bytes read at a time (then cut at the last newline)
 
