@@ -172,6 +172,46 @@ def test_a_staff_deletion_dry_runs_then_erases(stack, desk):
     assert left == 0
 
 
+def test_a_document_entered_before_the_digest_is_still_seen_waiting(stack, desk):
+    """Upgrade path: `inbox.entry_key` gained a digest (2026-12-06), so a request entered
+    before the upgrade waits under the old name. Entering it again must not write a second
+    copy, a different document under its id is a duplicate (R22), and a run by reference
+    finds it waiting (dry run) and then erases the consumer."""
+    from compliance.requests import inbox
+
+    person = staff_desk.consumer(stack.db_url, offset=4)
+    fields = _fields(person, "STAFF-OLD-1", type="delete")
+    answer = desk.enter(fields)
+    assert answer.status_code == 200, staff_desk.refusals(answer.text)
+    dag_id, run_id = staff_desk.run_id_of(answer.text)
+    conf = staff_desk.triggered_conf(dag_id, run_id)
+    ((key, body),) = _inbox(stack).items()
+    old = inbox.legacy_entry_key("delete", person["client_id"], "STAFF-OLD-1")
+    assert old != key
+    stack.s3.put_object(Bucket=stack.bucket, Key=old, Body=body)  # as the old release wrote it
+    stack.s3.delete_object(Bucket=stack.bucket, Key=key)
+
+    again = desk.enter(fields)
+    assert again.status_code == 200 and "already waiting" in again.text
+    assert list(_inbox(stack)) == [old]
+    changed = desk.enter({**fields, "email": "other@example.com"})
+    assert changed.status_code == 400 and "<code>duplicate</code>" in changed.text
+
+    assert stack.run_dag(dag_id, conf).state == "success"  # dry run: found waiting
+    assert list(_inbox(stack)) == [old]
+    executed = desk.enter({**fields, "execute": "on"})
+    _, run_id = staff_desk.run_id_of(executed.text)
+    assert stack.run_dag(dag_id, staff_desk.triggered_conf(dag_id, run_id)).state == "success"
+    assert _inbox(stack) == {}
+    engine = sa.create_engine(stack.db_url)
+    with engine.connect() as c:
+        left = c.execute(
+            sa.text("select count(*) from contacts where email = :e"), {"e": person["email"]}
+        ).scalar()
+    engine.dispose()
+    assert left == 0
+
+
 @pytest.mark.parametrize(
     "conf",
     [

@@ -33,7 +33,7 @@ from compliance.core.context import JobContext
 from compliance.desk import status as desk_status
 from compliance.desk.api_calls import Problem
 from compliance.desk.api_clients import ApiClient
-from compliance.requests import inbox, staff_entry, state
+from compliance.requests import staff_entry, state
 from compliance.requests.schema import cj_api_requests
 
 MAX_BATCH = 1000
@@ -146,13 +146,10 @@ def _repeat(
             "is used once (R22): submit a new request under a new id",
         )
     row = _row(ctx.state, client_id, request_id, [known["type"]])
-    if row is None:
-        key = inbox.entry_key(known["type"], client_id, request_id)
-        ws = ctx.workspace
-        if not _exists(ws.s3, ws.bucket, key):
-            again = staff_entry.enter_document(ctx, known["type"], doc)
-            if isinstance(again, staff_entry.Refused):
-                raise _refused(again)
+    if row is None and staff_entry.waiting(ctx, known["type"], client_id, request_id) is None:
+        again = staff_entry.enter_document(ctx, known["type"], doc)
+        if isinstance(again, staff_entry.Refused):
+            raise _refused(again)
     return desk_status.view(client_id, request_id, known["type"], row)
 
 

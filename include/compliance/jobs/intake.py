@@ -22,7 +22,7 @@ def intake(ctx: JobContext, form_params: dict[str, Any], type_: str) -> dict[str
     summary = inbox.ingest(ws.s3, ws.bucket, clients(ctx), ctx.state, ctx.hash_key, ctx.now())
     out = summary.to_dict()
     if ref is not None:
-        out["request"] = {"status": staff_entry.lookup(ctx, ref, type_, set())}
+        out["request"] = {"status": staff_entry.lookup(ctx, ref, type_, {})}
     return out
 
 
@@ -33,7 +33,7 @@ def examine(ctx: JobContext, form_params: dict[str, Any], type_: str) -> Any:
     ws = ctx.workspace
     exam = inbox.examine(ws.s3, ws.bucket, clients(ctx), ctx.state, ctx.hash_key, ctx.now())
     if ref is not None:
-        staff_entry.lookup(ctx, ref, type_, {key for key, _, _ in exam.documents})
+        staff_entry.lookup(ctx, ref, type_, {key: raw for key, raw, _ in exam.documents})
     return exam
 
 

@@ -74,8 +74,16 @@ def submit(s3: Any, bucket: str, document: dict[str, Any], key: str) -> str:
     return key
 
 
+ENTERED = f"{INBOX}{UI}/"  # where requests entered on the staff page or the API wait
+
+
 def submission_key(name: str) -> str:
-    return f"{INBOX}{UI}/{_SAFE.sub('_', name)}.json"
+    return f"{ENTERED}{_SAFE.sub('_', name)}.json"
+
+
+def entered_names(s3: Any, bucket: str) -> set[str]:
+    """The keys of every entered document waiting in the inbox: one listing for a batch."""
+    return {o["Key"] for o in list_keys(s3, bucket, ENTERED)}
 
 
 def entry_key(type_: str, client_id: Any, request_id: Any) -> str:
@@ -89,6 +97,30 @@ def entry_key(type_: str, client_id: Any, request_id: Any) -> str:
     exact = json.dumps([str(type_), str(client_id), str(request_id)]).encode()
     digest = hashlib.sha256(exact).hexdigest()[:12]
     return submission_key(f"{type_}-{client_id}-{request_id}-{digest}")
+
+
+def legacy_entry_key(type_: str, client_id: Any, request_id: Any) -> str:
+    """The name `entry_key` gave before its digest (up to 2026-12-06). A document entered before
+    an upgrade still waits under it until a run takes it in, and the desk must still see it
+    there (`staff_entry.waiting`). Two requests may share this name (why the digest came), so
+    a document found under it counts only when it names this exact request (`names_request`).
+    Drop it once no inbox holds such names (one run after the upgrade drains them)."""
+    return submission_key(f"{type_}-{client_id}-{request_id}")
+
+
+def names_request(raw: bytes, type_: str, client_id: Any, request_id: Any) -> bool:
+    """Whether an inbox document is this (type, tenant, request id), compared as text, as
+    `entry_key` compares (a document without a type names every type)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    return (str(doc.get("client_id")), str(doc.get("request_id"))) == (
+        str(client_id),
+        str(request_id),
+    ) and str(doc.get("type", type_)) == str(type_)
 
 
 def form_document(params: dict[str, Any], type_: str) -> dict[str, Any] | None:

@@ -120,6 +120,7 @@ def check_documents(
     pending: list[tuple[int, str, dict[str, Any], str, bytes]] = []
     ws = ctx.workspace
     keys: set[str] = set()
+    names = inbox.entered_names(ws.s3, ws.bucket)
     for i, (type_, doc) in enumerate(items):
         if type_ not in DAG_FOR_TYPE:
             out[i] = _refused(
@@ -131,8 +132,8 @@ def check_documents(
             continue
         body = json.dumps(doc).encode()
         key = inbox.entry_key(type_, doc.get("client_id"), doc["request_id"])
-        waiting = _read(ws.s3, ws.bucket, key)
-        if key in keys or (waiting is not None and waiting != body):
+        found = waiting(ctx, type_, doc.get("client_id"), doc["request_id"], names)
+        if key in keys or (found is not None and found[1] != body):
             out[i] = _refused(
                 "duplicate",
                 "request_id",
@@ -141,8 +142,9 @@ def check_documents(
             )
             continue
         keys.add(key)
-        if waiting is not None:  # entered before and not yet taken in by a run
-            out[i] = Entered(_ref(doc.get("client_id"), doc["request_id"]), key, type_, again=True)
+        if found is not None:  # entered before and not yet taken in by a run
+            ref = _ref(doc.get("client_id"), doc["request_id"])
+            out[i] = Entered(ref, found[0], type_, again=True)
             continue
         pending.append((i, type_, doc, key, body))
     if pending:
@@ -168,6 +170,25 @@ def check_documents(
                 entered = Entered(_ref(result.client_id, result.request_id), key, type_)
                 out[i] = Checked(entered, doc)
     return [o for o in out if o is not None]
+
+
+def waiting(
+    ctx: JobContext, type_: str, client_id: Any, request_id: Any, names: set[str] | None = None
+) -> tuple[str, bytes] | None:
+    """Where this request's entered document waits in the inbox, and its bytes; None when it
+    does not. `names`: `inbox.entered_names`, when the caller checks many. Its `entry_key` first,
+    then the name before the digest (`inbox.legacy_entry_key`: documents entered before an
+    upgrade), which counts only when the document there is this request."""
+    ws = ctx.workspace
+    names = inbox.entered_names(ws.s3, ws.bucket) if names is None else names
+    key = inbox.entry_key(type_, client_id, request_id)
+    if key in names and (raw := _read(ws.s3, ws.bucket, key)) is not None:
+        return key, raw
+    old = inbox.legacy_entry_key(type_, client_id, request_id)
+    raw = _read(ws.s3, ws.bucket, old) if old in names else None
+    if raw is not None and inbox.names_request(raw, type_, client_id, request_id):
+        return old, raw
+    return None
 
 
 def put(ctx: JobContext, checked: Checked) -> Entered:
@@ -221,11 +242,11 @@ def parse_ref(value: object) -> tuple[str, str] | None:
     return client, request_id
 
 
-def lookup(ctx: JobContext, ref: tuple[str, str], type_: str, waiting: set[str]) -> str:
+def lookup(ctx: JobContext, ref: tuple[str, str], type_: str, in_inbox: dict[str, bytes]) -> str:
     """Where the referenced request stands: its status on record, or `waiting` when its
-    document is still in the inbox (a dry run reads and changes nothing). Raises when it is
-    nowhere: the reference names no request staff entered (or a run refused it as a duplicate,
-    which is not logged, R22)."""
+    document is still in the inbox (`in_inbox`: the inbox's documents by key; a dry run reads
+    and changes nothing). Raises when it is nowhere: the reference names no request staff
+    entered (or a run refused it as a duplicate, which is not logged, R22)."""
     client, request_id = ref
     dag = DAG_FOR_TYPE.get(type_)
     types = [t for t, d in DAG_FOR_TYPE.items() if d == dag] or [type_]  # access: portability too
@@ -233,7 +254,10 @@ def lookup(ctx: JobContext, ref: tuple[str, str], type_: str, waiting: set[str])
     for t in types:
         if (row := rows.get((client, request_id, t))) is not None:
             return str(row.status)
-        if inbox.entry_key(t, client, request_id) in waiting:
+        if inbox.entry_key(t, client, request_id) in in_inbox:
+            return "waiting"
+        old = inbox.legacy_entry_key(t, client, request_id)  # entered before an upgrade
+        if old in in_inbox and inbox.names_request(in_inbox[old], t, client, request_id):
             return "waiting"
     raise ValueError(
         f"{REF_PARAM}: no {type_} request {client}/{request_id} in the inbox or on record; "
