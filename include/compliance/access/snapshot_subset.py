@@ -47,7 +47,7 @@ def lenient_key(raw: str | None) -> str | None:
     if text == "":
         return None
     body = text[1:] if text[:1] in "+-" else text
-    if body.isdigit():
+    if body.isascii() and body.isdigit():  # '²' is a digit to isdigit, not to int()
         return str(int(text))
     if len(text) >= 32:
         try:
@@ -64,7 +64,7 @@ def identity_text(raw: str) -> str:
     "+15550000000" and "15550000000" get one spelling, which keeps a row too many at most."""
     text = raw.strip()
     body = text[1:] if text[:1] in "+-" else text
-    return str(int(text)) if body.isdigit() else text.lower()
+    return str(int(text)) if body.isascii() and body.isdigit() else text.lower()
 
 
 @dataclass
@@ -289,7 +289,8 @@ def needle_pattern(keys: Iterable[str], identities: Iterable[str]) -> Needles | 
             texts.add(key.replace('"', '""'))
     for v in identities:  # a number's digits: "0123" and "-0123" hold "123" (`identity_text`)
         if v:
-            texts.add((v[1:] if v[:1] == "-" and v[1:].isdigit() else v).replace('"', '""'))
+            number = v[:1] == "-" and v[1:].isascii() and v[1:].isdigit()
+            texts.add((v[1:] if number else v).replace('"', '""'))
     parts = []
     if ints:
         parts.append(rf'(?:^|[,"])\s*[+-]?0*(?P<i>{_trie(ints)})\s*(?=[,"\r\n]|\Z)')
