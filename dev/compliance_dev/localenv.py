@@ -155,7 +155,7 @@ def start_s3(home: Path) -> tuple[subprocess.Popen, str]:
     proc = start_group(
         [sys.executable, "-m", "compliance_dev", "local-s3", "--port-file", str(port_file)],
         home / "logs" / "s3.log",
-        env={**os.environ, **S3_SERVER_ENV},
+        env={**S3_SERVER_ENV, **os.environ},  # a value set on purpose wins
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -93,6 +93,7 @@ ipeople_t = sa.Table(
     sa.Column("contact_id", sa.Integer, primary_key=True),
     sa.Column("client_id", sa.Integer, nullable=False),
     sa.Column("email", sa.String(200)),
+    sa.Column("member_no", sa.BigInteger),  # an identity stored as a number
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
@@ -130,7 +131,10 @@ INT_SYSTEM = SqlSystem.model_validate(
         "tenants": {"table": "itenants", "key": "client_id", "active_column": "active"},
         "tables": {
             "ipeople": {"primary_key": "contact_id", "tenant_column": "client_id",
-                        "time_column": "created_at", "columns": {"email": IDENT}},
+                        "time_column": "created_at", "columns": {
+                            "email": IDENT,
+                            "member_no": {"categories": ["identifiers"],
+                                          "identity": "contact_id"}}},
         },
     }
 )  # fmt: skip
@@ -181,7 +185,22 @@ def crm(db_url):
         c.execute(itenants_t.insert(), [{"client_id": 1, "active": True}])
         c.execute(
             ipeople_t.insert(),
-            [{"contact_id": 7, "client_id": 1, "email": "twin@example.com", "created_at": T0}],
+            [
+                {
+                    "contact_id": 7,
+                    "client_id": 1,
+                    "email": "twin@example.com",
+                    "member_no": 123,
+                    "created_at": T0,
+                },
+                {
+                    "contact_id": 8,
+                    "client_id": 1,
+                    "email": "b@example.com",
+                    "member_no": 1234,
+                    "created_at": T0,
+                },
+            ],
         )
     yield engine
     engine.dispose()
@@ -236,6 +255,26 @@ def test_resolve_against_an_integer_tenant_column(crm):
     )
     assert found["a"].consumer_ids == found["b"].consumer_ids == {"7"}
     assert found["c"].consumer_ids == set() and found["d"].consumer_ids == set()
+
+
+def test_resolve_through_an_integer_identity_column(crm):
+    """An identity stored as a number is found in the column's type (its index serves) and
+    read back as a number: "123", "0123" and "+123" are member 123; "12", "1234 " (a
+    different member) and text are not, and no request reaches the other tenant's rows."""
+
+    def member(ref: str, value: str, tenant: object = 1) -> Subject:
+        return Subject(ref, tenant, ((IdentityType.contact_id, value),))
+
+    asks = {"plain": "123", "zeros": "0123", "sign": "+123", "short": "12", "text": "abc"}
+    found = resolve(crm, INT_SYSTEM, [member(r, v) for r, v in asks.items()] + [
+        member("other", "1234 "), member("tenant-2", "123", tenant=2),
+        member("huge", "9" * 5000),
+    ])  # fmt: skip
+    assert {r: found[r].consumer_ids for r in found} == {
+        "plain": {"7"}, "zeros": {"7"}, "sign": {"7"}, "short": set(), "text": set(),
+        "other": {"8"}, "tenant-2": set(), "huge": set(),
+    }  # fmt: skip
+    assert found["plain"].identities[IdentityType.contact_id] == {"123"}
 
 
 # -- holds ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 from compliance.core.datamap.graph import chain_to_consumer
 from compliance.core.datamap.model import SqlSystem
+from compliance.core.sqlmap import integer_text
 
 
 def lenient_key(raw: str | None) -> str | None:
@@ -46,9 +47,8 @@ def lenient_key(raw: str | None) -> str | None:
     text = str(raw).strip()
     if text == "":
         return None
-    body = text[1:] if text[:1] in "+-" else text
-    if body.isascii() and body.isdigit():  # '²' is a digit to isdigit, not to int()
-        return str(int(text))
+    if (number := integer_text(text)) is not None:
+        return number
     if len(text) >= 32:
         try:
             return str(uuid.UUID(text))
@@ -63,8 +63,8 @@ def identity_text(raw: str) -> str:
     type: an INTEGER identity column holding 123 matches a given "0123". Lenient, as keys are:
     "+15550000000" and "15550000000" get one spelling, which keeps a row too many at most."""
     text = raw.strip()
-    body = text[1:] if text[:1] in "+-" else text
-    return str(int(text)) if body.isascii() and body.isdigit() else text.lower()
+    number = integer_text(text)
+    return text.lower() if number is None else number
 
 
 @dataclass

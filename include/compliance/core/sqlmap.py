@@ -158,6 +158,19 @@ def typed_values(column: sa.ColumnElement, values: list[Any]) -> list[Any]:
     return out
 
 
+def integer_text(text: str) -> str | None:
+    """`text` spelt as `str(int(text))` would spell it when it is an integer in ASCII digits
+    (signs, leading zeros and blanks allowed), else None. Without int(), which also takes '²'
+    (a digit to `str.isdigit`) and refuses 4,300+ digits: text from a file must never stop a
+    job. For identities and snapshot cells, never tenants (their spelling is exact, R6)."""
+    text = text.strip()
+    body = text[1:] if text[:1] in "+-" else text
+    if not (body.isascii() and body.isdigit()):
+        return None
+    digits = body.lstrip("0") or "0"
+    return f"-{digits}" if text[:1] == "-" and digits != "0" else digits
+
+
 def key_text(value: object) -> str:
     """The text form of a key as the state DB and every target file keep it (UUIDs lower-case,
     integers in decimal): the one spelling Python code compares tenants and consumers in."""

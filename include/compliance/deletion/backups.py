@@ -13,7 +13,6 @@ them with the same data-map-driven code as a deletion request, before anyone use
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -22,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from compliance.core.compression import GZIP
 from compliance.core.datamap.model import BackupStore, DataMap, IdentityType
 from compliance.core.sqlmap import MappedSql, key_text
 from compliance.core.stores.s3 import list_keys, list_prefixes
@@ -110,7 +110,7 @@ def reapply_tombstones(
 
 def _load(s3: Any, bucket: str, key: str, engine: Engine, table: sa.Table) -> int:
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    with gzip.GzipFile(fileobj=body) as gz:
+    with GZIP.GzipFile(fileobj=body) as gz:
         reader = csv.reader(io.TextIOWrapper(gz, encoding="utf-8", newline=""))
         header = next(reader, None)
         if header is None:

@@ -23,7 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from compliance.core.datamap.model import IdentityType, SqlSystem
-from compliance.core.sqlmap import KeyTypeError, MappedSql, key_text, typed_value, typed_values
+from compliance.core.sqlmap import (
+    KeyTypeError,
+    MappedSql,
+    integer_text,
+    key_text,
+    typed_value,
+    typed_values,
+)
 
 CHUNK = 500
 
@@ -86,14 +93,21 @@ def resolve(
     with engine.connect() as conn:
         for tname, cname, kind in identity_columns(system):
             owned = sql.owned(tname)
+            column = owned.table.c[cname]
+            asked: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, value) -> refs
+            typed_of: dict[str, object] = {}
+            for (t, k, v), refs in wanted.items():
+                if k is kind and (typed := _typed_identity(column, v)) is not None:
+                    asked[(t, key_text(typed))] |= refs
+                    typed_of[key_text(typed)] = typed
             pairs = sorted(
-                _typed_pairs(owned.tenant, {(t, v) for (t, k, v) in wanted if k is kind})
-            )
+                (tt, tv, typed_of[v]) for tt, tv, v in _typed_pairs(owned.tenant, set(asked))
+            )  # fmt: skip
             if not pairs:
                 continue
-            value_expr = normalise_for_column(kind, owned.table.c[cname])
+            value_expr = normalise_for_column(kind, column)
             for i in range(0, len(pairs), CHUNK):
-                by_tenant: dict[object, list[str]] = defaultdict(list)
+                by_tenant: dict[object, list[object]] = defaultdict(list)
                 for _, typed, value in pairs[i : i + CHUNK]:
                     by_tenant[typed].append(value)
                 # Per tenant `tenant = t AND value IN (...)`, OR-ed (issue 19): SQLite never
@@ -108,10 +122,29 @@ def resolve(
                     .where(match)
                 )
                 for tenant, value, consumer in conn.execute(stmt):
-                    for ref in wanted.get((key_text(tenant), kind, value), ()):
+                    for ref in asked.get((key_text(tenant), key_text(value)), ()):
                         out[ref].consumer_ids.add(key_text(consumer))
         _expand(conn, sql, system, out)
     return out
+
+
+def _typed_identity(column: sa.Column, value: str) -> object | None:
+    """A given identity in its column's type, or None when the column cannot hold it. Compared
+    in that type, the CRM's own index serves, and a hit read back is keyed by its `key_text`:
+    an INTEGER or UUID identity column is found (its values come back as int or UUID, never
+    as the text the request gave). An integer column compares numbers: "0123" is 123 (an
+    identity is a number the consumer wrote down; tenants, unlike it, are exact, R6)."""
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        python_type = str
+    if python_type is int:
+        number = integer_text(value)
+        return int(number) if number is not None and len(number) <= 20 else None
+    try:
+        return typed_value(column, value)
+    except KeyTypeError:
+        return None
 
 
 def _typed_pairs(

@@ -120,7 +120,7 @@ def check_documents(
     pending: list[tuple[int, str, dict[str, Any], str, bytes]] = []
     ws = ctx.workspace
     keys: set[str] = set()
-    names = inbox.entered_names(ws.s3, ws.bucket)
+    names = inbox.entered_names(ws.s3, ws.bucket) if len(items) > 1 else None
     for i, (type_, doc) in enumerate(items):
         if type_ not in DAG_FOR_TYPE:
             out[i] = _refused(
@@ -176,16 +176,17 @@ def waiting(
     ctx: JobContext, type_: str, client_id: Any, request_id: Any, names: set[str] | None = None
 ) -> tuple[str, bytes] | None:
     """Where this request's entered document waits in the inbox, and its bytes; None when it
-    does not. `names`: `inbox.entered_names`, when the caller checks many. Its `entry_key` first,
-    then the name before the digest (`inbox.legacy_entry_key`: documents entered before an
-    upgrade), which counts only when the document there is this request."""
+    does not. Its `entry_key` first, then the name before the digest
+    (`inbox.legacy_entry_key`: documents entered before an upgrade), which counts only when
+    the document there is this request. `names` (`inbox.entered_names`, one listing): when a
+    caller checks many, only names listed are read; without it, at most two GETs."""
     ws = ctx.workspace
-    names = inbox.entered_names(ws.s3, ws.bucket) if names is None else names
     key = inbox.entry_key(type_, client_id, request_id)
-    if key in names and (raw := _read(ws.s3, ws.bucket, key)) is not None:
+    raw = _read(ws.s3, ws.bucket, key) if names is None or key in names else None
+    if raw is not None:
         return key, raw
     old = inbox.legacy_entry_key(type_, client_id, request_id)
-    raw = _read(ws.s3, ws.bucket, old) if old in names else None
+    raw = _read(ws.s3, ws.bucket, old) if names is None or old in names else None
     if raw is not None and inbox.names_request(raw, type_, client_id, request_id):
         return old, raw
     return None
