@@ -56,6 +56,15 @@ def _inbox(stack) -> dict[str, bytes]:
     }
 
 
+def _contacts_with(stack, email: str) -> int:
+    engine = sa.create_engine(stack.db_url)
+    with engine.connect() as c:
+        n = c.execute(sa.text("select count(*) from contacts where email = :e"), {"e": email})
+        left = int(n.scalar() or 0)
+    engine.dispose()
+    return left
+
+
 def _runs(dag_id: str) -> int:
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
@@ -163,13 +172,7 @@ def test_a_staff_deletion_dry_runs_then_erases(stack, desk):
     assert conf == {"request_ref": f"{person['client_id']}/STAFF-DEL-1", "dry_run": False}
     assert stack.run_dag(dag_id, conf).state == "success"
     assert _inbox(stack) == {}
-    engine = sa.create_engine(stack.db_url)
-    with engine.connect() as c:
-        left = c.execute(
-            sa.text("select count(*) from contacts where email = :e"), {"e": person["email"]}
-        ).scalar()
-    engine.dispose()
-    assert left == 0
+    assert _contacts_with(stack, person["email"]) == 0
 
 
 def test_a_document_entered_before_the_digest_is_still_seen_waiting(stack, desk):
@@ -203,13 +206,7 @@ def test_a_document_entered_before_the_digest_is_still_seen_waiting(stack, desk)
     _, run_id = staff_desk.run_id_of(executed.text)
     assert stack.run_dag(dag_id, staff_desk.triggered_conf(dag_id, run_id)).state == "success"
     assert _inbox(stack) == {}
-    engine = sa.create_engine(stack.db_url)
-    with engine.connect() as c:
-        left = c.execute(
-            sa.text("select count(*) from contacts where email = :e"), {"e": person["email"]}
-        ).scalar()
-    engine.dispose()
-    assert left == 0
+    assert _contacts_with(stack, person["email"]) == 0
 
 
 @pytest.mark.parametrize(
