@@ -131,6 +131,21 @@ def test_records_keep_quoted_newlines_and_every_byte():
     assert len(list(backup_rewrite.records(data))) == 6  # header + 5 records
 
 
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 22])
+def test_streamed_records_cut_blocks_only_between_records(tmp_path, monkeypatch, block):
+    """A snapshot is streamed a block at a time (gigabytes are never held whole): whatever
+    the block size, even one that ends inside a quoted newline or a doubled quote, the records
+    and their bytes are those of the whole file (the rewrite drops records by number)."""
+    data = PEOPLE + b'6,10,"say ""hi""\n\nthere",x\r\n' + b"5,10,x,no newline at the end"
+    path = tmp_path / "people.csv.gz"
+    path.write_bytes(gzip.compress(data))
+    monkeypatch.setattr(backup_rewrite, "BLOCK", block)
+    streamed = list(backup_rewrite.streamed_records(path))
+    assert b"".join(streamed) == data
+    assert len(streamed) == 7  # header + 6 records, the quoted newlines inside theirs
+    assert streamed[-2] == b'6,10,"say ""hi""\n\nthere",x\r\n'
+
+
 def test_rewrite_removes_rows_keeps_bytes_and_old_versions(bucket):
     s3, dm = bucket, _map()
     store, system = dm.stores["snaps"], dm.systems["crm"]

@@ -33,9 +33,9 @@ remove and writes nothing; it only finishes a version clean-up a crash interrupt
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import logging
+import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
 from compliance.core import checkpoints
-from compliance.core.compression import GZIP
+from compliance.core.compression import COMPRESS_LEVEL, GZIP
 from compliance.core.datamap.graph import chain_to_consumer
 from compliance.core.datamap.model import BackupStore, IdentityType, SqlSystem
 from compliance.core.sqlmap import MappedSql, key_text
@@ -68,6 +68,7 @@ REPLACED_META = "cj-replaced-versions"  # versions the rewrite superseded (delet
 ROW_COLUMN = "cj_row_number"  # added to each loaded table: the record's position in its object
 SUFFIX = ".csv.gz"
 CHUNK = 1000
+BLOCK = 1 << 22  # bytes of decompressed CSV cut into records at a time
 
 
 @dataclass(frozen=True)
@@ -138,21 +139,24 @@ def _run(s3, store, system, scope, *, batch_id, before_replace) -> StoreResult:
 class _Object:
     key: str
     table: str
-    body: bytes  # the compressed bytes read
+    path: Path  # the compressed bytes read, in the day's scratch directory
     response: dict[str, Any]
 
 
 def _day(s3, store, system, scope, prefix, result, batch_id, before_replace) -> None:
-    objects: dict[str, _Object] = {}
-    for entry in list_keys(s3, store.bucket, prefix):
-        key = entry["Key"]
-        table = key[len(prefix) : -len(SUFFIX)] if key.endswith(SUFFIX) else ""
-        if table in system.tables and "/" not in table:
-            resp = s3.get_object(Bucket=store.bucket, Key=key)
-            objects[table] = _Object(key, table, resp["Body"].read(), resp)
-    if not objects:
-        return
+    """One snapshot day. Its objects are read once into a scratch directory and streamed from
+    there (loaded, then filtered): a day's snapshot can be gigabytes, and neither its
+    compressed nor its decompressed bytes are ever held in memory whole."""
     with tempfile.TemporaryDirectory(prefix="cj-backup-") as tmp:
+        objects: dict[str, _Object] = {}
+        for entry in list_keys(s3, store.bucket, prefix):
+            key = entry["Key"]
+            table = key[len(prefix) : -len(SUFFIX)] if key.endswith(SUFFIX) else ""
+            if table in system.tables and "/" not in table:
+                path = Path(tmp) / f"{len(objects)}.csv.gz"
+                objects[table] = _Object(key, table, path, _download(s3, store.bucket, key, path))
+        if not objects:
+            return
         engine = sa.create_engine(f"sqlite:///{Path(tmp) / 'snapshot.db'}")
         try:
             for obj in objects.values():
@@ -160,42 +164,64 @@ def _day(s3, store, system, scope, prefix, result, batch_id, before_replace) -> 
             doomed = _doomed_rows(engine, system, scope, set(objects))
         finally:
             engine.dispose()
-    for table, rows in sorted(doomed.items()):
-        if not rows:
-            continue
-        obj = objects[table]
-        per_ref: dict[str, int] = defaultdict(int)
-        for ref in rows.values():
-            per_ref[ref] += 1
-        result.objects += 1
-        result.rows += len(rows)
-        for ref, n in per_ref.items():
-            result.per_ref[ref] += n
-        if batch_id is None:
-            continue  # a dry run counts, and writes nothing
-        body = _filtered(obj.body, set(rows))
-        if before_replace is not None:
-            before_replace(obj.key, dict(per_ref))
-        # An unversioned (or suspended) bucket overwrites the "null" version in place: only
-        # versions with an id of their own remain to be deleted after the PUT.
-        replaced = sum(
-            1
-            for v in _versions_of(s3, store.bucket, obj.key)
-            if v["VersionId"] not in (None, "null")
-        )
+        for table, rows in sorted(doomed.items()):
+            if rows:
+                _rewrite(s3, store, objects[table], rows, result, batch_id, before_replace)
+
+
+def _rewrite(
+    s3: Any,
+    store: BackupStore,
+    obj: _Object,
+    rows: dict[int, str],
+    result: StoreResult,
+    batch_id: str | None,
+    before_replace: Callable[[str, dict[str, int]], None] | None,
+) -> None:
+    """Replace one object by its copy without `rows` (record number -> ref), then delete the
+    versions it superseded; a dry run (`batch_id` None) only counts."""
+    per_ref: dict[str, int] = defaultdict(int)
+    for ref in rows.values():
+        per_ref[ref] += 1
+    result.objects += 1
+    result.rows += len(rows)
+    for ref, n in per_ref.items():
+        result.per_ref[ref] += n
+    if batch_id is None:
+        return  # a dry run counts, and writes nothing
+    filtered = obj.path.with_suffix(".new")
+    _filtered(obj.path, set(rows), filtered)
+    if before_replace is not None:
+        before_replace(obj.key, dict(per_ref))
+    # An unversioned (or suspended) bucket overwrites the "null" version in place: only
+    # versions with an id of their own remain to be deleted after the PUT.
+    replaced = sum(
+        1 for v in _versions_of(s3, store.bucket, obj.key) if v["VersionId"] not in (None, "null")
+    )
+    with filtered.open("rb") as body:
         new_version = _put(s3, store.bucket, obj, body, batch_id, replaced) or "null"
-        checkpoints.reached("backups.after_put", key=obj.key)
-        old = [
-            (obj.key, v["VersionId"])
-            for v in _versions_of(s3, store.bucket, obj.key)
-            if v["VersionId"] != new_version
-        ]
-        result.versions_deleted += delete_versions(s3, store.bucket, old) if old else 0
-        checkpoints.reached("backups.after_object", key=obj.key)
-        log.info(
-            "rewrote s3://%s/%s: %d rows removed, %d old versions deleted",
-            store.bucket, obj.key, len(rows), len(old),
-        )  # fmt: skip
+    filtered.unlink()
+    checkpoints.reached("backups.after_put", key=obj.key)
+    old = [
+        (obj.key, v["VersionId"])
+        for v in _versions_of(s3, store.bucket, obj.key)
+        if v["VersionId"] != new_version
+    ]
+    result.versions_deleted += delete_versions(s3, store.bucket, old) if old else 0
+    checkpoints.reached("backups.after_object", key=obj.key)
+    log.info(
+        "rewrote s3://%s/%s: %d rows removed, %d old versions deleted",
+        store.bucket, obj.key, len(rows), len(old),
+    )  # fmt: skip
+
+
+def _download(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
+    """GET `key` into `path`; the response without its body (the ETag the PUT is conditional
+    on, and the attributes the rewritten object keeps)."""
+    resp = s3.get_object(Bucket=bucket, Key=key)
+    with path.open("wb") as out:
+        shutil.copyfileobj(resp.pop("Body"), out, 1 << 20)
+    return resp
 
 
 # -- the snapshot as a database -----------------------------------------------------------------
@@ -226,6 +252,35 @@ def records(data: bytes) -> Iterator[bytes]:
         yield data[start:]
 
 
+def streamed_records(path: Path) -> Iterator[bytes]:
+    """`records` of the decompressed bytes of the gzip file at `path`, read a block at a time:
+    each block is cut after its last complete record (`_record_end`) and the rest carried into
+    the next, so the records and their bytes are exactly those of `records(whole)`."""
+    rest = b""
+    with GZIP.open(path, "rb") as gz:
+        while data := gz.read(BLOCK):
+            buf = rest + data
+            end = _record_end(buf)
+            yield from records(buf[:end])
+            rest = buf[end:]
+    if rest:
+        yield from records(rest)
+
+
+def _record_end(buf: bytes) -> int:
+    """Just past the last newline of `buf` that ends a record (0: none): one with an even
+    number of quote characters before it, `buf` starting at a record's start (`records`)."""
+    nl = buf.rfind(b"\n")
+    quotes = buf.count(b'"', 0, nl) if nl >= 0 else 0
+    while nl >= 0:
+        if quotes % 2 == 0:
+            return nl + 1
+        prev = buf.rfind(b"\n", 0, nl)
+        quotes -= buf.count(b'"', prev + 1 if prev >= 0 else 0, nl)
+        nl = prev
+    return 0
+
+
 def _parse(record: bytes) -> list[str]:
     return next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")), [])
 
@@ -248,7 +303,7 @@ def _needed(system: SqlSystem, table: str) -> set[str]:
 def _load(engine: sa.Engine, obj: _Object, system: SqlSystem) -> None:
     """One table of text columns named as in the header (those `_needed`), plus the record's
     number; "" is NULL (COPY CSV's NULL; an empty string would match no key anyway)."""
-    it = records(GZIP.decompress(obj.body))
+    it = streamed_records(obj.path)
     header = _parse(next(it, b""))
     if not header:
         return
@@ -325,15 +380,18 @@ def _doomed_rows(
     return out
 
 
-def _filtered(body: bytes, drop: set[int]) -> bytes:
-    """The object without the records numbered in `drop` (the header is record -1): every
-    other byte as it was, recompressed."""
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
-        for number, record in enumerate(records(GZIP.decompress(body)), start=-1):
+def _filtered(source: Path, drop: set[int], target: Path) -> None:
+    """`source` without the records numbered in `drop` (the header is record -1), into
+    `target`: every other byte as it was, recompressed as the log rewrite does."""
+    kept: list[bytes] = []
+    with GZIP.GzipFile(target, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0) as gz:
+        for number, record in enumerate(streamed_records(source), start=-1):
             if number not in drop:
-                gz.write(record)
-    return out.getvalue()
+                kept.append(record)
+                if len(kept) >= CHUNK:
+                    gz.write(b"".join(kept))
+                    kept.clear()
+        gz.write(b"".join(kept))
 
 
 # -- S3 ------------------------------------------------------------------------------------------
@@ -347,7 +405,7 @@ def _versions_of(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
     return out
 
 
-def _put(s3: Any, bucket: str, obj: _Object, body: bytes, batch_id: str, replaced: int) -> Any:
+def _put(s3: Any, bucket: str, obj: _Object, body: Any, batch_id: str, replaced: int) -> Any:
     meta = {REWRITTEN_META: batch_id, REPLACED_META: str(replaced)}
     return replace_if_unchanged(s3, bucket, obj.key, body, obj.response, meta, "rewritten")
 

@@ -108,8 +108,8 @@ def verify_backup_store(
             engine = sa.create_engine(f"sqlite:///{Path(tmp) / 'day.db'}")
             try:
                 for table, key in sorted(tables.items()):
-                    raw = s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
-                    counts["bytes"] += _load(engine, table, gzip.decompress(raw))
+                    body = s3.get_object(Bucket=store.bucket, Key=key)["Body"]
+                    counts["bytes"] += _load(engine, table, body)
                 scratch = Verdict()
                 verify_system(engine, system_name, everything, values, consumers, scratch)
             finally:
@@ -128,20 +128,24 @@ def _erased_whole(system: SqlSystem) -> SqlSystem:
     return system.model_copy(update={"tables": tables})
 
 
-def _load(engine: sa.Engine, table: str, data: bytes) -> int:
-    """The CSV as a table of text columns, "" as NULL (COPY's NULL); returns the bytes read."""
-    rows = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
-    header = next(rows, None) or []
-    md = sa.MetaData()
-    t = sa.Table(table, md, *(sa.Column(c, sa.Text) for c in header))
-    md.create_all(engine)
-    with engine.begin() as conn:
-        batch = []
-        for row in rows:
-            batch.append({c: (v if v != "" else None) for c, v in zip(header, row, strict=False)})
-            if len(batch) >= 5000:
+def _load(engine: sa.Engine, table: str, body: Any) -> int:
+    """The gzip CSV `body` (a stream: a snapshot can be gigabytes) as a table of text columns,
+    "" as NULL (COPY's NULL); returns the decompressed bytes read."""
+    with gzip.GzipFile(fileobj=body, mode="rb") as gz:
+        rows = csv.reader(io.TextIOWrapper(gz, encoding="utf-8", newline=""))
+        header = next(rows, None) or []
+        md = sa.MetaData()
+        t = sa.Table(table, md, *(sa.Column(c, sa.Text) for c in header))
+        md.create_all(engine)
+        with engine.begin() as conn:
+            batch = []
+            for row in rows:
+                batch.append(
+                    {c: (v if v != "" else None) for c, v in zip(header, row, strict=False)}
+                )
+                if len(batch) >= 5000:
+                    conn.execute(sa.insert(t), batch)
+                    batch = []
+            if batch:
                 conn.execute(sa.insert(t), batch)
-                batch = []
-        if batch:
-            conn.execute(sa.insert(t), batch)
-    return len(data)
+        return gz.tell()
