@@ -35,7 +35,6 @@ MEMORY_LIMIT_MB = 2048.0
 # Stages that run a baseline, not a job: the independent naive loop (each process holds whole
 # objects), one bulk DELETE, one GROUP BY. Their memory is in `latest.json` ("memory"), not in
 # the peak the 2 GB target is about.
-BASELINES = frozenset({"naive.requests", "retention.bulk_delete", "stats.group_by"})
 HOUR = 3600.0
 
 
@@ -286,13 +285,11 @@ def _summary(rows: list[C.Row], duration: float, contacts: int) -> list[C.Row]:
     """The run's closing rows: peak memory over every process (issue 19) and the wall time.
 
     Memory: the largest `peak_mb` of any job stage (`C.STAGE_MEMORY`; the world's seeding and
-    indexing are set-up and `BASELINES` are the yardsticks, not jobs), each the sum over the
+    indexing are set-up and `baseline` stages are the yardsticks, not jobs), each the sum over the
     stage's workers, every PostgreSQL server process and the S3 server (`C.run_stage`).
     Without stage records (every section failed before a stage ran) the largest row's
     `peak_mb` stands in."""
-    stages = [
-        s for s in C.STAGE_MEMORY if not s.name.startswith("world.") and s.name not in BASELINES
-    ]
+    stages = [s for s in C.STAGE_MEMORY if not s.name.startswith("world.") and not s.baseline]
     measured = [r for r in rows if r.peak_mb is not None and r.section != "world"]
     out = []
     if stages:

@@ -551,6 +551,7 @@ class Stage:
     sampled_mb: float = 0.0  # the largest sampled sum (PSS), for comparison with peak_mb
     memory_samples: int = 0
     postgres_other_mb: float = 0.0  # of postgres_mb: other databases' sessions (shared server)
+    baseline: bool = False  # a yardstick (naive loop, bulk DELETE, GROUP BY), not a job stage
 
     @property
     def memory_parts(self) -> dict[str, float]:
@@ -588,6 +589,7 @@ def run_stage(
     workers: int = 1,
     imports: Sequence[str] = (),
     s3_pid: int | None = None,
+    baseline: bool = False,
 ) -> Stage:
     """Run `fn(*args)` for each of `calls` in `workers` fresh processes; time the calls only.
 
@@ -658,6 +660,7 @@ def run_stage(
         sampled_mb=sampled.total,
         memory_samples=sampler.samples,
         postgres_other_mb=top.postgres_other,
+        baseline=baseline,
     )
     STAGE_MEMORY.append(dataclasses.replace(st, results=[]))
     return st
@@ -732,9 +735,12 @@ class Bench:
         calls: Sequence[tuple],
         workers: int = 1,
         imports: Sequence[str] = (),
+        *,
+        baseline: bool = False,
     ) -> Stage:
+        """`baseline`: a yardstick a job is compared with; its memory is not a job's."""
         before = self.s3_cpu()
-        st = run_stage(self.env, name, fn, calls, workers, imports, self.s3_pid)
+        st = run_stage(self.env, name, fn, calls, workers, imports, self.s3_pid, baseline)
         st.s3_cpu = self.s3_cpu() - before
         return st
 

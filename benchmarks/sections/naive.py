@@ -254,7 +254,7 @@ def run_naive(bench: C.Bench, k: int, workers: int) -> dict[str, Any]:
         kind, value = C.identity(i, c)
         calls.append((dsn, bench.env.s3_url, c.client_id, kind, value))
     try:
-        st = bench.stage("naive.requests", naive_request, calls, workers)
+        st = bench.stage("naive.requests", naive_request, calls, workers, baseline=True)
         ids = [c.contact_id for c in consumers]
         with bench.connect(crm) as conn:
             left = conn.exec_driver_sql(

@@ -120,7 +120,9 @@ def run(bench: C.Bench, target_rows: int) -> list[C.Row]:
     state = bench.state_db("ret_state")
     bulk_db, bulk_clone = bench.clone_world("ret_bulk")  # one copy at a time: disk space
     try:
-        bulk = bench.stage("retention.bulk_delete", bulk_delete, [(bulk_db, cutoff.isoformat())])
+        bulk = bench.stage(
+            "retention.bulk_delete", bulk_delete, [(bulk_db, cutoff.isoformat())], baseline=True
+        )
     finally:
         bench.drop_db(bulk_db)
     ours_db, _ = bench.clone_world("ret_batched")

@@ -226,7 +226,8 @@ def _cold_pair(
         state = bench.state_db(f"stats_state{i}")
         for side in ("base", "job") if i % 2 == 0 else ("job", "base"):
             if side == "base":
-                bases.append(bench.stage("stats.group_by", baseline, [(world, lo, hi)]))
+                calls = [(world, lo, hi)]
+                bases.append(bench.stage("stats.group_by", baseline, calls, baseline=True))
             else:
                 colds.append(
                     bench.stage(

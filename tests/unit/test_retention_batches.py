@@ -1,11 +1,13 @@
-"""The retention purge's one-statement batches (issue 19) against the two-statement form.
+"""The retention purge's snapshot batches (issue 19) against the two-statement form.
 
-On PostgreSQL an `aggregate` rule deletes and counts each batch in one statement
-(`aggregates.delete_counted`: `WITH gone AS (DELETE ... RETURNING ...) INSERT ...`). The same
-world is swept twice, once that way and once with the fold switched off (the SQLite path:
-`INSERT ... SELECT ... GROUP BY`, then the DELETE): the aggregate rows, the rows left behind
-(legal holds, R19; tenant overrides) and the counts must be identical, a rerun must change
-nothing, and the result must carry the longest write transaction.
+On PostgreSQL an `aggregate` rule counts and deletes each batch on one REPEATABLE READ
+snapshot (`aggregates.delete_counted`: `WITH grouped AS (SELECT ... GROUP BY) INSERT ...`, then
+the DELETE). The same world is swept twice, once that way and once with the fold switched off
+(the SQLite path: `INSERT ... SELECT ... GROUP BY`, then the DELETE, at the default level): the
+aggregate rows, the rows left behind (legal holds, R19; tenant overrides) and the counts must be
+identical, a rerun must change nothing, and the result must carry the longest write
+transaction. A row another session deletes between the count and the DELETE rolls the batch
+back instead of leaving a count that does not match the rows deleted.
 """
 
 from __future__ import annotations
@@ -171,3 +173,45 @@ def test_rerun_changes_nothing_and_counts_each_row_once(two_worlds):
     assert _state(engine) == after_first
     deleted = first["counts"]["email_events"]["aggregate"]
     assert sum(r[5] for r in after_first[0]) == deleted == before - len(after_first[1])
+
+
+def test_a_row_changed_between_count_and_delete_rolls_the_batch_back(two_worlds):
+    """Another session deletes one of the batch's rows after the count read it and before the
+    DELETE: at READ COMMITTED the count would include a row this DELETE never deleted. The
+    snapshot refuses it (serialization failure), nothing of the batch is kept, and the rerun
+    counts exactly the rows it deletes."""
+    engine, _ = two_worlds
+    cutoff = POLICY.rule(RULE).period.cutoff(AS_OF)
+    with engine.connect() as c:
+        victim = c.execute(
+            sa.text(
+                "select min(event_id) from email_events where occurred_at < :c "
+                "and client_id in (1, 4)"
+            ),
+            {"c": cutoff},
+        ).scalar()
+        before = c.execute(sa.text("select count(*) from email_events")).scalar()
+    interfered = []
+
+    def meddle(conn, clauseelement, *_args):
+        if not interfered and isinstance(clauseelement, sa.Delete):
+            with engine.begin() as other:  # another session, committed before the DELETE runs
+                other.execute(
+                    sa.text("delete from email_events where event_id = :v"), {"v": victim}
+                )
+            interfered.append(victim)
+
+    sa.event.listen(engine, "before_execute", meddle)
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="could not serialize"):
+            execute_step(_sweep(engine), RULE)
+    finally:
+        sa.event.remove(engine, "before_execute", meddle)
+    assert interfered == [victim]
+    agg, left = _state(engine)
+    assert agg == []  # the only batch rolled back whole: no count without its deletion
+    assert len(left) == before - 1  # only the other session's row is gone
+    done = execute_step(_sweep(engine), RULE)
+    agg, left = _state(engine)
+    deleted = done["counts"]["email_events"]["aggregate"]
+    assert sum(r[5] for r in agg) == deleted == before - 1 - len(left) > 1000

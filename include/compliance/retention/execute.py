@@ -39,13 +39,14 @@ from compliance.core.stores.recordings import recording_keys
 from compliance.deletion.erase_sql import _mask, execute_erasure, new_mask_key
 from compliance.retention import objects
 from compliance.retention import workspace as ws_areas
-from compliance.retention.aggregates import aggregate as _aggregate
 from compliance.retention.aggregates import (
+    FOLD_ISOLATION,
     aggregates_table,
     can_fold,
     delete_counted,
     tenant_as_text,
 )
+from compliance.retention.aggregates import aggregate as _aggregate
 from compliance.retention.plan import Sweep, area_plan, describe, request_log_table, store_plan
 from compliance.retention.policy import (
     Action,
@@ -74,11 +75,15 @@ class Progress:
         self.last = 0.0  # seconds of the latest one (batch sizing follows it)
 
     @contextmanager
-    def transaction(self, engine: Engine) -> Iterator[sa.Connection]:
+    def transaction(self, engine: Engine, isolation: str | None = None) -> Iterator[sa.Connection]:
+        """One write transaction, timed; `isolation`: its level (None: the engine's default)."""
         started = time.perf_counter()
-        with engine.begin() as conn:
-            yield conn
-            checkpoints.reached("retention.in_batch", rule=self.rule_id, conn=conn)
+        with engine.connect() as conn:
+            if isolation is not None:
+                conn.execution_options(isolation_level=isolation)
+            with conn.begin():
+                yield conn
+                checkpoints.reached("retention.in_batch", rule=self.rule_id, conn=conn)
         self.last = time.perf_counter() - started
         self.longest = max(self.longest, self.last)
 
@@ -307,7 +312,7 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
     counts: dict[str, dict[str, int]] = {name: {key: 0}}
     table = rows.table(name)
     simple = agg_table is None and not children and owned.from_clause is table
-    fold, as_text = False, True  # aggregate and delete in one statement (PostgreSQL)
+    fold, as_text = False, True  # count and delete on one snapshot (PostgreSQL)
     if agg_table is not None and not children:
         with rows.engine.connect() as conn:
             fold = can_fold(conn, rows, step)
@@ -326,10 +331,11 @@ def _delete_rows(sweep: Sweep, step: Step, progress: Progress) -> dict[str, dict
                 objects.delete_keys(sweep.s3(store.connection), store.bucket, keys)
                 _add(counts, f"audio:{sname}", "delete", len(keys))
                 checkpoints.reached("retention.after_audio", rule=step.id)
-        with progress.transaction(rows.engine) as conn:
+        isolation = FOLD_ISOLATION if fold else None
+        with progress.transaction(rows.engine, isolation) as conn:
             if simple:  # one statement: the DELETE re-checks the predicate itself
                 gone = conn.execute(sa.delete(table).where(span, pred)).rowcount
-            elif fold and agg_table is not None:  # one statement: DELETE ... RETURNING, counted
+            elif fold and agg_table is not None:  # counted, then deleted, on one snapshot
                 gone = delete_counted(conn, rows, step, agg_table, sa.and_(span, pred), as_text)
             else:
                 gone = _delete_batch(conn, rows, step, span, pred, children, agg_table, counts)
