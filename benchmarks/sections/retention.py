@@ -12,9 +12,10 @@ seeded CRM:
   to COMMIT on a connected session;
 - ours: the DAG's task `compliance.jobs.retention.execute` for the rule "email-events", timed in
   two parts: its set-up (policy file checked, sweep built, tables reflected, holds read) and the
-  purge (`execute_step`: key-range batches, on PostgreSQL each deleted and counted into the
-  monthly aggregates by one `WITH gone AS (DELETE ... RETURNING ...) INSERT ...` statement in
-  its own short transaction, legal holds excluded). The throughput target compares the purge
+  purge (`execute_step`: key-range batches, on PostgreSQL each counted into the monthly
+  aggregates by one `WITH grouped AS (SELECT ... GROUP BY) INSERT ...` statement and then
+  deleted, both on one REPEATABLE READ snapshot in its own short transaction, legal holds
+  excluded: `retention.aggregates.delete_counted`). The throughput target compares the purge
   with the bulk DELETE (both from a ready session to the last COMMIT); the whole task's time is
   a row of its own. The purge's longest write transaction is timed by the module itself
   (`longest_transaction_s` in the task's result) and reported as
