@@ -675,11 +675,17 @@ def _enter_deletion(page, ui: UI, client_id: str, address: str, rid: str, shot: 
 
 
 def _awaiting(ui: UI, run_id: str) -> dict:
-    """The run's approval step once it waits for an answer: its Required Action exists and the
-    task is parked (`awaiting_input`, Airflow 3.3). An answer sent in the second between the
-    two (sooner than a person would) races Airflow's hand-over: the executor's late "success"
-    for the parking workload finds the task queued again, the scheduler marks it up_for_retry,
-    and the retry asks anew, so the run waits on (seen once in CI)."""
+    """The run's approval step once it waits for an answer: its Required Action exists, the
+    task is parked (`awaiting_input`, Airflow 3.3) and the scheduler has taken the parking
+    workload's end from the executor (its "Received executor event" line in the standalone
+    log). An answer sent before that (sooner than a person would) races Airflow's hand-over:
+    the executor's late "success" for the parking workload finds the task queued again, the
+    scheduler marks it up_for_retry, and the retry asks anew, so the run waits on (seen twice
+    in CI on a loaded machine, the second time after the state alone was waited for)."""
+    settled = (
+        "Received executor event with state success for task instance TaskInstanceKey("
+        f"dag_id='{DELETE_DAG}', task_id='approve', run_id='{urllib.parse.unquote(run_id)}'"
+    )
 
     def probe() -> dict | None:
         path = f"/api/v2/dags/{DELETE_DAG}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
@@ -694,7 +700,9 @@ def _awaiting(ui: UI, run_id: str) -> dict:
                 assert run["state"] not in ("success", "failed"), f"no approval asked; {ui.log}"
                 return None
             raise
-        return detail if not detail.get("response_received") else None
+        if detail.get("response_received") or settled not in ui.log.read_text(errors="replace"):
+            return None
+        return detail
 
     return _until("the approval step waiting", probe, timeout=300)
 

@@ -14,7 +14,7 @@ import gzip
 import pytest
 
 from compliance.core.datamap.model import BackupStore, DataMap, IdentityType
-from compliance.deletion import backup_rewrite
+from compliance.deletion import backup_rewrite, snapshot_records
 from compliance.deletion.residue_oracle import Verdict
 from compliance.deletion.residue_oracle.backup_search import verify_backup_store
 from compliance.requests.resolve import Subject
@@ -127,8 +127,8 @@ class _Targets:
 
 def test_records_keep_quoted_newlines_and_every_byte():
     data = PEOPLE + b"5,10,x,no newline at the end"
-    assert b"".join(backup_rewrite.records(data)) == data
-    assert len(list(backup_rewrite.records(data))) == 6  # header + 5 records
+    assert b"".join(snapshot_records.records(data)) == data
+    assert len(list(snapshot_records.records(data))) == 6  # header + 5 records
 
 
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 22])
@@ -139,8 +139,8 @@ def test_streamed_records_cut_blocks_only_between_records(tmp_path, monkeypatch,
     data = PEOPLE + b'6,10,"say ""hi""\n\nthere",x\r\n' + b"5,10,x,no newline at the end"
     path = tmp_path / "people.csv.gz"
     path.write_bytes(gzip.compress(data))
-    monkeypatch.setattr(backup_rewrite, "BLOCK", block)
-    streamed = list(backup_rewrite.streamed_records(path))
+    monkeypatch.setattr(snapshot_records, "BLOCK", block)
+    streamed = list(snapshot_records.streamed_records(path))
     assert b"".join(streamed) == data
     assert len(streamed) == 7  # header + 6 records, the quoted newlines inside theirs
     assert streamed[-2] == b'6,10,"say ""hi""\n\nthere",x\r\n'

@@ -58,6 +58,7 @@ from compliance.core.stores.s3 import (
     list_prefixes,
     replace_if_unchanged,
 )
+from compliance.deletion.snapshot_records import streamed_records
 from compliance.requests.resolve import Subject, resolve
 from compliance.requests.schema import cj_batch_lines
 
@@ -68,7 +69,6 @@ REPLACED_META = "cj-replaced-versions"  # versions the rewrite superseded (delet
 ROW_COLUMN = "cj_row_number"  # added to each loaded table: the record's position in its object
 SUFFIX = ".csv.gz"
 CHUNK = 1000
-BLOCK = 1 << 22  # bytes of decompressed CSV cut into records at a time
 
 
 @dataclass(frozen=True)
@@ -225,60 +225,6 @@ def _download(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
 
 
 # -- the snapshot as a database -----------------------------------------------------------------
-
-
-def records(data: bytes) -> Iterator[bytes]:
-    """CSV records of `data` with their line endings, byte for byte: a newline inside a quoted
-    field belongs to its record (`""` inside quotes toggles twice and changes nothing)."""
-    start = 0
-    quoted = False
-    pos = 0
-    n = len(data)
-    while pos < n:
-        quote = data.find(b'"', pos)
-        newline = data.find(b"\n", pos)
-        if newline < 0:
-            break
-        if quote >= 0 and quote < newline:
-            quoted = not quoted
-            pos = quote + 1
-            continue
-        if quoted:
-            pos = newline + 1
-            continue
-        yield data[start : newline + 1]
-        start = pos = newline + 1
-    if start < n:
-        yield data[start:]
-
-
-def streamed_records(path: Path) -> Iterator[bytes]:
-    """`records` of the decompressed bytes of the gzip file at `path`, read a block at a time:
-    each block is cut after its last complete record (`_record_end`) and the rest carried into
-    the next, so the records and their bytes are exactly those of `records(whole)`."""
-    rest = b""
-    with GZIP.open(path, "rb") as gz:
-        while data := gz.read(BLOCK):
-            buf = rest + data
-            end = _record_end(buf)
-            yield from records(buf[:end])
-            rest = buf[end:]
-    if rest:
-        yield from records(rest)
-
-
-def _record_end(buf: bytes) -> int:
-    """Just past the last newline of `buf` that ends a record (0: none): one with an even
-    number of quote characters before it, `buf` starting at a record's start (`records`)."""
-    nl = buf.rfind(b"\n")
-    quotes = buf.count(b'"', 0, nl) if nl >= 0 else 0
-    while nl >= 0:
-        if quotes % 2 == 0:
-            return nl + 1
-        prev = buf.rfind(b"\n", 0, nl)
-        quotes -= buf.count(b'"', prev + 1 if prev >= 0 else 0, nl)
-        nl = prev
-    return 0
 
 
 def _parse(record: bytes) -> list[str]:
@@ -475,7 +421,6 @@ __all__ = [
     "add_to_receipts",
     "clean_versions",
     "count_store",
-    "records",
     "replaced_versions",
     "rewrite_store",
     "scope_for",
