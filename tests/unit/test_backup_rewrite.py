@@ -13,8 +13,9 @@ import gzip
 
 import pytest
 
+from compliance.core import csv_records as snapshot_records
 from compliance.core.datamap.model import BackupStore, DataMap, IdentityType
-from compliance.deletion import backup_rewrite, snapshot_records
+from compliance.deletion import backup_rewrite, snapshot_owners
 from compliance.deletion.residue_oracle import Verdict
 from compliance.deletion.residue_oracle.backup_search import verify_backup_store
 from compliance.requests.resolve import Subject
@@ -204,3 +205,53 @@ def test_oracle_finds_rows_and_old_versions_left(bucket):
     verdict = Verdict()
     verify_backup_store(s3, "snaps", store, system, "crm", _Targets(), verdict)
     assert "snaps:crm/2026-11-19/people.csv.gz (old version)" in verdict.residue
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        backup_rewrite.Scope({"2": "1"}, []),
+        # consumer 5 is gone from the live CRM: only its e-mail in the snapshot finds it
+        backup_rewrite.Scope({}, [Subject("1", "10", ((IdentityType.email, "ZOË@example.com"),))]),
+        backup_rewrite.Scope(
+            {"2": "1", "1": "2"}, [Subject("3", "11", ((IdentityType.email, "gone@example.com"),))]
+        ),
+    ],
+)
+def test_the_subset_loads_find_the_rows_the_whole_day_finds(tmp_path, monkeypatch, scope):
+    """Issue 19: the rewrite loads only the rows its scope can own (`core.snapshot_subset`),
+    naming them by byte offset. Oracle: the same day loaded whole (no subset plan) must give
+    the same doomed records, read back by their offsets, with non-ASCII text before them."""
+    system = _map().systems["crm"]
+    people = PEOPLE + '5,10,zoë@example.com,"Zoë\'s\nnote"\n6,10,x@example.com,İstanbul\n'.encode()
+    notes = NOTES + b"10,5,hers\n11,6,not hers\n"
+    objects = {}
+    for name, body in (("people", people), ("notes", notes), ("files", FILES + b"\n103,10,d\n")):
+        path = tmp_path / f"{name}.csv.gz"
+        path.write_bytes(gzip.compress(body))
+        objects[name] = backup_rewrite._Object(f"crm/d/{name}.csv.gz", name, path, {})
+
+    def doomed(whole: bool) -> dict[str, dict[int, str]]:
+        if whole:
+            monkeypatch.setattr(snapshot_owners, "subset_plan", lambda _system: None)
+        engine = backup_rewrite.sa.create_engine(f"sqlite:///{tmp_path / f'{whole}.db'}")
+        snapshot_owners.load_day(engine, {t: o.path for t, o in objects.items()}, system, scope)
+        counts = {
+            t: engine.connect().exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
+            for t in objects
+        }
+        found = snapshot_owners.doomed_rows(engine, system, scope, set(objects))
+        engine.dispose()
+        return found, counts
+
+    subset, loaded = doomed(False)
+    whole, everything = doomed(True)
+    assert subset == whole and any(subset.values())
+    assert sum(loaded.values()) < sum(everything.values())  # the subset really is smaller
+    for table, rows in whole.items():
+        data = gzip.decompress(objects[table].path.read_bytes())
+        kept = list(snapshot_records.offsets(objects[table].path))
+        assert {at for at, _ in kept if at >= 0} >= set(rows)
+        for at, record in kept:
+            if at in rows:
+                assert data[data.index(b"\n") + 1 + at :].startswith(record)

@@ -20,9 +20,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from compliance.access import gather_backups, snapshot_subset, snapshots
+from compliance.access import gather_backups, snapshots
 from compliance.access.batch import AccessBatch, targets_key
 from compliance.access.gather import parts_prefix
+from compliance.core import csv_records, snapshot_subset
 from compliance.core.context import Workspace
 from compliance.core.datamap.validate import check_text, load_datamap
 from compliance.core.outputs import put_json
@@ -274,17 +275,20 @@ def test_candidate_rows_are_real_rows_and_miss_none_that_could_be_kept(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The block scanner against `csv` itself: quoted commas, quotes and newlines, keys spelt
-    with zeros, signs, blanks and quotes, UUIDs in capitals, blocks cut mid-record; both the
-    regex and the word-by-word search."""
+    with zeros, signs, blanks and quotes, UUIDs in capitals, non-ASCII text, blocks cut
+    mid-record; both the regex and the word-by-word search. Each row's offset is where its
+    record starts in the UTF-8 bytes past the header (the rewrite drops records by it)."""
     rng = random.Random(seed)
     lo = 1000 * (seed % 2)  # odd seeds: few long keys, searched by `str.find`; even: the regex
-    monkeypatch.setattr(snapshots, "BLOCK", rng.choice([7, 64, 301]))
+    monkeypatch.setattr(csv_records, "BLOCK", rng.choice([7, 64, 301]))
     uid = "6f1c0a52-0000-4000-8000-0000000000{:02d}"
     fields = [
         lambda: str(rng.randint(lo, lo + 60)),
         lambda: rng.choice(["0", "+", "-", " ", ""]) + str(rng.randint(lo, lo + 60)),
         lambda: uid.format(rng.randint(0, 20)).upper(),
-        lambda: rng.choice(["", "plain", 'q"uo"te', "a,b", "line\nbreak", "x\r\ny", "Ann@X.com "]),
+        lambda: rng.choice(
+            ["", "plain", 'q"uo"te', "a,b", "line\nbreak", "x\r\ny", "Ann@X.com ", "Zoë"]
+        ),
         lambda: f'{rng.randint(lo, lo + 60)}\n"{rng.randint(lo, lo + 60)}",',
     ]
     rows = [[rng.choice(fields)() for _ in range(5)] for _ in range(300)]
@@ -295,8 +299,13 @@ def test_candidate_rows_are_real_rows_and_miss_none_that_could_be_kept(
     pattern = snapshot_subset.needle_pattern(keys, ["ann@x.com"])
     assert pattern is not None and bool(pattern.words) == bool(seed % 2)
     text = io.StringIO(buf.getvalue(), newline="")
-    next(csv.reader(text))  # the header, as `_load` reads it
-    found = list(snapshots._candidates(text, pattern))
+    header, rest = csv_records.read_header(text)
+    assert header == ["a", "b", "c", "d", "e"]
+    placed = list(csv_records.candidates(text, pattern, rest))
+    body = buf.getvalue().encode()[len(b"a,b,c,d,e\n") :]
+    for at, row in placed:  # the offset names the row's own record
+        assert next(csv.reader(io.StringIO(body[at:].decode(), newline=""))) == row
+    found = [row for _, row in placed]
     wanted = [
         r
         for r in rows

@@ -21,11 +21,11 @@ from sqlalchemy import Engine
 
 from compliance.access.batch import load
 from compliance.access.gather import owned_rows, put_part, record_line
-from compliance.access.snapshot_subset import wanted_for
 from compliance.access.snapshots import loaded, snapshot_day
 from compliance.core.context import Workspace
 from compliance.core.datamap.model import BackupStore, DataMap
 from compliance.core.shards import LogShard
+from compliance.core.snapshot_subset import wanted_for
 from compliance.requests.identities import identity_pairs
 from compliance.requests.resolve import Subject, resolve
 

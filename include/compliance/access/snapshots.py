@@ -20,9 +20,9 @@ the access job needs a typed subset in a throwaway file.
 Issue 19: only the batch's rows reach the file (`snapshot_subset`: its consumers' rows and
 those holding its given identities, parents first), and rows of other consumers are never even
 parsed: each decompressed block is searched for the batch's keys and identities, and only the
-records around a match go through `csv` (`_candidates`). What the gather finds is the same, byte
-for byte (tests/unit/test_snapshot_subset.py); the cost left is reading and decompressing the
-snapshot.
+records around a match go through `csv` (`csv_records.candidates`). What the gather finds is
+the same, byte for byte (tests/unit/test_snapshot_subset.py); the cost left is reading and
+decompressing the snapshot.
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from compliance.access.snapshot_subset import Needles, Plan, RowTest, Subset, Wanted
-from compliance.access.snapshot_subset import plan as subset_plan
 from compliance.core.compression import GZIP
+from compliance.core.csv_records import candidates
 from compliance.core.datamap.live import type_family
 from compliance.core.datamap.model import BackupStore, DataMap, SqlSystem
 from compliance.core.shards import LogShard
+from compliance.core.snapshot_subset import Needles, RowTest, Subset, Wanted, load_subset
+from compliance.core.snapshot_subset import plan as subset_plan
 from compliance.core.stores.s3 import list_keys
 from compliance.deletion.backups import snapshot_days
 
@@ -224,33 +225,10 @@ def loaded(
             if order is None or wanted is None:
                 counts = {tname: load(tname) for tname in plans if tname in keys}
             else:
-                counts = _load_subset(order, Subset(order, wanted), load, set(keys))
+                counts = load_subset(order, Subset(order, wanted), load, set(keys))
             yield engine, counts
         finally:
             engine.dispose()
-
-
-def _load_subset(
-    order: Plan, subset: Subset, load: Callable[..., int], present: set[str]
-) -> dict[str, int]:
-    """Load the tables in `order` through `subset`'s row tests: identity tables first (they may
-    add consumers), each streamed again for consumers added after its first stream began, then
-    the rest parents first. Rows loaded per table present in the snapshot (as the full load)."""
-    counts: dict[str, int] = {}
-    before: dict[str, set[str]] = {}
-    for step in order.first:
-        before[step.table] = set(subset.consumers)
-        test = lambda at, s=step: subset.test(s, at)  # noqa: E731
-        counts[step.table] = load(step.table, test, subset.needles(step))
-    for step in order.first:
-        extra = subset.consumers - before[step.table]
-        if extra:
-            again = lambda at, s=step, e=extra: subset.again(s, at, e)  # noqa: E731
-            counts[step.table] += load(step.table, again, subset.needles(step, extra))
-    for step in order.rest:
-        test = lambda at, s=step: subset.test(s, at)  # noqa: E731
-        counts[step.table] = load(step.table, test, subset.needles(step))
-    return {t: n for t, n in counts.items() if t in present}
 
 
 def _scratch_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -279,7 +257,8 @@ def _load(
     `keep`: given the header's column positions, a test a row must pass as well (the batch's
     subset, `snapshot_subset`); it sees only rows of the kept tenants. `scan`: a pattern every
     row `keep` can keep matches in its lower-cased CSV text (`snapshot_subset.needle_pattern`):
-    only the rows of blocks' matches are parsed (`_candidates`), the rest never leave C code.
+    only the rows of blocks' matches are parsed (`csv_records.candidates`), the rest never
+    leave C code.
 
     Rows are inserted as tuples through the DBAPI's executemany, each value passed through the
     column type's own bind processor first: the stored values are exactly those a Core
@@ -308,7 +287,7 @@ def _load(
         tenant_at = at.get(tenant_col) if tenant_col and tenants is not None else None
         wanted = keep(at) if keep is not None else None
         chunk: list[tuple[Any, ...]] = []
-        rows = reader if scan is None else _candidates(text, scan)
+        rows = reader if scan is None else (row for _, row in candidates(text, scan))
         for row in rows:
             if tenant_at is not None:
                 raw = row[tenant_at]
@@ -325,80 +304,6 @@ def _load(
         if chunk:
             n += _insert(engine, sql, chunk)
     return n
-
-
-BLOCK = 1 << 22  # characters of decompressed CSV searched at a time by `_candidates`
-
-
-def _candidates(text: io.TextIOBase, scan: Needles) -> Iterator[list[str]]:
-    """The parsed rows of `text` (past its header) whose CSV text matches `scan`, in file order.
-
-    The stream is cut into blocks at record ends: a newline after an even number of quote
-    characters (PostgreSQL's CSV quotes every field holding a quote, a comma or a newline, and
-    doubles inner quotes, so quotes pair up within a record). Each block is lower-cased and
-    searched; a match's record is found by the same parity rule and parsed alone by `csv`. A
-    block whose lower-casing changes its length (rare non-ASCII letters) is parsed whole."""
-    rest = ""
-    while True:
-        data = text.read(BLOCK)
-        buf = rest + data
-        end = len(buf) if not data else _record_end(buf)
-        block, rest = buf[:end], buf[end:]
-        if block:
-            yield from _matching_records(block, scan)
-        if not data:
-            return
-
-
-def _record_end(buf: str) -> int:
-    """The index just past the last newline of `buf` that ends a record (0: none yet)."""
-    nl = buf.rfind("\n")
-    quotes = buf.count('"', 0, nl) if nl >= 0 else 0
-    while nl >= 0:
-        if quotes % 2 == 0:
-            return nl + 1
-        prev = buf.rfind("\n", 0, nl)
-        quotes -= buf.count('"', prev + 1 if prev >= 0 else 0, nl)
-        nl = prev
-    return 0
-
-
-def _matching_records(block: str, scan: Needles) -> Iterator[list[str]]:
-    """Rows of `block` (whole records) holding a match of `scan` in their lower-cased text."""
-    digits = bool(scan.words) and all(w.isdigit() for w in scan.words)
-    lowered = block if digits else block.lower()  # digits have no case: spare the copy
-    if len(lowered) != len(block):
-        yield from csv.reader(io.StringIO(block, newline=""))
-        return
-    done = 0  # every record before `done` has been judged; `done` is a record start
-    for pos in _positions(lowered, scan):
-        if pos < done:
-            continue  # inside the record just parsed
-        start = block.rfind("\n", done, pos) + 1 or done
-        start = max(start, done)
-        while block.count('"', done, start) % 2:  # that newline sits inside a quoted field
-            start = max(block.rfind("\n", done, start - 1) + 1, done)
-        stop = block.find("\n", pos)
-        while stop >= 0 and block.count('"', start, stop) % 2:
-            stop = block.find("\n", stop + 1)
-        stop = len(block) if stop < 0 else stop + 1
-        yield from csv.reader(io.StringIO(block[start:stop], newline=""))
-        done = stop
-
-
-def _positions(lowered: str, scan: Needles) -> Iterator[int]:
-    """Where `scan` matches in `lowered`, ascending."""
-    if not scan.words:
-        for match in scan.pattern.finditer(lowered):
-            yield match.start("i") if match.group("i") is not None else match.start("t")
-        return
-    found: list[int] = []
-    for word in scan.words:
-        at = lowered.find(word)
-        while at >= 0:
-            found.append(at)
-            at = lowered.find(word, at + 1)
-    yield from sorted(found)
 
 
 def _processor(column: sa.Column, dialect: Any) -> Callable[[Any], Any] | None:

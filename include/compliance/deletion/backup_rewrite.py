@@ -3,15 +3,13 @@
 Tombstones (`backups.restore`) make a restore re-apply a deletion; a store whose data map says
 `rewrite: true` is also cleaned now. Per snapshot day (`<prefix>YYYY-MM-DD/<table>.csv.gz`):
 
-1. the day's mapped tables are loaded, as text, into a temporary SQLite database (one row number
-   column added), and the consumers to remove are the batch's consumer keys plus whoever the
-   request's own identities resolve to *in the snapshot* (`requests.resolve`: a consumer since
-   erased from the CRM by other means is still found by e-mail or phone);
-2. each table's doomed rows are found with the same relation joins the live erasure plans with
-   (`core.sqlmap.MappedSql.owned`): an attachment is found through its message, its message
-   through its contact. Every mapped table loses the consumers' rows, whatever its live strategy
-   (`mask` and `keep` tables too): the live database keeps what an exception needs, and a
-   snapshot missing a parent row but keeping its children could not be restored (foreign keys);
+1. the records the scope owns are found (`snapshot_owners`): the batch's consumer keys plus
+   whoever the request's own identities resolve to *in the snapshot*, and their rows in every
+   table through the relation joins, named by byte offset. Every mapped table loses the
+   consumers' rows, whatever its live strategy (`mask` and `keep` tables too): the live
+   database keeps what an exception needs, and a snapshot missing a parent row but keeping its
+   children could not be restored (foreign keys);
+2. the day's objects are streamed from a scratch directory, never held whole;
 3. the object is rewritten from its original bytes: the header and every other record are copied
    byte for byte (records split on newlines outside quotes, so a quoted newline stays inside its
    record), the removed rows are counted per request in the state DB (`state.record_lines`)
@@ -32,13 +30,11 @@ remove and writes nothing; it only finishes a version clean-up a crash interrupt
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +44,8 @@ from botocore.exceptions import ClientError
 
 from compliance.core import checkpoints
 from compliance.core.compression import COMPRESS_LEVEL, GZIP
-from compliance.core.datamap.graph import chain_to_consumer
+from compliance.core.csv_records import offsets
 from compliance.core.datamap.model import BackupStore, IdentityType, SqlSystem
-from compliance.core.sqlmap import MappedSql, key_text
 from compliance.core.stores.s3 import (
     ObjectChanged,
     delete_versions,
@@ -58,31 +53,16 @@ from compliance.core.stores.s3 import (
     list_prefixes,
     replace_if_unchanged,
 )
-from compliance.deletion.snapshot_records import streamed_records
-from compliance.requests.resolve import Subject, resolve
+from compliance.deletion.snapshot_owners import Scope, doomed_rows, load_day
+from compliance.requests.resolve import Subject
 from compliance.requests.schema import cj_batch_lines
 
 log = logging.getLogger(__name__)
 
 REWRITTEN_META = "cj-rewritten"  # the batch whose rewrite wrote this version
 REPLACED_META = "cj-replaced-versions"  # versions the rewrite superseded (deleted after it)
-ROW_COLUMN = "cj_row_number"  # added to each loaded table: the record's position in its object
 SUFFIX = ".csv.gz"
 CHUNK = 1000
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What one backup store's rewrite removes: consumer key -> request ref (text keys), the
-    subjects (the request's given identities) resolved again in each snapshot, and whole tenants
-    (client id -> ref; `compliance.offboarding`: every row of an ended client)."""
-
-    consumers: dict[str, str]
-    subjects: list[Subject]
-    tenants: dict[str, str] = field(default_factory=dict)  # client -> ref: a contract's end
-
-    def __bool__(self) -> bool:
-        return bool(self.consumers or self.subjects or self.tenants)
 
 
 @dataclass
@@ -159,9 +139,8 @@ def _day(s3, store, system, scope, prefix, result, batch_id, before_replace) -> 
             return
         engine = sa.create_engine(f"sqlite:///{Path(tmp) / 'snapshot.db'}")
         try:
-            for obj in objects.values():
-                _load(engine, obj, system)
-            doomed = _doomed_rows(engine, system, scope, set(objects))
+            load_day(engine, {t: o.path for t, o in objects.items()}, system, scope)
+            doomed = doomed_rows(engine, system, scope, set(objects))
         finally:
             engine.dispose()
         for table, rows in sorted(doomed.items()):
@@ -178,7 +157,7 @@ def _rewrite(
     batch_id: str | None,
     before_replace: Callable[[str, dict[str, int]], None] | None,
 ) -> None:
-    """Replace one object by its copy without `rows` (record number -> ref), then delete the
+    """Replace one object by its copy without `rows` (record offset -> ref), then delete the
     versions it superseded; a dry run (`batch_id` None) only counts."""
     per_ref: dict[str, int] = defaultdict(int)
     for ref in rows.values():
@@ -224,115 +203,13 @@ def _download(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
     return resp
 
 
-# -- the snapshot as a database -----------------------------------------------------------------
-
-
-def _parse(record: bytes) -> list[str]:
-    return next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")), [])
-
-
-def _needed(system: SqlSystem, table: str) -> set[str]:
-    """The columns ownership and resolution read: keys, relation, tenant and time columns,
-    identity columns, and the columns other tables' relations point at. Only these are loaded."""
-    spec = system.tables[table]
-    out = set(spec.key_columns)
-    out |= {c for c, col in spec.columns.items() if col.identity is not None}
-    if spec.relation is not None:
-        out.add(spec.relation.column)
-    out |= {c for c in (spec.tenant_column, spec.time_column) if c}  # the joins name them
-    for other in system.tables.values():
-        if other.relation is not None and other.relation.target_table == table:
-            out.add(other.relation.target_column)
-    return out
-
-
-def _load(engine: sa.Engine, obj: _Object, system: SqlSystem) -> None:
-    """One table of text columns named as in the header (those `_needed`), plus the record's
-    number; "" is NULL (COPY CSV's NULL; an empty string would match no key anyway)."""
-    it = streamed_records(obj.path)
-    header = _parse(next(it, b""))
-    if not header:
-        return
-    needed = _needed(system, obj.table)
-    keep = [i for i, name in enumerate(header) if name in needed]
-    names = [header[i] for i in keep]
-    md = sa.MetaData()
-    sa.Table(
-        obj.table,
-        md,
-        sa.Column(ROW_COLUMN, sa.Integer, primary_key=True),
-        *(sa.Column(name, sa.Text) for name in names),
-    )
-    md.create_all(engine)
-    quoted = ", ".join(f'"{n}"' for n in [ROW_COLUMN, *names])
-    marks = ", ".join("?" * (len(names) + 1))
-    # Table and column names are the data map's (validated names), never the snapshot's text.
-    insert = f'INSERT INTO "{obj.table}" ({quoted}) VALUES ({marks})'
-
-    def rows() -> Iterator[tuple[Any, ...]]:
-        for number, record in enumerate(it):
-            values = _parse(record)
-            yield (
-                number,
-                *((values[i] or None) if i < len(values) else None for i in keep),
-            )
-
-    raw = engine.raw_connection()
-    try:
-        raw.cursor().executemany(insert, rows())
-        raw.commit()
-    finally:
-        raw.close()
-
-
-def _doomed_rows(
-    engine: sa.Engine, system: SqlSystem, scope: Scope, present: set[str]
-) -> dict[str, dict[int, str]]:
-    """table -> {record number: ref} of the rows owned by the scope's consumers."""
-    owners = dict(scope.consumers)
-    usable = {
-        t for t in present if all(h.target_table in present for h in chain_to_consumer(system, t))
-    }
-    if usable >= set(system.tables) and scope.subjects:  # resolve reflects every mapped table
-        for ref, found in resolve(engine, system, scope.subjects).items():
-            for consumer in found.consumer_ids:
-                owners.setdefault(consumer, ref)
-    out: dict[str, dict[int, str]] = {}
-    if not owners and not scope.tenants:
-        return out
-    sql = MappedSql(engine, system, present=usable)
-    keys = sorted(owners)
-    with engine.connect() as conn:
-        for tname in sorted(usable):
-            owned = sql.owned(tname)
-            rows: dict[int, str] = {}
-            if scope.tenants:  # every row of the tenants, through the same relation joins
-                stmt = (
-                    sa.select(owned.table.c[ROW_COLUMN], owned.tenant)
-                    .select_from(owned.from_clause)
-                    .where(owned.tenant.in_(sorted(scope.tenants)))
-                )
-                for number, tenant in conn.execute(stmt):
-                    rows[int(number)] = scope.tenants[key_text(tenant)]
-            for i in range(0, len(keys), CHUNK):
-                stmt = (
-                    sa.select(owned.table.c[ROW_COLUMN], owned.consumer_key)
-                    .select_from(owned.from_clause)
-                    .where(owned.consumer_key.in_(keys[i : i + CHUNK]))
-                )
-                for number, consumer in conn.execute(stmt):
-                    rows[int(number)] = owners[key_text(consumer)]
-            out[tname] = rows
-    return out
-
-
 def _filtered(source: Path, drop: set[int], target: Path) -> None:
-    """`source` without the records numbered in `drop` (the header is record -1), into
+    """`source` without the records at the offsets in `drop` (`csv_records.offsets`), into
     `target`: every other byte as it was, recompressed as the log rewrite does."""
     kept: list[bytes] = []
     with GZIP.GzipFile(target, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0) as gz:
-        for number, record in enumerate(streamed_records(source), start=-1):
-            if number not in drop:
+        for at, record in offsets(source):
+            if at not in drop:
                 kept.append(record)
                 if len(kept) >= CHUNK:
                     gz.write(b"".join(kept))

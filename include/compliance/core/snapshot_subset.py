@@ -1,6 +1,8 @@
-"""Which rows of a backup snapshot a batch can need (R13, issue 19): the loader streams every
-snapshot row but inserts only these, so the scratch SQLite file, and the time spent filling
-and indexing it, follow the batch rather than the snapshot's size.
+"""Which rows of a backup snapshot a batch can need (R13, R16.1, issue 19): the loader streams
+every snapshot row but inserts only these, so the scratch SQLite file, and the time spent
+filling and indexing it, follow the batch rather than the snapshot's size. Two loaders use it:
+the access gather's (`access.snapshots`) and the backup rewrite's (`deletion.backup_rewrite`,
+whose resolution and relation joins ask the same two questions as the gather below).
 
 The gather on the loaded file (`gather_backups`) asks two things: whose rows (the consumers
 the plan resolved in the live system, plus those the request's given identities find in the
@@ -247,6 +249,31 @@ class Subset:
             return True
 
         return keep
+
+
+def load_subset(
+    order: Plan, subset: Subset, load: Callable[..., int], present: set[str]
+) -> dict[str, int]:
+    """Load the tables in `order` through `subset`'s row tests (`load(table, test, needles)`
+    streams one table's rows into the caller's scratch file and returns how many it kept):
+    identity tables first (they may add consumers), each streamed again for consumers added
+    after its first stream began, then the rest parents first. Rows loaded per table present
+    in the snapshot (as the full load)."""
+    counts: dict[str, int] = {}
+    before: dict[str, set[str]] = {}
+    for step in order.first:
+        before[step.table] = set(subset.consumers)
+        test = lambda at, s=step: subset.test(s, at)  # noqa: E731
+        counts[step.table] = load(step.table, test, subset.needles(step))
+    for step in order.first:
+        extra = subset.consumers - before[step.table]
+        if extra:
+            again = lambda at, s=step, e=extra: subset.again(s, at, e)  # noqa: E731
+            counts[step.table] += load(step.table, again, subset.needles(step, extra))
+    for step in order.rest:
+        test = lambda at, s=step: subset.test(s, at)  # noqa: E731
+        counts[step.table] = load(step.table, test, subset.needles(step))
+    return {t: n for t, n in counts.items() if t in present}
 
 
 def _holds(row: list[str], idents: list[int], identities: set[str]) -> bool:
