@@ -347,19 +347,29 @@ def test_a_shared_identity_on_the_other_consumers_other_rows_is_theirs_too(crm, 
     assert run(crm, s3).residue == {"crm:notes.body": 1}  # the given e-mail is never shared
 
 
-def test_values_past_the_first_statement_are_searched_after_a_hit(crm, logs, monkeypatch):
-    """A tenant's values go to the database in chunks of `SQL_TERMS`; a hit in the first chunk
-    must not disturb the next (at 1M contacts a batch of 1,000 failed finalize on it: the hit's
-    place had replaced the tenant filter). One term per statement here: e-mail, then phone."""
-    from compliance.deletion.residue_oracle import sql_search
-
+def test_values_past_the_first_statement_are_searched_after_a_hit(crm, logs):
+    """Every value of a tenant is still searched once one of them is found (at 1M contacts a
+    batch of 1,000 failed finalize on it: the hit's place had replaced the tenant filter). Here
+    a tenant with many values, hits on the first, a middle and the last of them and on the phone,
+    in two tables one after the other: each cell holding one is counted."""
     engine, md = crm
     s3, _ = logs
-    monkeypatch.setattr(sql_search, "SQL_TERMS", 1)
+    many = [f"alias{i:03d}@example.test" for i in range(150)]
+    targets = FakeTargets()
+    targets.identities["1"]["email"] = [EMAIL.lower(), *many]
+    notes, payments = md.tables["notes"], md.tables["payments"]
     with engine.begin() as c:
-        c.execute(md.tables["notes"].insert().values(note_id=8, contact_id=6, body=f"to {EMAIL}"))
-        c.execute(md.tables["notes"].insert().values(note_id=9, contact_id=6, memo=f"{PHONE}"))
-    assert run(crm, s3).residue == {"crm:notes.body": 1, "crm:notes.memo": 1}
+        c.execute(notes.insert().values(note_id=8, contact_id=6, body=f"to {many[0]}"))
+        c.execute(notes.insert().values(note_id=9, contact_id=6, memo=f"{PHONE}"))
+        c.execute(notes.insert().values(note_id=10, contact_id=6, body=f"{many[75]}, {many[-1]}"))
+        c.execute(notes.insert().values(note_id=11, contact_id=6, extra={"cc": many[-1]}))
+        c.execute(payments.update().values(card_token=f"tok {many[-1]}"))
+    assert run(crm, s3, targets).residue == {
+        "crm:notes.body": 2,
+        "crm:notes.memo": 1,
+        "crm:notes.extra": 1,
+        "crm:payments.card_token": 1,
+    }
 
 
 def test_an_orphan_row_is_searched_against_every_tenants_values(crm, logs):

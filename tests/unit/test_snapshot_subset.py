@@ -260,7 +260,7 @@ def test_identity_spellings_never_separate_what_sqlite_finds_equal() -> None:
     for g, v in pairs:
         assert text(g) == text(v), (g, v)
         needles = snapshot_subset.needle_pattern((), [text(g)])
-        assert needles is not None and needles.pattern.search(f"9,{v.lower()},x\n"), (g, v)
+        assert needles is not None and needles.find(f"9,{v.lower()},x\n"), (g, v)
     assert text("ann@x.com") != text("bob@x.com") and text("12") != text("123")
     # digits to str.isdigit but not to int(): text, never a crash on a snapshot's cell
     assert text("²") == "²" and snapshot_subset.lenient_key("-²") == "-²"

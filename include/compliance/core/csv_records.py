@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from compliance.core.compression import GZIP
 from compliance.core.snapshot_subset import Needles
@@ -80,6 +80,58 @@ def offsets(path: Path) -> Iterator[tuple[int, bytes]]:
         at = 0 if at < 0 else at + len(record)
 
 
+def copy_without(path: Path, drop: Iterable[int], out: BinaryIO) -> int:
+    """Write the decompressed bytes of `path` to `out` without the records at the offsets in
+    `drop` (`offsets`); every other byte as it was. A block at a time, and only the dropped
+    records are looked at one by one: the rest is copied in slices (a per-record loop ran
+    at 43 MB/s; issue 19). Returns the records dropped; an offset past the end raises."""
+    gone = sorted(set(drop))
+    i = 0
+    base: int | None = None  # offset of `buf`'s start past the header; None: header not out
+    buf = b""
+    with GZIP.open(path, "rb") as gz:
+        while True:
+            data = gz.read(BLOCK)
+            buf += data
+            if base is None:
+                end = first_record_end(buf)
+                if not end and data:
+                    continue  # the header is longer than a block
+                out.write(buf[: end or len(buf)])
+                buf, base = buf[end or len(buf) :], 0
+            cut = len(buf) if not data else record_end(buf)
+            pos = 0
+            while i < len(gone) and gone[i] < base + cut:
+                start = gone[i] - base
+                out.write(buf[pos:start])
+                pos = _record_stop(buf, start, cut)
+                i += 1
+            out.write(buf[pos:cut])
+            buf, base = buf[cut:], base + cut
+            if not data:
+                break
+    if i < len(gone):
+        raise ValueError(f"{path.name}: {len(gone) - i} records to drop lie past its end")
+    return i
+
+
+def _record_stop(buf: bytes, start: int, limit: int) -> int:
+    """Just past the record starting at `start` (within `buf[:limit]`, whole records)."""
+    stop = buf.find(b"\n", start, limit)
+    while stop >= 0 and buf.count(b'"', start, stop) % 2:
+        stop = buf.find(b"\n", stop + 1, limit)
+    return limit if stop < 0 else stop + 1
+
+
+def first_record_end(buf: Buf) -> int:
+    """Just past the first newline of `buf` that ends a record (0: none yet)."""
+    newline, quote = ("\n", '"') if isinstance(buf, str) else (b"\n", b'"')
+    end = buf.find(newline)  # type: ignore[arg-type]
+    while end >= 0 and buf.count(quote, 0, end) % 2:  # type: ignore[arg-type]
+        end = buf.find(newline, end + 1)  # type: ignore[arg-type]
+    return end + 1
+
+
 def record_end(buf: Buf) -> int:
     """Just past the last newline of `buf` that ends a record (0: none yet), `buf` starting at
     a record's start: one with an even number of quote characters before it."""
@@ -102,11 +154,9 @@ def read_header(text: io.TextIOBase) -> tuple[list[str], str]:
     while True:
         data = text.read(BLOCK)
         buf += data
-        end = buf.find("\n")
-        while end >= 0 and buf.count('"', 0, end) % 2:
-            end = buf.find("\n", end + 1)
-        if end >= 0 or not data:
-            cut = len(buf) if end < 0 else end + 1
+        end = first_record_end(buf)
+        if end or not data:
+            cut = end or len(buf)
             header = next(csv.reader(io.StringIO(buf[:cut], newline="")), [])
             return header, buf[cut:]
 
@@ -153,7 +203,7 @@ def _matching_records(block: str, scan: Needles) -> Iterator[tuple[int, list[str
             start += len(text)
         return
     done = 0  # every record before `done` has been judged; `done` is a record start
-    for pos in _positions(lowered, scan):
+    for pos in scan.find(lowered):
         if pos < done:
             continue  # inside the record just parsed
         start = block.rfind("\n", done, pos) + 1 or done
@@ -166,18 +216,3 @@ def _matching_records(block: str, scan: Needles) -> Iterator[tuple[int, list[str
         stop = len(block) if stop < 0 else stop + 1
         yield start, next(csv.reader(io.StringIO(block[start:stop], newline="")), [])
         done = stop
-
-
-def _positions(lowered: str, scan: Needles) -> Iterator[int]:
-    """Where `scan` matches in `lowered`, ascending."""
-    if not scan.words:
-        for match in scan.pattern.finditer(lowered):
-            yield match.start("i") if match.group("i") is not None else match.start("t")
-        return
-    found: list[int] = []
-    for word in scan.words:
-        at = lowered.find(word)
-        while at >= 0:
-            found.append(at)
-            at = lowered.find(word, at + 1)
-    yield from sorted(found)

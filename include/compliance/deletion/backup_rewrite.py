@@ -44,7 +44,7 @@ from botocore.exceptions import ClientError
 
 from compliance.core import checkpoints
 from compliance.core.compression import COMPRESS_LEVEL, GZIP
-from compliance.core.csv_records import offsets
+from compliance.core.csv_records import copy_without
 from compliance.core.datamap.model import BackupStore, IdentityType, SqlSystem
 from compliance.core.stores.s3 import (
     ObjectChanged,
@@ -206,15 +206,10 @@ def _download(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
 def _filtered(source: Path, drop: set[int], target: Path) -> None:
     """`source` without the records at the offsets in `drop` (`csv_records.offsets`), into
     `target`: every other byte as it was, recompressed as the log rewrite does."""
-    kept: list[bytes] = []
     with GZIP.GzipFile(target, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0) as gz:
-        for at, record in offsets(source):
-            if at not in drop:
-                kept.append(record)
-                if len(kept) >= CHUNK:
-                    gz.write(b"".join(kept))
-                    kept.clear()
-        gz.write(b"".join(kept))
+        dropped = copy_without(source, drop, gz)
+    if dropped != len(drop):
+        raise RuntimeError(f"{source.name}: {dropped} of {len(drop)} records dropped")
 
 
 # -- S3 ------------------------------------------------------------------------------------------
