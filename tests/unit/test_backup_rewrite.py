@@ -10,6 +10,7 @@ The expectations are written out by hand here, not computed with the rewrite's c
 from __future__ import annotations
 
 import gzip
+import io
 
 import pytest
 
@@ -145,6 +146,24 @@ def test_streamed_records_cut_blocks_only_between_records(tmp_path, monkeypatch,
     assert b"".join(streamed) == data
     assert len(streamed) == 7  # header + 6 records, the quoted newlines inside theirs
     assert streamed[-2] == b'6,10,"say ""hi""\n\nthere",x\r\n'
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 22])
+def test_copy_without_drops_exactly_the_named_records(tmp_path, monkeypatch, block):
+    """The rewrite copies kept records in slices, a block at a time: whatever the block size,
+    the output is the input without exactly the records at the dropped offsets (oracle: the
+    records listed one by one), and an offset past the end is an error, not a silent copy."""
+    data = PEOPLE + b'6,10,"say ""hi""\n\nthere",x\r\n' + b"5,10,x,no newline at the end"
+    path = tmp_path / "people.csv.gz"
+    path.write_bytes(gzip.compress(data))
+    monkeypatch.setattr(snapshot_records, "BLOCK", block)
+    listed = list(snapshot_records.offsets(path))
+    for drop in ({0}, {listed[2][0], listed[5][0]}, {at for at, _ in listed[1:]}, set()):
+        out = io.BytesIO()
+        assert snapshot_records.copy_without(path, drop, out) == len(drop)
+        assert out.getvalue() == b"".join(r for at, r in listed if at not in drop)
+    with pytest.raises(ValueError, match="past its end"):
+        snapshot_records.copy_without(path, {len(data)}, io.BytesIO())
 
 
 def test_rewrite_removes_rows_keeps_bytes_and_old_versions(bucket):
