@@ -347,6 +347,23 @@ def test_a_shared_identity_on_the_other_consumers_other_rows_is_theirs_too(crm, 
     assert run(crm, s3).residue == {"crm:notes.body": 1}  # the given e-mail is never shared
 
 
+def test_a_found_value_another_consumer_holds_is_shared_on_any_row_outside_the_batch(crm, logs):
+    """A value the request did not give, found on the row of a consumer outside the batch who
+    does not hold it, is shared once any consumer outside the batch of that tenant holds it as
+    an identity (a household phone, a shop's number a lead typed in as theirs): it is theirs
+    too, wherever it appears. Held only in another tenant, it is still residue."""
+    engine, md = crm
+    s3, _ = logs
+    notes, contacts = md.tables["notes"], md.tables["contacts"]
+    with engine.begin() as c:
+        c.execute(notes.update().where(sa.text("note_id = 1")).values(body=f"shop: {PHONE}"))
+    assert run(crm, s3).residue == {"crm:notes.body": 1}  # held by contact 7, tenant 2 only
+    with engine.begin() as c:
+        c.execute(contacts.insert().values(contact_id=8, client_id=1, phone=PHONE))
+    verdict = run(crm, s3)
+    assert verdict.clean and verdict.sql["crm"]["shared_identity"] >= 2  # contact 8's, note 1
+
+
 def test_values_past_the_first_statement_are_searched_after_a_hit(crm, logs):
     """Every value of a tenant is still searched once one of them is found (at 1M contacts a
     batch of 1,000 failed finalize on it: the hit's place had replaced the tenant filter). Here

@@ -49,7 +49,8 @@ request's values are not searched in a log store the hold keeps. One more thing 
 identity found on a target's rows (not one the request gave), sitting in a mapped identity column
 of a row owned by a consumer outside the batch, is that other consumer's own identity (a shared
 household phone, resolved one step only on purpose, see `compliance.requests.resolve`); so is the
-same value in any other column of that consumer's rows (their messages to their own address).
+same value in any other column of any row of a consumer outside the batch (their messages to
+their own address, or every inbound SMS to a shop's number a lead typed in as their own).
 Everything
 else is residue: the verdict names the store and object key, or the table and column, with a count,
 never the value.

@@ -231,15 +231,22 @@ def verify_system(
 @dataclass
 class _Shared:
     """Hits of found values on another consumer's rows, judged once every table is searched:
-    shared when an identity column showed each value is that consumer's own (`owners`), so the
-    verdict does not depend on the order tables, rows or columns are read in."""
+    shared when an identity column showed each value is the own identity of a consumer outside
+    the batch (`owners`), that row's consumer or another of the tenant, so the verdict does not
+    depend on the order tables, rows or columns are read in.
+
+    Another owner is enough: a value two people outside the batch hold (a household phone, or
+    the client's own shop number a lead typed in) is theirs wherever else it appears in the
+    tenant (their family's messages, every inbound SMS to the shop), and erasing it there would
+    erase other people's data. At 200,000 contacts a batch of 1,000 stayed open on 524 inbound
+    messages to a dealer's number that two consumers outside it also held (issue 19)."""
 
     owners: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
-    pending: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+    pending: list[tuple[str, str, list[str]]] = field(default_factory=list)  # where, tenant
 
     def settle(self, verdict: Verdict, sname: str) -> None:
-        for where, tenant, consumer, texts in self.pending:
-            if all(consumer in self.owners.get((tenant, text), ()) for text in texts):
+        for where, tenant, texts in self.pending:
+            if all(self.owners.get((tenant, text)) for text in texts):
                 verdict.sql[sname]["shared_identity"] += 1
             else:
                 verdict.residue[where] += 1
@@ -274,9 +281,8 @@ def _search_table(conn, table: _Table, by_tenant, consumers, verdict, shared: _S
     tenant's values (module doc, R16.1, issue 19).
 
     Shared, not residue: a value the request did not give, found on a row of a consumer outside
-    the batch who holds it as their own identity: in a mapped identity column (recorded in
-    `owners`), or in any column of that consumer's rows once an identity column showed it is
-    theirs (their messages to their own address: the same e-mail on two contacts)."""
+    the batch, when a consumer outside the batch holds it as their own identity in a mapped
+    identity column (`owners`; `_Shared`): the row's consumer or another of the tenant."""
     sname, tname, spec, joined, columns = (
         table.system, table.name, table.spec, table.joined, table.columns
     )  # fmt: skip
@@ -318,7 +324,7 @@ def _search_table(conn, table: _Table, by_tenant, consumers, verdict, shared: _S
                         verdict.sql[sname]["shared_identity"] += 1
                     else:  # theirs only if an identity column anywhere says so: settled later
                         texts = [v.text for v in hits]
-                        shared.pending.append((place, str(tenant), str(consumer), texts))
+                        shared.pending.append((place, str(tenant), texts))
 
 
 @contextlib.contextmanager
