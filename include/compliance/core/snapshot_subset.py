@@ -221,10 +221,7 @@ class Subset:
                 consumers.add(who)  # depth <= 1: the row names its consumer
                 ok = True
             if ok:
-                for i, values in collect:
-                    key = lenient_key(row[i])
-                    if key is not None:
-                        values.add(key)
+                _remember(row, collect)
             return ok
 
         return keep
@@ -242,10 +239,7 @@ class Subset:
             who = owner(row)
             if who is None or who not in extra or _holds(row, idents, identities):
                 return False
-            for i, values in collect:
-                key = lenient_key(row[i])
-                if key is not None:
-                    values.add(key)
+            _remember(row, collect)
             return True
 
         return keep
@@ -274,6 +268,14 @@ def load_subset(
         test = lambda at, s=step: subset.test(s, at)  # noqa: E731
         counts[step.table] = load(step.table, test, subset.needles(step))
     return {t: n for t, n in counts.items() if t in present}
+
+
+def _remember(row: list[str], collect: list[tuple[int, set[str]]]) -> None:
+    """Add a kept row's referenced-column values (`_collect`) for its children's tests."""
+    for i, values in collect:
+        key = lenient_key(row[i])
+        if key is not None:
+            values.add(key)
 
 
 def _holds(row: list[str], idents: list[int], identities: set[str]) -> bool:
