@@ -16,6 +16,10 @@ from compliance.core.datamap.indexes import IndexSpec, create_sql, drop_sql, mis
 
 
 def engine_from_url(url: str, **kwargs: Any) -> Engine:
+    """An engine whose errors never carry the statement's parameters: they are identities
+    (resolve's IN lists, the residue oracle's LIKE terms), and an exception message reaches
+    task logs (no PII in exceptions)."""
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
