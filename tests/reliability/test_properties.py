@@ -2,8 +2,9 @@
 
 - Erasure (`resolve` + `erase_sql`, the demo data map, SQLite): the consumers resolved are
   exactly those an independent model finds (same tenant; e-mails case-insensitive; aliases and
-  call recordings count), their rows are deleted or masked as the map says, and every other row
-  is byte-identical.
+  call recordings count), so are the identities found on their rows (only those nobody else of
+  the tenant holds; the rest `shared`, with every holder), their rows are deleted or masked as
+  the map says, and every other row is byte-identical.
 - Access (`access.gather.gather_system`): the parts of a request hold exactly the rows its
   consumers own in its tenant, and never a withheld (R10) value.
 - Logs (`logfiles.scan_lines`, `log_scrub.rewrite_object` against the moto server): a line matches
@@ -191,6 +192,42 @@ def expected_targets(people: list[dict[str, Any]], client: int, idents: list) ->
     return found
 
 
+def _held(p: dict[str, Any]) -> set[tuple[IdentityType, str]]:
+    """Every identity a person holds in a mapped identity column, as resolution compares it."""
+    alias = p["alias"] or {}
+    emails = {(IdentityType.email, e.lower()) for e in (p["email"], alias.get("email")) if e}
+    phones = {
+        (IdentityType.phone, x) for x in (p["phone"], alias.get("phone"), p["call_from"]) if x
+    }
+    external = {(IdentityType.contact_id, p["external"])} if p["external"] else set()
+    return emails | phones | external
+
+
+def _assert_identities(people: list[dict[str, Any]], subject: Subject, res: Any) -> None:
+    """The spec of expansion (docs/deletion.md, *Shared identities*): what was given, plus what
+    the request's consumers hold that nobody else of the tenant holds; the rest is `shared`,
+    with every holder."""
+    own = expected_targets(people, int(subject.client_id), list(subject.identities))
+    given = {(k, v.lower() if k is IdentityType.email else v) for k, v in subject.identities}
+    holders: dict[tuple[IdentityType, str], set[str]] = defaultdict(set)
+    for i, p in enumerate(people, start=1):
+        if p["client"] == int(subject.client_id):
+            for value in _held(p):
+                holders[value].add(str(i))
+    found = {v for i in own for v in _held(people[i - 1])} - given
+    mine = {str(i) for i in own}
+    shared = {v: holders[v] for v in found if holders[v] - mine}
+    got = {
+        (k, v.lower() if k is IdentityType.email else v)
+        for k, vs in res.identities.items()
+        if k is not IdentityType.record_id
+        for v in vs
+    }
+    assert got == given | (found - set(shared))
+    assert res.identities.get(IdentityType.record_id, set()) == mine
+    assert res.shared == shared
+
+
 def _rows(engine: sa.Engine) -> dict[tuple[str, Any], tuple]:
     out = {}
     with engine.connect() as conn:
@@ -245,6 +282,7 @@ def test_erasure_removes_exactly_the_targets(crm, people, requests):
         assert resolved[s.ref].consumer_ids == {
             str(i) for i in expected_targets(people, int(s.client_id), list(s.identities))
         }
+        _assert_identities(people, s, resolved[s.ref])
     targets = set().union(*(r.consumer_ids for r in resolved.values()))
 
     before = _rows(engine)

@@ -220,6 +220,26 @@ def _hold_sections(targets: Targets, ref: str) -> dict[str, Any]:
     return out
 
 
+def _shared_section(req: dict[str, Any]) -> dict[str, Any]:
+    """R16, R21: identities found on the consumer's rows that other consumers of the client
+    also hold were not erased by (`Resolution.admit`); the receipt says how many and why."""
+    n = req.get("shared_identities", 0)
+    if not n:
+        return {}
+    return {
+        "shared_identities": {
+            "count": n,
+            "handling": (
+                "found on the consumer's records but also the own identity of other consumers "
+                "of the client (a shared or business phone or e-mail): the consumer's records "
+                "were erased by key, but lines and rows holding only this value were kept as "
+                "the other consumers' data"
+            ),
+            "rules": ["R16", "R21"],
+        }
+    }
+
+
 def _kept_summary(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What holds kept, for the ledger: scope, code, tables/stores and counts (no identities)."""
     return [
@@ -337,6 +357,7 @@ def _receipts(
                 "rules": ["R16.1", "R16.2", "R18", "R19"],
             },
             "exceptions": held_back,
+            **_shared_section(req),
             **_hold_sections(targets, ref),  # R16.2, R19, R21: what holds keep, and why
             # R16.3/R16.4: status and attempts per sub-processor and recipient; the outbox
             # re-issues this receipt when one changes (compliance.deletion.outbox.reissue).

@@ -139,15 +139,12 @@ def assemble(
         }
     remembered = {p.ref: p.remembered for p in pending if p.remembered}
     applying: dict[str, list[tuple[str, holds.Hold, list[str]]]] = defaultdict(list)
+    resolutions = {}
     for sname, system in dm.systems.items():
-        resolved = resolve(engines[sname], system, subjects)
+        resolved = resolutions[sname] = resolve(engines[sname], system, subjects)
         targets.consumers[sname] = {
             ref: sorted(str(c) for c in res.consumer_ids) for ref, res in resolved.items()
         }
-        for ref, res in resolved.items():
-            per_kind = targets.identities.setdefault(ref, {})
-            for kind, values in res.identities.items():
-                per_kind[kind.value] = sorted(set(per_kind.get(kind.value, [])) | values)
         for ref, memo in remembered.items():  # a partial request: what its first batch found
             mine = set(targets.consumers[sname].get(ref, []))
             targets.consumers[sname][ref] = sorted(mine | set(memo["consumers"].get(sname, [])))
@@ -162,6 +159,18 @@ def assemble(
                     continue
                 held = consumers if h.client_wide else [c for c in consumers if c == h.consumer_id]
                 applying[s.ref].append((sname, h, held))
+    for sname, resolved in resolutions.items():
+        # A found identity other consumers hold too is erased by only when every holder is
+        # erased in this batch (`Resolution.admit`): never one a deferred request keeps.
+        erased = set(targets.consumer_ids(sname))
+        for ref, res in resolved.items():
+            if shared := res.admit(erased):
+                targets.requests[ref]["shared_identities"] = (
+                    targets.requests[ref].get("shared_identities", 0) + shared
+                )
+            per_kind = targets.identities.setdefault(ref, {})
+            for kind, values in res.identities.items():
+                per_kind[kind.value] = sorted(set(per_kind.get(kind.value, [])) | values)
     for ref, memo in remembered.items():
         targets.requests[ref]["earlier"] = {
             "batch_id": memo.get("batch_id"),

@@ -4,7 +4,9 @@ Shared by deletion and access (one implementation). A person may have several co
 several identities: every row matching any given identity *in the client's tenant* is in scope,
 and the identities found on those rows (aliases, other phones, our record ids) are added so that
 logs mentioning the person under another identity are found too. Expansion is one step on
-purpose: following identities transitively could sweep in a relative who shares a phone.
+purpose: following identities transitively could sweep in a relative who shares a phone; and a
+found value another consumer of the tenant holds too is not added but kept in `shared`
+(`_expand`, docs/deletion.md "Shared identities").
 
 Cost: one statement per identity column per chunk of (tenant, value) pairs, however many requests.
 
@@ -16,7 +18,7 @@ column's own type (`sqlmap.typed_value`), never by casting the column: the CRM's
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -33,6 +35,7 @@ from compliance.core.sqlmap import (
 )
 
 CHUNK = 500
+Held = tuple[str, IdentityType, str]  # (tenant as text, kind, value as compared)
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,23 @@ class Resolution:
     client_id: str
     consumer_ids: set[str] = field(default_factory=set)  # consumer keys as text (key_text)
     identities: dict[IdentityType, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # Identities found on the consumers' rows that consumers outside the request hold too
+    # (`_expand`), with every holder's key; not in `identities` unless `admit`ted.
+    shared: dict[tuple[IdentityType, str], set[str]] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
         return bool(self.consumer_ids)
+
+    def admit(self, erased: set[str]) -> int:
+        """Deletion's wider rule: a shared value all of whose holders are erased in the same
+        batch is erased by too (a household both of whose members asked); the rest stay out.
+        Returns how many stay out. Access never admits: another requester's lines are theirs."""
+        for (kind, value), holders in list(self.shared.items()):
+            if holders <= erased:
+                self.identities[kind].add(value)
+                del self.shared[(kind, value)]
+        return len(self.shared)
 
 
 def identity_columns(system: SqlSystem) -> list[tuple[str, str, IdentityType]]:
@@ -76,56 +92,66 @@ def resolve(
     subjects = list(subjects)
     sql = MappedSql(engine, system)
     out = {s.ref: Resolution(s.ref, key_text(s.client_id)) for s in subjects}
+    wanted: dict[Held, set[str]] = defaultdict(set)  # (tenant, kind, value) -> refs asking
     for s in subjects:
         for kind, value in s.identities:
             out[s.ref].identities[kind].add(value)
-    # (tenant text, kind, value) -> refs asking for it
-    wanted: dict[tuple[str, IdentityType, str], set[str]] = defaultdict(set)
-    for s in subjects:
-        for kind, value in s.identities:
-            wanted[
-                (
-                    key_text(s.client_id),
-                    kind,
-                    value.lower() if kind is IdentityType.email else value,
-                )
-            ].add(s.ref)
+            wanted[(key_text(s.client_id), kind, _normal(kind, value))].add(s.ref)
     with engine.connect() as conn:
-        for tname, cname, kind in identity_columns(system):
-            owned = sql.owned(tname)
-            column = owned.table.c[cname]
-            asked: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, value) -> refs
-            typed_of: dict[str, object] = {}
-            for (t, k, v), refs in wanted.items():
-                if k is kind and (typed := _typed_identity(column, v)) is not None:
-                    asked[(t, key_text(typed))] |= refs
-                    typed_of[key_text(typed)] = typed
-            pairs = sorted(
-                (tt, tv, typed_of[v]) for tt, tv, v in _typed_pairs(owned.tenant, set(asked))
-            )  # fmt: skip
-            if not pairs:
-                continue
-            value_expr = normalise_for_column(kind, column)
-            for i in range(0, len(pairs), CHUNK):
-                by_tenant: dict[object, list[object]] = defaultdict(list)
-                for _, typed, value in pairs[i : i + CHUNK]:
-                    by_tenant[typed].append(value)
-                # Per tenant `tenant = t AND value IN (...)`, OR-ed (issue 19): SQLite never
-                # probes an index with a multi-row `(a, b) IN (VALUES ...)` (a compound
-                # subquery); PostgreSQL plans the OR as a BitmapOr over the same index.
-                match = sa.or_(
-                    *(sa.and_(owned.tenant == t, value_expr.in_(vs)) for t, vs in by_tenant.items())
-                )
-                stmt = (
-                    sa.select(owned.tenant, value_expr, owned.consumer_key)
-                    .select_from(owned.from_clause)
-                    .where(match)
-                )
-                for tenant, value, consumer in conn.execute(stmt):
-                    for ref in asked.get((key_text(tenant), key_text(value)), ()):
-                        out[ref].consumer_ids.add(key_text(consumer))
+        for held, consumer in _holders(conn, sql, system, set(wanted)):
+            for ref in wanted[held]:
+                out[ref].consumer_ids.add(consumer)
         _expand(conn, sql, system, out)
     return out
+
+
+def _normal(kind: IdentityType, value: object) -> str:
+    """An identity as lookups compare it: e-mails case-insensitively, the rest as stored."""
+    text = str(value).strip()
+    return text.lower() if kind is IdentityType.email else text
+
+
+def _holders(
+    conn: sa.Connection, sql: MappedSql, system: SqlSystem, wanted: set[Held]
+) -> Iterator[tuple[Held, str]]:
+    """Every consumer holding a wanted (tenant, kind, value) in a mapped identity column of
+    that tenant: (what was asked, the consumer's key as text), once per column that holds it.
+
+    Cost: one statement per identity column per chunk of (tenant, value) pairs."""
+    for tname, cname, kind in identity_columns(system):
+        owned = sql.owned(tname)
+        column = owned.table.c[cname]
+        # (tenant, value as the column reads it back) -> what was asked ("0123" and "123" are
+        # one integer)
+        asked: dict[tuple[str, str], set[Held]] = defaultdict(set)
+        typed_of: dict[str, object] = {}
+        for t, k, v in wanted:
+            if k is kind and (typed := _typed_identity(column, v)) is not None:
+                asked[(t, key_text(typed))].add((t, k, v))
+                typed_of[key_text(typed)] = typed
+        pairs = sorted(
+            (tt, tv, typed_of[v]) for tt, tv, v in _typed_pairs(owned.tenant, set(asked))
+        )  # fmt: skip
+        value_expr = normalise_for_column(kind, column)
+        for i in range(0, len(pairs), CHUNK):
+            by_tenant: dict[object, list[object]] = defaultdict(list)
+            for _, typed, value in pairs[i : i + CHUNK]:
+                by_tenant[typed].append(value)
+            # Per tenant `tenant = t AND value IN (...)`, OR-ed (issue 19): SQLite never
+            # probes an index with a multi-row `(a, b) IN (VALUES ...)` (a compound
+            # subquery); PostgreSQL plans the OR as a BitmapOr over the same index.
+            match = sa.or_(
+                *(sa.and_(owned.tenant == t, value_expr.in_(vs)) for t, vs in by_tenant.items())
+            )
+            stmt = (
+                sa.select(owned.tenant, value_expr, owned.consumer_key)
+                .select_from(owned.from_clause)
+                .where(match)
+                .distinct()
+            )
+            for tenant, value, consumer in conn.execute(stmt):
+                for held in asked.get((key_text(tenant), key_text(value)), ()):
+                    yield held, key_text(consumer)
 
 
 def _typed_identity(column: sa.Column, value: str) -> object | None:
@@ -164,28 +190,47 @@ def _typed_pairs(
 def _expand(
     conn: sa.Connection, sql: MappedSql, system: SqlSystem, out: dict[str, Resolution]
 ) -> None:
-    """Add every identity held on the resolved consumers' rows (one step, same tenant)."""
+    """Add the identities held on the resolved consumers' rows (one step, same tenant) that
+    no consumer outside the request holds too; those go to `shared` with every holder.
+
+    Why: a value someone else also holds is not this person's to look up or erase by. A lead
+    who typed the shop's own number as their phone would otherwise pull every inbound SMS of
+    the shop into their access bundle and out of the logs on erasure (issue 19: 524 messages
+    of other consumers at 200,000 contacts). A given value is never shared: the client's staff
+    verified it (R5)."""
     by_consumer: dict[str, set[str]] = defaultdict(set)
     for res in out.values():
         for cid in res.consumer_ids:
-            by_consumer[str(cid)].add(res.ref)
-            res.identities[IdentityType.record_id].add(str(cid))
+            by_consumer[cid].add(res.ref)
+            res.identities[IdentityType.record_id].add(cid)
     if not by_consumer:
         return
-    texts = sorted({cid for res in out.values() for cid in res.consumer_ids})
+    found: dict[Held, set[str]] = defaultdict(set)  # (tenant, kind, value) -> refs
+    texts = sorted(by_consumer)
     for tname, cname, kind in identity_columns(system):
         owned = sql.owned(tname)
         col = owned.table.c[cname]
         ids = typed_values(owned.consumer_key, texts)
         for i in range(0, len(ids), CHUNK):
             stmt = (
-                sa.select(owned.consumer_key, col)
+                sa.select(owned.consumer_key, owned.tenant, col)
                 .select_from(owned.from_clause)
                 .where(owned.consumer_key.in_(ids[i : i + CHUNK]), col.is_not(None))
             )
-            for consumer, value in conn.execute(stmt):
-                norm = (
-                    str(value).strip().lower() if kind is IdentityType.email else str(value).strip()
-                )
-                for ref in by_consumer[key_text(consumer)]:
-                    out[ref].identities[kind].add(norm)
+            for consumer, tenant, value in conn.execute(stmt):
+                held = (key_text(tenant), kind, _normal(kind, value))
+                found[held] |= by_consumer[key_text(consumer)]
+    holders: dict[Held, set[str]] = defaultdict(set)
+    for held, consumer in _holders(conn, sql, system, set(found)):
+        holders[held].add(consumer)
+    for held, refs in found.items():
+        _, kind, value = held
+        for ref in refs:
+            res = out[ref]
+            if value in res.identities.get(kind, ()):
+                continue  # given
+            others = holders[held] - res.consumer_ids
+            if others:
+                res.shared[(kind, value)] = holders[held]
+            else:
+                res.identities[kind].add(value)
