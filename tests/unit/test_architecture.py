@@ -351,6 +351,20 @@ def test_only_settings_reads_the_environment():
     )
 
 
+def test_only_the_sql_store_builds_engines():
+    """Every engine hides its statements' parameters (identities) from error messages
+    (`core.stores.sql.engine_from_url`, `scratch_engine`): one place builds them."""
+    bad = [
+        f"{module.rel}:{node.lineno}"
+        for name, module in product().items()
+        if name != "compliance.core.stores.sql"
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", getattr(node.func, "id", None)) == "create_engine"
+    ]
+    assert not bad, "create_engine outside compliance.core.stores.sql:\n" + "\n".join(bad)
+
+
 def test_the_product_never_imports_the_dev_tooling():
     bad = []
     for module in product().values():

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from compliance.access import snapshots
+from compliance.core.stores.sql import scratch_engine
 
 BUCKET = "cj-snapshot-loader"
 HEADER = ["id", "tenant", "at", "day", "flag", "note"]
@@ -86,8 +87,7 @@ def test_the_fast_path_stores_what_a_core_insert_stores(s3: Any, tmp_path: Any) 
 
 
 def test_scratch_files_skip_the_journal(tmp_path: Any) -> None:
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/scratch.db")
-    sa.event.listen(engine, "connect", snapshots._scratch_pragmas)
+    engine = scratch_engine(tmp_path / "scratch.db")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "off"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 0

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +49,7 @@ from compliance.core.shards import LogShard
 from compliance.core.snapshot_subset import Needles, RowTest, Subset, Wanted, load_subset
 from compliance.core.snapshot_subset import plan as subset_plan
 from compliance.core.stores.s3 import list_keys
+from compliance.core.stores.sql import scratch_engine
 from compliance.deletion.backups import snapshot_days
 
 CHUNK = 5000
@@ -186,8 +188,7 @@ def loaded(
     present = set(sa.inspect(live).get_table_names())
     live_md.reflect(live, only=[t for t in system.tables if t in present])
     with tempfile.TemporaryDirectory(prefix="cj-snapshot-") as tmp:
-        engine = sa.create_engine(f"sqlite:///{tmp}/snapshot.db")
-        sa.event.listen(engine, "connect", _scratch_pragmas)
+        engine = scratch_engine(Path(tmp) / "snapshot.db")
         try:
             md = sa.MetaData()
             joined = _join_columns(system)
@@ -229,15 +230,6 @@ def loaded(
             yield engine, counts
         finally:
             engine.dispose()
-
-
-def _scratch_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    """The snapshot file is scratch (a temporary directory, removed when the shard is done, and
-    rebuilt from S3 by any retry): no rollback journal and no fsync per chunk."""
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=OFF")
-    cur.execute("PRAGMA synchronous=OFF")
-    cur.close()
 
 
 def _load(

@@ -53,6 +53,7 @@ from compliance.core.stores.s3 import (
     list_prefixes,
     replace_if_unchanged,
 )
+from compliance.core.stores.sql import scratch_engine
 from compliance.deletion.snapshot_owners import Scope, doomed_rows, load_day
 from compliance.requests.resolve import Subject
 from compliance.requests.schema import cj_batch_lines
@@ -137,7 +138,7 @@ def _day(s3, store, system, scope, prefix, result, batch_id, before_replace) -> 
                 objects[table] = _Object(key, table, path, _download(s3, store.bucket, key, path))
         if not objects:
             return
-        engine = sa.create_engine(f"sqlite:///{Path(tmp) / 'snapshot.db'}")
+        engine = scratch_engine(Path(tmp) / "snapshot.db")
         try:
             load_day(engine, {t: o.path for t, o in objects.items()}, system, scope)
             doomed = doomed_rows(engine, system, scope, set(objects))

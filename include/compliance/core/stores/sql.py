@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -25,6 +26,23 @@ def engine_from_url(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def scratch_engine(path: Path) -> Engine:
+    """A task's private SQLite working copy (a backup snapshot day loaded to search or rewrite
+    it): parameters hidden in errors like every product engine (they are identities), and no
+    rollback journal or fsync per chunk, since the file lives in a temporary directory and any
+    retry rebuilds it from S3."""
+    engine = create_engine(f"sqlite:///{path}", hide_parameters=True)
+    event.listen(engine, "connect", _scratch_pragmas)
+    return engine
+
+
+def _scratch_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=OFF")
+    cur.execute("PRAGMA synchronous=OFF")
+    cur.close()
 
 
 def url_from_connection(

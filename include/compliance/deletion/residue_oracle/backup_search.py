@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from compliance.core.datamap.model import BackupStore, SqlSystem, TableErase
+from compliance.core.stores.sql import scratch_engine
 from compliance.deletion.residue_oracle.log_search import _Needles, search_object
 from compliance.deletion.residue_oracle.sql_search import verify_system
 from compliance.deletion.residue_oracle.values import TargetsLike, Verdict, wanted_values
@@ -105,7 +106,7 @@ def verify_backup_store(
             verdict.unreadable.append(f"{name}:{day} (no snapshot of {', '.join(missing)})")
             continue
         with tempfile.TemporaryDirectory(prefix="cj-oracle-") as tmp:
-            engine = sa.create_engine(f"sqlite:///{Path(tmp) / 'day.db'}")
+            engine = scratch_engine(Path(tmp) / "day.db")
             try:
                 for table, key in sorted(tables.items()):
                     body = s3.get_object(Bucket=store.bucket, Key=key)["Body"]
