@@ -230,26 +230,43 @@ def _bounds(rows: SystemRows, table: str, pred: sa.ColumnElement, size: int) -> 
     return [r[0] if len(cols) == 1 else tuple(r) for r in found]
 
 
+GRID = 4096  # fixed quantiles `_pg_bounds` reads with the count, in the same pass
+
+
 def _pg_bounds(
     rows: SystemRows, from_clause: sa.FromClause, pk: sa.Column, pred: sa.ColumnElement, size: int
 ) -> list[Any]:
-    """`_bounds` on PostgreSQL for a one-column key, from two aggregates instead of two window
-    functions: the count of matching rows, then `percentile_disc` at every `size`-th of them
-    (the last fraction is 1: the last match). The windows sorted and numbered every match and
-    spilled `count(*) OVER ()` to disk: 0.76 s for 300k matches against 0.34 s (issue 19)."""
+    """`_bounds` on PostgreSQL for a one-column key, from aggregates instead of two window
+    functions (which sorted and numbered every match and spilled `count(*) OVER ()` to disk:
+    0.76 s for 300k matches against 0.34 s, issue 19).
+
+    One pass reads the count and `percentile_disc` at GRID fixed fractions; every k-th grid
+    point is a bound, k the most grid steps that hold at most `size` rows (the last fraction is
+    1: the last match). Only when one grid step holds more than `size` rows (over GRID * size
+    matches) does a second pass ask for every `size`-th row exactly. Before, the count was a
+    pass of its own: about a fifth of the purge at 200,000 contacts."""
+    grid = [i / GRID for i in range(1, GRID + 1)]
     with rows.engine.connect() as conn:
-        total = int(
-            conn.execute(sa.select(sa.func.count()).select_from(from_clause).where(pred)).scalar()
-            or 0
-        )
+        total, found = conn.execute(
+            sa.select(sa.func.count(), _percentiles(pk, grid)).select_from(from_clause).where(pred)
+        ).one()
         if not total:
             return []
-        fractions = [min(1.0, n / total) for n in range(size, total, size)] + [1.0]
-        quantiles = sa.func.percentile_disc(
-            sa.literal(fractions, postgresql.ARRAY(sa.Float))
-        ).within_group(pk)
-        found = conn.execute(sa.select(quantiles).select_from(from_clause).where(pred)).scalar()
+        k = size * GRID // total
+        if k >= 1:
+            return sorted(set(found[k - 1 :: k]) | {found[-1]})
+        # half a row early: n / total in floating point can land on row n + 1
+        fractions = [(n - 0.5) / total for n in range(size, total, size)] + [1.0]
+        found = conn.execute(
+            sa.select(_percentiles(pk, fractions)).select_from(from_clause).where(pred)
+        ).scalar()
     return sorted(set(found or []))
+
+
+def _percentiles(pk: sa.Column, fractions: list[float]) -> sa.ColumnElement:
+    return sa.func.percentile_disc(sa.literal(fractions, postgresql.ARRAY(sa.Float))).within_group(
+        pk
+    )
 
 
 def _spans(
