@@ -17,6 +17,7 @@ import pytest
 
 from compliance import runtime
 from compliance.jobs import offboarding as jobs
+from compliance.offboarding import backups
 from tests.e2e.test_second_world_backup_rewrite import (  # noqa: F401 (the w2 fixture)
     NOW,
     WORKSPACE,
@@ -72,3 +73,25 @@ def test_the_dormant_organisation_leaves_the_snapshots(w2, s3):  # noqa: F811
     )
     done = receipt["deleted"]["backups"][generate.BACKUPS]
     assert done["rows_removed"] == removed and done["left"] == 0
+    assert done["client_records_before"] == removed  # the check saw what the truth says
+
+
+def test_the_check_counts_every_record_of_the_client_left_in_place(w2, s3):  # noqa: F811
+    """Nothing rewritten: the independent check must find every one of the organisation's
+    records (the world's ground truth), through the relations, as left."""
+    world, db_url = w2
+    pks = {t.name: [c.name for c in t.primary_key.columns] for t in _tables(db_url)}
+    truth = 0
+    for key, data in _snapshots(s3).items():
+        table = key.rsplit("/", 1)[1].removesuffix(".csv.gz")
+        recs = _records(data)
+        for _, fields in recs[1:]:
+            row = dict(zip(recs[0][1], fields, strict=True))
+            found = world.rows.get((table, tuple(row[c] for c in pks.get(table, []))))
+            truth += found is not None and found.tenant == DORMANT
+    ctx = runtime.context(lambda: NOW)
+    store = ctx.datamap.stores[generate.BACKUPS]
+    system = ctx.datamap.systems[store.system]
+    before = backups.client_records(ctx.store(generate.BACKUPS), store, system, DORMANT)
+    assert truth > 0 and sum(map(len, before.values())) == truth
+    assert backups.left_in_store(ctx, generate.BACKUPS, DORMANT, before) == truth

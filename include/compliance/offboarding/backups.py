@@ -12,9 +12,12 @@ Verified without the rewrite's code: before the rewrite every current snapshot o
 with Python's `csv` module and each row's tenant found by following the data map's relations
 (`core.datamap.graph.tenant_path`) through plain dictionaries; after it, no row the client owned
 may still be there (by its key columns), and no row may resolve to the client. Anything left is
-residue and fails the step, like a log line left behind. The snapshots of a day are held in
-memory for the check: offboarding is rare, and the tiny and second worlds' days are small; a
-day too large for memory would need the oracle's SQLite loading (`residue_oracle.backup_search`).
+residue and fails the step, like a log line left behind.
+
+Memory: each snapshot object is streamed once per check, tables of a day parents first, and
+only the client's share is kept (its records' keys, and the values of columns a child table's
+relation references). Before, every day of every table was read into lists at once: at 1M
+contacts, seven days of 764 MB of gzip CSV would not have fitted in a worker.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import csv
 import gzip
 import io
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from compliance.core.context import JobContext
@@ -32,7 +36,7 @@ from compliance.core.stores.s3 import list_keys
 from compliance.deletion import backup_rewrite
 
 SUFFIX = ".csv.gz"
-Rows = dict[str, tuple[list[str], list[list[str]]]]  # table -> (header, records)
+Keys = dict[str, set[tuple[str, ...]]]  # "day/table" -> key tuples of records
 
 
 def rewrite_stores(ctx: JobContext) -> dict[str, BackupStore]:
@@ -43,59 +47,68 @@ def rewrite_stores(ctx: JobContext) -> dict[str, BackupStore]:
     }
 
 
-def _days(s3: Any, store: BackupStore, system: SqlSystem) -> dict[str, Rows]:
-    """day prefix -> table -> (header, records): the current objects, read with `csv`."""
-    out: dict[str, Rows] = defaultdict(dict)
+def _objects(s3: Any, store: BackupStore, system: SqlSystem) -> dict[str, dict[str, str]]:
+    """day prefix -> table -> the key of its current snapshot object."""
+    out: dict[str, dict[str, str]] = defaultdict(dict)
     for entry in list_keys(s3, store.bucket, store.prefix):
         head, _, file = entry["Key"].rpartition("/")
         table = file[: -len(SUFFIX)] if file.endswith(SUFFIX) else ""
-        if table not in system.tables:
-            continue
-        raw = s3.get_object(Bucket=store.bucket, Key=entry["Key"])["Body"].read()
-        reader = csv.reader(io.StringIO(gzip.decompress(raw).decode("utf-8"), newline=""))
-        header = next(reader, [])
-        out[head + "/"][table] = (header, [r for r in reader if r])
+        if table in system.tables:
+            out[head + "/"][table] = entry["Key"]
     return out
 
 
-def _tenant_of_rows(system: SqlSystem, day: Rows, table: str) -> list[str | None]:
-    """The tenant of each record of `table`, up the relations (None: its parent is not there)."""
-    hops, column = tenant_path(system, table)
-    header, rows = day[table]
-    if not hops:
-        i = header.index(column) if column in header else None
-        return [r[i] if i is not None and i < len(r) else None for r in rows]
-    # walk down from the table holding the tenant: key value -> tenant, one hop at a time
-    top = hops[-1].target_table
-    theader, trows = day.get(top, ([], []))
-    owners: dict[str, str | None] = {}
-    if column in theader and hops[-1].target_column in theader:
-        k, c = theader.index(hops[-1].target_column), theader.index(column)
-        owners = {r[k]: r[c] for r in trows if len(r) > max(k, c)}
-    for hop in reversed(hops[1:]):
-        h, rows_h = day.get(hop.table, ([], []))
-        prev = next(x for x in hops if x.target_table == hop.table)
-        if hop.column not in h or prev.target_column not in h:
-            owners = {}
-            continue
-        rel, key = h.index(hop.column), h.index(prev.target_column)
-        owners = {r[key]: owners.get(r[rel]) for r in rows_h if len(r) > max(rel, key)}
-    rel = header.index(hops[0].column) if hops[0].column in header else None
-    return [owners.get(r[rel]) if rel is not None and rel < len(r) else None for r in rows]
+def _records(s3: Any, bucket: str, key: str) -> Iterator[list[str]]:
+    """The object's header, then its non-empty records, streamed (stdlib gzip and `csv`)."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    with gzip.GzipFile(fileobj=body, mode="rb") as raw:
+        yield from (r for r in csv.reader(io.TextIOWrapper(raw, "utf-8", newline="")) if r)
 
 
-def _client_rows(system: SqlSystem, days: dict[str, Rows], client: str) -> dict[str, set]:
-    """ "day/table" -> the key tuples of the client's records in those snapshots."""
-    out: dict[str, set] = {}
-    for day, tables in days.items():
-        for table in tables:
-            header, rows = tables[table]
-            keys = [header.index(k) for k in system.tables[table].key_columns if k in header]
-            tenants = _tenant_of_rows(system, tables, table)
-            out[f"{day}{table}"] = {
-                tuple(r[i] for i in keys) for r, t in zip(rows, tenants, strict=True) if t == client
-            }
-    return out
+def _scan_day(
+    s3: Any,
+    store: BackupStore,
+    system: SqlSystem,
+    tables: dict[str, str],
+    client: str,
+    watch: dict[str, set[tuple[str, ...]]] | None = None,
+) -> tuple[dict[str, set[tuple[str, ...]]], dict[str, set[tuple[str, ...]]]]:
+    """One snapshot day, each table read once, parents before children (fewer hops to the
+    tenant first): per table the key tuples of the client's records (its own tenant column
+    holds the client, or the parent row its relation references is the client's), and the
+    `watch`ed key tuples still present. A record whose parent is not in the day is nobody's."""
+    paths = {t: tenant_path(system, t) for t in tables}
+    referenced = {
+        (hops[0].target_table, hops[0].target_column) for hops, _ in paths.values() if hops
+    }
+    theirs: dict[tuple[str, str], set[str]] = defaultdict(set)  # referenced values of the client
+    mine: dict[str, set[tuple[str, ...]]] = {}
+    present: dict[str, set[tuple[str, ...]]] = {}
+    for table in sorted(tables, key=lambda t: (len(paths[t][0]), t)):
+        hops, column = paths[table]
+        records = _records(s3, store.bucket, tables[table])
+        header = next(records, [])
+        keys = [header.index(k) for k in system.tables[table].key_columns if k in header]
+        # the client's values: of its own tenant column, or of the parent's referenced column
+        where, values = (
+            (hops[0].column, theirs[(hops[0].target_table, hops[0].target_column)])
+            if hops
+            else (column, {client})
+        )
+        at = header.index(where) if where in header else None
+        refs = [(c, header.index(c)) for t, c in referenced if t == table and c in header]
+        watched = (watch or {}).get(table, set())
+        mine[table], present[table] = set(), set()
+        for r in records:
+            key = tuple(r[i] for i in keys)
+            if at is not None and at < len(r) and r[at] in values:
+                mine[table].add(key)
+                for c, i in refs:
+                    if i < len(r):
+                        theirs[(table, c)].add(r[i])
+            if key in watched:
+                present[table].add(key)
+    return mine, present
 
 
 def remove_client(
@@ -110,7 +123,7 @@ def remove_client(
     for name, store in rewrite_stores(ctx).items():
         system = ctx.datamap.systems[store.system]
         s3 = ctx.store(name)
-        before = _client_rows(system, _days(s3, store, system), client)
+        before = client_records(s3, store, system, client)
         scope = backup_rewrite.Scope(
             consumers=dict.fromkeys(live_keys.get(store.system, []), client),
             subjects=[],
@@ -124,19 +137,26 @@ def remove_client(
     return out
 
 
-def left_in_store(ctx: JobContext, name: str, client: str, before: dict[str, set]) -> int:
+def client_records(s3: Any, store: BackupStore, system: SqlSystem, client: str) -> Keys:
+    """ "day/table" -> the key tuples of the client's records in the current snapshots."""
+    out: Keys = {}
+    for day, tables in _objects(s3, store, system).items():
+        mine, _ = _scan_day(s3, store, system, tables, client)
+        out.update({f"{day}{t}": keys for t, keys in mine.items()})
+    return out
+
+
+def left_in_store(ctx: JobContext, name: str, client: str, before: Keys) -> int:
     """Records of the client still in the store's current snapshots: those seen before the
     rewrite (by key), plus any record that now resolves to the client."""
     store = ctx.datamap.stores[name]
     assert isinstance(store, BackupStore)
     system = ctx.datamap.systems[store.system]
-    after_days = _days(ctx.store(name), store, system)
-    now = _client_rows(system, after_days, client)
-    left = sum(len(keys) for keys in now.values())
-    for where, keys in before.items():
-        day, _, table = where.rpartition("/")
-        header, rows = after_days.get(day + "/", {}).get(table, ([], []))
-        idx = [header.index(k) for k in system.tables[table].key_columns if k in header]
-        present = {tuple(r[i] for i in idx) for r in rows}
-        left += len((keys & present) - now.get(where, set()))
+    s3 = ctx.store(name)
+    left = 0
+    for day, tables in _objects(s3, store, system).items():
+        watch = {t: before.get(f"{day}{t}", set()) for t in tables}
+        now, present = _scan_day(s3, store, system, tables, client, watch)
+        left += sum(len(keys) for keys in now.values())
+        left += sum(len(present[t] - now[t]) for t in tables)
     return left
