@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,12 +181,23 @@ def waiting(
     the document there is this request. `names` (`inbox.entered_names`, one listing): when a
     caller checks many, only names listed are read; without it, at most two GETs."""
     ws = ctx.workspace
+
+    def read(key: str) -> bytes | None:
+        return _read(ws.s3, ws.bucket, key) if names is None or key in names else None
+
+    return _entered(read, type_, client_id, request_id)
+
+
+def _entered(
+    read: Callable[[str], bytes | None], type_: str, client_id: Any, request_id: Any
+) -> tuple[str, bytes] | None:
+    """The one rule for where an entered document waits, whatever `read` reads from (S3, or
+    documents already read): `waiting` and `lookup` must never disagree."""
     key = inbox.entry_key(type_, client_id, request_id)
-    raw = _read(ws.s3, ws.bucket, key) if names is None or key in names else None
-    if raw is not None:
+    if (raw := read(key)) is not None:
         return key, raw
     old = inbox.legacy_entry_key(type_, client_id, request_id)
-    raw = _read(ws.s3, ws.bucket, old) if names is None or old in names else None
+    raw = read(old)
     if raw is not None and inbox.names_request(raw, type_, client_id, request_id):
         return old, raw
     return None
@@ -255,10 +266,7 @@ def lookup(ctx: JobContext, ref: tuple[str, str], type_: str, in_inbox: dict[str
     for t in types:
         if (row := rows.get((client, request_id, t))) is not None:
             return str(row.status)
-        if inbox.entry_key(t, client, request_id) in in_inbox:
-            return "waiting"
-        old = inbox.legacy_entry_key(t, client, request_id)  # entered before an upgrade
-        if old in in_inbox and inbox.names_request(in_inbox[old], t, client, request_id):
+        if _entered(in_inbox.get, t, client, request_id) is not None:
             return "waiting"
     raise ValueError(
         f"{REF_PARAM}: no {type_} request {client}/{request_id} in the inbox or on record; "
