@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -24,8 +25,9 @@ import sqlalchemy as sa
 from compliance.core.datamap.model import IdentityType
 from compliance.core.stores.sql import engine_from_url
 from compliance.deletion import log_scrub, plan
+from compliance.deletion.targets import Targets
 from compliance.requests import holds
-from compliance.requests.resolve import Subject, resolve
+from compliance.requests.resolve import Resolution, Subject, resolve
 from compliance_dev.world import schema as w
 from tests.unit.test_logs import APP, BUCKET, jl
 from tests.unit.test_scoped_holds import DM, NOW, T0, _hold
@@ -148,6 +150,33 @@ def test_a_deferred_holder_keeps_the_household_value_out(crm):
     assert targets.requests["1"]["shared_identities"] == 2
 
 
+def test_a_holder_whose_log_lines_a_hold_keeps_keeps_the_household_value_out(crm):
+    """14's request is erased but for the application logs a hold keeps (partial, R19): its
+    lines there must not go through the other request's HOME either."""
+    _hold(crm, 1, 1, 14, "app_logs", "legal_claims", expires=NOW + timedelta(days=30))
+    targets, _ = plan.assemble(
+        DM, {"crm": crm}, "b1", [_pending("1", "a@x.io"), _pending("2", "e@x.io")], NOW
+    )
+    assert targets.partial == {"2": "legal_claims"} and targets.held_stores == {"2": ["app_logs"]}
+    assert "phone" not in targets.identities["1"]
+    assert targets.requests["1"]["shared_identities"] == 2
+
+
+def test_a_partial_requests_remembered_values_meet_todays_holders(crm):
+    """A request left partial before this rule remembers the shop's number among what its
+    first batch found: checked again now, it stays out; its own e-mail does not."""
+    memo = {
+        "signature": None,
+        "consumers": {"crm": ["10"]},
+        "identities": {"phone": [SHOP], "email": ["a@x.io", "a.old@x.io"], "record_id": ["10"]},
+    }
+    pending = plan.Pending("1", "1", "R-1", T0.isoformat(), {"email": ["a@x.io"]}, memo)
+    targets, _ = plan.assemble(DM, {"crm": crm}, "b1", [pending], NOW)
+    assert SHOP not in targets.identities["1"].get("phone", [])
+    assert "a.old@x.io" in targets.identities["1"]["email"]  # nobody else holds it
+    assert targets.requests["1"]["shared_identities"] == 2  # SHOP and HOME
+
+
 def test_the_scrub_keeps_every_other_consumers_line_byte_for_byte(crm, s3):
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -171,3 +200,24 @@ def test_the_scrub_keeps_every_other_consumers_line_byte_for_byte(crm, s3):
     assert result.per_ref == {"1": 3}
     kept = gzip.decompress(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     assert kept == b"".join(theirs)
+
+
+def test_a_value_another_system_shows_shared_stays_out_in_every_system():
+    """Two SQL systems: 10's phone is shared in one and 10's alone in the other. The log scrub
+    works per request, not per system, so one system saying "someone else's" keeps it out."""
+    targets = Targets("b1")
+    targets.requests["1"] = {"client_id": "1", "request_id": "R-1"}
+    targets.given["1"] = {"email": ["a@x.io"]}
+    targets.consumers = {"a": {"1": ["10"]}, "b": {"1": ["10"]}}
+    here = Resolution("1", "1", {"10"})
+    here.identities[E] |= {"a@x.io"}
+    here.shared[(P, SHOP)] = {"10", "11"}
+    there = Resolution("1", "1", {"10"})
+    there.identities[E] |= {"a@x.io"}
+    there.identities[P] |= {SHOP}
+    dm = SimpleNamespace(systems={"a": None, "b": None})
+    plan._settle_identities(
+        dm, {"a": None, "b": None}, targets, {"a": {"1": here}, "b": {"1": there}}, {}
+    )
+    assert targets.identities["1"] == {"email": ["a@x.io"]}
+    assert targets.requests["1"]["shared_identities"] == 1

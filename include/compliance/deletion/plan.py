@@ -26,15 +26,22 @@ from sqlalchemy import Engine
 
 from compliance.core import checkpoints, logfiles
 from compliance.core.context import JobContext
-from compliance.core.datamap.model import BackupStore, DataMap, LogStore, RecordingStore
+from compliance.core.datamap.model import (
+    BackupStore,
+    DataMap,
+    IdentityType,
+    LogStore,
+    RecordingStore,
+)
 from compliance.core.outputs import THREADS
 from compliance.core.shards import LogShard
+from compliance.core.sqlmap import key_text
 from compliance.core.stores import recordings
 from compliance.deletion import erase_sql
 from compliance.deletion.targets import Targets, held_key, load_targets, store_targets, sweep
 from compliance.requests import batches, holds, state
 from compliance.requests.intake import identity_lists, identity_pairs
-from compliance.requests.resolve import Subject, resolve
+from compliance.requests.resolve import Resolution, Subject, holders, normal_identity, resolve
 
 
 def plan(ctx: JobContext, *, replan: bool = False) -> dict[str, Any]:
@@ -159,18 +166,6 @@ def assemble(
                     continue
                 held = consumers if h.client_wide else [c for c in consumers if c == h.consumer_id]
                 applying[s.ref].append((sname, h, held))
-    for sname, resolved in resolutions.items():
-        # A found identity other consumers hold too is erased by only when every holder is
-        # erased in this batch (`Resolution.admit`): never one a deferred request keeps.
-        erased = set(targets.consumer_ids(sname))
-        for ref, res in resolved.items():
-            if shared := res.admit(erased):
-                targets.requests[ref]["shared_identities"] = (
-                    targets.requests[ref].get("shared_identities", 0) + shared
-                )
-            per_kind = targets.identities.setdefault(ref, {})
-            for kind, values in res.identities.items():
-                per_kind[kind.value] = sorted(set(per_kind.get(kind.value, [])) | values)
     for ref, memo in remembered.items():
         targets.requests[ref]["earlier"] = {
             "batch_id": memo.get("batch_id"),
@@ -178,10 +173,8 @@ def assemble(
             "released": "re-examined after its holds changed: what they no longer keep is "
             "erased now",
         }
-        per_kind = targets.identities.setdefault(ref, {})
-        for kind, values in memo.get("identities", {}).items():
-            per_kind[kind] = sorted(set(per_kind.get(kind, [])) | set(values))
     _apply_scoped_holds(dm, targets, applying, remembered)
+    _settle_identities(dm, engines, targets, resolutions, remembered)
     counts: Counts = defaultdict(lambda: defaultdict(dict))
     kept: dict[str, dict[tuple[str, ...], int]] = defaultdict(lambda: defaultdict(int))
     for store_name, store in dm.stores.items():
@@ -223,6 +216,58 @@ def assemble(
                         kept[ref][("system", sname, tplan.table, what)] += n
     _kept_entries(dm, engines, targets, applying, kept)
     return targets, {r: dict(c) for r, c in counts.items()}
+
+
+def _settle_identities(
+    dm: DataMap,
+    engines: dict[str, Engine],
+    targets: Targets,
+    resolutions: dict[str, dict[str, Resolution]],
+    remembered: dict[str, dict[str, Any]],
+) -> None:
+    """Each request's identities to erase by: what it gave, what was found on its consumers'
+    rows, and what a partial request's earlier batch found. A found value that consumers
+    outside the request hold too (`Resolution.shared`) is erased by only when, in every
+    system, each holder is erased by this batch: not one whose request is deferred or
+    waiting, nor one whose log lines a hold keeps (R19). Run after the holds are applied, so
+    `active_refs` is final. The earlier batch's values are checked against today's holders
+    too (a value remembered before this rule, or one a new consumer holds since).
+    `shared_identities`: how many distinct values stayed out, a count for the receipt."""
+    active = targets.active_refs()
+    keeps_logs = {ref for ref in active if targets.held_stores.get(ref)}
+    given = {ref: set(identity_pairs(targets.given.get(ref, {}))) for ref in targets.requests}
+    found: dict[str, set[tuple[IdentityType, str]]] = defaultdict(set)
+    out: dict[str, set[tuple[IdentityType, str]]] = defaultdict(set)
+    for ref, memo in remembered.items():
+        found[ref] |= {
+            (IdentityType(k), v) for k, vs in memo.get("identities", {}).items() for v in vs
+        }
+    for sname, resolved in resolutions.items():
+        per_ref = targets.consumers[sname]
+        erased = {c for ref in active if ref not in keeps_logs for c in per_ref.get(ref, [])}
+        for ref, res in resolved.items():
+            res.admit(erased)
+            found[ref] |= {(k, v) for k, vs in res.identities.items() for v in vs}
+            out[ref] |= set(res.shared)
+        recheck: dict[tuple[str, IdentityType, str], set[str]] = defaultdict(set)
+        for ref, memo in remembered.items():  # each remembered value the request did not give
+            for k, vs in memo.get("identities", {}).items():
+                kind = IdentityType(k)
+                for v in vs:
+                    if (kind, v) not in given[ref] and kind is not IdentityType.record_id:
+                        recheck[(key_text(targets.requests[ref]["client_id"]), kind, v)].add(ref)
+        held = holders(engines[sname], dm.systems[sname], set(recheck))
+        for (tenant, kind, v), refs in recheck.items():
+            if held.get((tenant, kind, normal_identity(kind, v)), set()) - erased:
+                for ref in refs:
+                    out[ref].add((kind, v))
+    for ref in targets.requests:
+        values: dict[str, set[str]] = defaultdict(set)
+        for kind, value in found[ref] - (out[ref] - given[ref]):
+            values[kind.value].add(value)
+        targets.identities[ref] = {k: sorted(vs) for k, vs in sorted(values.items())}
+        if n := len(out[ref] - given[ref]):
+            targets.requests[ref]["shared_identities"] = n
 
 
 def _apply_scoped_holds(

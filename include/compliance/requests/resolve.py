@@ -96,7 +96,7 @@ def resolve(
     for s in subjects:
         for kind, value in s.identities:
             out[s.ref].identities[kind].add(value)
-            wanted[(key_text(s.client_id), kind, _normal(kind, value))].add(s.ref)
+            wanted[(key_text(s.client_id), kind, normal_identity(kind, value))].add(s.ref)
     with engine.connect() as conn:
         for held, consumer in _holders(conn, sql, system, set(wanted)):
             for ref in wanted[held]:
@@ -105,10 +105,24 @@ def resolve(
     return out
 
 
-def _normal(kind: IdentityType, value: object) -> str:
+def normal_identity(kind: IdentityType, value: object) -> str:
     """An identity as lookups compare it: e-mails case-insensitively, the rest as stored."""
     text = str(value).strip()
     return text.lower() if kind is IdentityType.email else text
+
+
+def holders(engine: Engine, system: SqlSystem, wanted: set[Held]) -> dict[Held, set[str]]:
+    """Every consumer (key as text) holding each wanted (tenant, kind, value) in a mapped
+    identity column of that tenant; values as `normal_identity` spells them. For values not
+    found now, such as a partial request's remembered ones (`deletion.plan`)."""
+    out: dict[Held, set[str]] = defaultdict(set)
+    wanted = {(t, k, normal_identity(k, v)) for t, k, v in wanted}
+    if not wanted:
+        return out
+    with engine.connect() as conn:
+        for held, consumer in _holders(conn, MappedSql(engine, system), system, wanted):
+            out[held].add(consumer)
+    return out
 
 
 def _holders(
@@ -218,7 +232,7 @@ def _expand(
                 .where(owned.consumer_key.in_(ids[i : i + CHUNK]), col.is_not(None))
             )
             for consumer, tenant, value in conn.execute(stmt):
-                held = (key_text(tenant), kind, _normal(kind, value))
+                held = (key_text(tenant), kind, normal_identity(kind, value))
                 found[held] |= by_consumer[key_text(consumer)]
     holders: dict[Held, set[str]] = defaultdict(set)
     for held, consumer in _holders(conn, sql, system, set(found)):
