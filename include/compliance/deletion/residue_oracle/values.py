@@ -89,15 +89,20 @@ def phone_spellings(value: str) -> set[str]:
     return {s.lower() for s in out if s}
 
 
+def unglued(low: bytes, i: int, needle: bytes) -> bool:
+    """`needle` at offset `i` of `low` is not glued to a letter or digit on a letter-or-digit
+    edge (so "12" is not found inside "3124")."""
+    if i > 0 and needle[0] in _WORD and low[i - 1] in _WORD:
+        return False
+    end = i + len(needle)
+    return not (end < len(low) and needle[-1] in _WORD and low[end] in _WORD)
+
+
 def bounded(low: bytes, needle: bytes) -> Iterator[int]:
     """Offsets of `needle` in `low` not glued to a letter or digit on a letter-or-digit edge."""
-    size = len(needle)
     i = low.find(needle)
     while i >= 0:
-        glued_left = i > 0 and needle[0] in _WORD and low[i - 1] in _WORD
-        end = i + size
-        glued_right = end < len(low) and needle[-1] in _WORD and low[end] in _WORD
-        if not (glued_left or glued_right):
+        if unglued(low, i, needle):
             yield i
         i = low.find(needle, i + 1)
 
