@@ -126,6 +126,24 @@ def test_two_requests_of_one_batch_share_with_each_other_until_admitted(crm):
     assert out["1"].identities[P] == {HOME} and set(out["1"].shared) == {(P, SHOP)}
 
 
+def test_a_holder_of_the_same_number_in_another_spelling_shares_it(crm):
+    """The CRM may store one number as typed: 15 holds HOME as "(415) 555-0140", 16 as
+    "415.555.0140". Compared as stored, neither was a holder, and erasing 10 took their lines."""
+    with crm.begin() as c:
+        c.execute(
+            sa.insert(w.contacts),
+            [
+                _contact(15, 1, "f@x.io", "(415) 555-0140"),
+                _contact(16, 1, "g@x.io", "415.555.0140"),
+            ],
+        )
+    res = _resolve(crm, ("1", [(E, "a@x.io")]))["1"]
+    assert res.shared[(P, HOME)] == {"10", "14", "15", "16"}
+    assert HOME not in res.identities[P]
+    alone = _resolve(crm, ("1", [(E, "f@x.io")]))["1"]  # 15's own spelling meets HOME's holders
+    assert alone.shared == {(P, "(415) 555-0140"): {"10", "14", "15", "16"}}
+
+
 def _pending(ref: str, email: str) -> plan.Pending:
     return plan.Pending(ref, "1", f"R-{ref}", T0.isoformat(), {"email": [email]})
 

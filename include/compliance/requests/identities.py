@@ -200,6 +200,23 @@ def _phone(value: object, region: str | None = None) -> tuple[str, tuple[str, ..
     return e164, variants
 
 
+def stored_phone_forms(value: str) -> tuple[str, ...]:
+    """Every common spelling of a phone number as a CRM stored it (E.164 first), or only the
+    value itself when it is not a valid number read as US. Why: a value found on a consumer's
+    row is checked for other holders (`resolve._expand`), and a household member may hold the
+    same number as "415-555-0123" where the consumer holds "+14155550123"."""
+    value = value.strip()
+    try:
+        number = phonenumbers.parse(value, "US")
+    except phonenumbers.NumberParseException:
+        return (value,)
+    if not phonenumbers.is_valid_number(number):
+        return (value,)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    digits = re.sub(r"[^0-9]", "", value)
+    return tuple(dict.fromkeys(v for v in (e164, value, digits, *_written_forms(number)) if v))
+
+
 def _written_forms(number: phonenumbers.PhoneNumber) -> list[str]:
     """The ways a CRM commonly stores one number as typed: national and international digit
     groups joined by nothing, '-', '.', ' ', and the national '(415) 555-0134' form. A resolver

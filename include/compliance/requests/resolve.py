@@ -33,6 +33,7 @@ from compliance.core.sqlmap import (
     typed_value,
     typed_values,
 )
+from compliance.requests.identities import stored_phone_forms
 
 CHUNK = 500
 Held = tuple[str, IdentityType, str]  # (tenant as text, kind, value as compared)
@@ -115,12 +116,28 @@ def holders(engine: Engine, system: SqlSystem, wanted: set[Held]) -> dict[Held, 
     """Every consumer (key as text) holding each wanted (tenant, kind, value) in a mapped
     identity column of that tenant; values as `normal_identity` spells them. For values not
     found now, such as a partial request's remembered ones (`deletion.plan`)."""
-    out: dict[Held, set[str]] = defaultdict(set)
     wanted = {(t, k, normal_identity(k, v)) for t, k, v in wanted}
     if not wanted:
-        return out
+        return defaultdict(set)
     with engine.connect() as conn:
-        for held, consumer in _holders(conn, MappedSql(engine, system), system, wanted):
+        return _holders_by_number(conn, MappedSql(engine, system), system, wanted)
+
+
+def _holders_by_number(
+    conn: sa.Connection, sql: MappedSql, system: SqlSystem, wanted: set[Held]
+) -> dict[Held, set[str]]:
+    """`_holders` of values found on rows, a phone under every spelling a CRM stores one in:
+    the same number written "+14155550123" on one row and "415-555-0123" on another has two
+    holders (given phones arrive with their spellings from intake already)."""
+    lookups: dict[Held, set[Held]] = defaultdict(set)  # a spelling looked up -> found values
+    for held in wanted:
+        tenant, kind, value = held
+        forms = stored_phone_forms(value) if kind is IdentityType.phone else (value,)
+        for form in forms:
+            lookups[(tenant, kind, form)].add(held)
+    out: dict[Held, set[str]] = defaultdict(set)
+    for looked_up, consumer in _holders(conn, sql, system, set(lookups)):
+        for held in lookups[looked_up]:
             out[held].add(consumer)
     return out
 
@@ -234,9 +251,7 @@ def _expand(
             for consumer, tenant, value in conn.execute(stmt):
                 held = (key_text(tenant), kind, normal_identity(kind, value))
                 found[held] |= by_consumer[key_text(consumer)]
-    holders: dict[Held, set[str]] = defaultdict(set)
-    for held, consumer in _holders(conn, sql, system, set(found)):
-        holders[held].add(consumer)
+    holders = _holders_by_number(conn, sql, system, set(found))
     for held, refs in found.items():
         _, kind, value = held
         for ref in refs:
