@@ -75,13 +75,19 @@ class _Needles:
     """Spellings (lower-cased bytes) -> tenants looking for them, with a token pre-filter."""
 
     def __init__(self, values: Iterable[Value]) -> None:
+        values = list(values)
         tenants: dict[bytes, set[str]] = defaultdict(set)
         for value in values:
             for spelling in value.spellings:
                 tenants[spelling.encode()].add(value.tenant)
         self.tenants = {k: frozenset(v) for k, v in tenants.items()}
         self.tokens = {k: frozenset(_TOKEN.findall(k)) for k in self.tenants}
-        self.anchors = _anchors(self.tenants)
+        # per value (a greedy cover over the whole batch's spellings would be cubic)
+        anchors: dict[bytes, set[tuple[bytes, int]]] = defaultdict(set)
+        for value in values:
+            for anchor, group in _anchors(s.encode() for s in value.spellings).items():
+                anchors[anchor].update(group)
+        self.anchors = {a: sorted(g) for a, g in anchors.items()}
 
     def __len__(self) -> int:
         return len(self.tenants)
