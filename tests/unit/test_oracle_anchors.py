@@ -4,10 +4,13 @@
 An anchor may only make the search faster, never blinder: every test compares the occurrences
 found with a brute-force reference written here (every offset, every spelling, the word-edge
 rule spelled out), on texts built to hold spellings glued to digits, overlapping, repeated, and
-anchors so common that the search must fall back to one pass per spelling.
+anchors so common that the search must fall back to one pass per spelling; and the same for
+the Aho-Corasick automaton a batch's many spellings are searched with.
 """
 
 from __future__ import annotations
+
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,10 +75,15 @@ PIECES = [
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=40))
-def test_anchored_search_finds_exactly_what_a_brute_force_search_finds(parts):
+def test_both_searches_find_exactly_what_a_brute_force_search_finds(parts):
     low = b"".join(parts)
-    needles = log_search._Needles(VALUES)
-    assert set(needles.occurrences(low)) == reference(low, set(needles.tenants))
+    anchored = log_search._Needles(VALUES)
+    with patch.object(log_search, "FEW_NEEDLES", 0):
+        automaton = log_search._Needles(VALUES)
+    assert anchored.automaton is None and automaton.automaton is not None
+    expected = reference(low, set(anchored.tenants))
+    assert set(anchored.occurrences(low)) == expected
+    assert set(automaton.occurrences(low)) == expected
 
 
 def test_an_anchor_too_common_in_a_block_falls_back_to_every_spelling(monkeypatch):
@@ -97,9 +105,9 @@ def test_an_anchor_too_common_in_a_block_falls_back_to_every_spelling(monkeypatc
     assert sorted(passes) == sorted(needles.tenants)  # one pass per spelling, once
 
 
-def test_many_anchors_take_the_token_path_and_find_the_same():
+def test_a_batch_searches_every_spelling_in_one_automaton_pass():
     values = [Value(IdentityType.phone, f"+1404210{n:04d}", "7") for n in range(40)]
     needles = log_search._Needles(values)
-    assert len(needles.anchors) > log_search.FEW_NEEDLES
+    assert len(needles.anchors) > log_search.FEW_NEEDLES and needles.automaton is not None
     low = b"".join(f'{{"to":"(404) 210-{n:04d}"}} 1404210{n:04d}9\n'.encode() for n in range(45))
     assert set(needles.occurrences(low)) == reference(low, set(needles.tenants))
