@@ -276,10 +276,10 @@ def test_candidate_rows_are_real_rows_and_miss_none_that_could_be_kept(
 ) -> None:
     """The block scanner against `csv` itself: quoted commas, quotes and newlines, keys spelt
     with zeros, signs, blanks and quotes, UUIDs in capitals, non-ASCII text, blocks cut
-    mid-record; both the regex and the word-by-word search. Each row's offset is where its
+    mid-record; both the automaton and the word-by-word search. Each row's offset is where its
     record starts in the UTF-8 bytes past the header (the rewrite drops records by it)."""
     rng = random.Random(seed)
-    lo = 1000 * (seed % 2)  # odd seeds: few long keys, searched by `str.find`; even: the regex
+    lo = 1000 * (seed % 2)  # odd seeds: few long keys, searched by `str.find`; even: the automaton
     monkeypatch.setattr(csv_records, "BLOCK", rng.choice([7, 64, 301]))
     uid = "6f1c0a52-0000-4000-8000-0000000000{:02d}"
     fields = [
