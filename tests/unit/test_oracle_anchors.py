@@ -108,6 +108,7 @@ def test_an_anchor_too_common_in_a_block_falls_back_to_every_spelling(monkeypatc
 def test_a_batch_searches_every_spelling_in_one_automaton_pass():
     values = [Value(IdentityType.phone, f"+1404210{n:04d}", "7") for n in range(40)]
     needles = log_search._Needles(values)
-    assert len(needles.anchors) > log_search.FEW_NEEDLES and needles.automaton is not None
+    assert len(values) > log_search.FEW_NEEDLES  # no anchors worked out: one automaton pass
+    assert needles.anchors == {} and needles.automaton is not None
     low = b"".join(f'{{"to":"(404) 210-{n:04d}"}} 1404210{n:04d}9\n'.encode() for n in range(45))
     assert set(needles.occurrences(low)) == reference(low, set(needles.tenants))

@@ -82,20 +82,22 @@ class _Needles:
     pre-filter it replaces took 2.4-2.6 s: a Python object per word of the text)."""
 
     def __init__(self, values: Iterable[Value]) -> None:
-        values = list(values)
+        spelled = [(value.tenant, value.spellings) for value in values]
         tenants: dict[bytes, set[str]] = defaultdict(set)
-        for value in values:
-            for spelling in value.spellings:
-                tenants[spelling.encode()].add(value.tenant)
+        for tenant, spellings in spelled:
+            for spelling in spellings:
+                tenants[spelling.encode()].add(tenant)
         self.tenants = {k: frozenset(v) for k, v in tenants.items()}
-        # per value (a greedy cover over the whole batch's spellings would be cubic)
+        # per value (a greedy cover over the whole batch's spellings would be cubic); a value
+        # has one anchor at least, so past FEW_NEEDLES values none are worked out
         anchors: dict[bytes, set[tuple[bytes, int]]] = defaultdict(set)
-        for value in values:
-            for anchor, group in _anchors(s.encode() for s in value.spellings).items():
-                anchors[anchor].update(group)
+        if sum(1 for _, spellings in spelled if spellings) <= FEW_NEEDLES:
+            for _, spellings in spelled:
+                for anchor, group in _anchors(s.encode() for s in spellings).items():
+                    anchors[anchor].update(group)
         self.anchors = {a: sorted(g) for a, g in anchors.items()}
         self.automaton: Any = None
-        if len(self.anchors) > FEW_NEEDLES:
+        if len(self.anchors) > FEW_NEEDLES or (not self.anchors and self.tenants):
             self.automaton = ahocorasick.Automaton()
             for spelling in self.tenants:  # latin-1: one character per byte, both ways
                 self.automaton.add_word(spelling.decode("latin-1"), spelling)

@@ -8,6 +8,7 @@ the eraser's matching (`compliance.core.logfiles`), on purpose: see the package'
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -61,14 +62,17 @@ def phone_digits(value: str) -> set[str]:
         return {digits} if len(digits) >= 7 else set()
 
 
-def phone_spellings(value: str) -> set[str]:
-    """E.164, international, national and the common NANP spellings of one phone number."""
+@functools.lru_cache(maxsize=1 << 16)
+def phone_spellings(value: str) -> frozenset[str]:
+    """E.164, international, national and the common NANP spellings of one phone number.
+    Cached: every mapped verify_logs task of a worker asks for the batch's same phones, and
+    parsing and formatting them took more than the search of a day folder (issue 19)."""
     out = {value.strip().lower()}
     try:
         number = phonenumbers.parse(value, "US")
     except phonenumbers.NumberParseException:
         digits = re.sub(r"\D", "", value)
-        return out | ({digits} if len(digits) >= 7 else set())
+        return frozenset(out | ({digits} if len(digits) >= 7 else set()))
     fmt = phonenumbers.PhoneNumberFormat
     e164 = phonenumbers.format_number(number, fmt.E164)
     nsn = phonenumbers.national_significant_number(number)
@@ -86,7 +90,7 @@ def phone_spellings(value: str) -> set[str]:
             out.add(local)
         out |= {f"{a} {b} {c}", f"1-{a}-{b}-{c}", f"1 {a} {b} {c}", f"1.{a}.{b}.{c}"}
         out |= {f"+1 {a} {b} {c}", f"+1-{a}-{b}-{c}", f"+1 ({a}) {b}-{c}", f"+1.{a}.{b}.{c}"}
-    return {s.lower() for s in out if s}
+    return frozenset(s.lower() for s in out if s)
 
 
 def unglued(low: bytes, i: int, needle: bytes) -> bool:
@@ -117,12 +121,12 @@ class Value:
     given: bool = False  # the request named it (not only found on the consumer's rows)
 
     @property
-    def spellings(self) -> set[str]:
+    def spellings(self) -> frozenset[str]:
         if self.kind is IdentityType.email:
-            return {self.text.strip().lower()}
+            return frozenset({self.text.strip().lower()})
         if self.kind is IdentityType.phone:
             return phone_spellings(self.text)
-        return {self.text.strip().lower()} if searchable_id(self.text) else set()
+        return frozenset({self.text.strip().lower()} if searchable_id(self.text) else ())
 
 
 def wanted_values(targets: TargetsLike, store: str | None = None) -> list[Value]:
