@@ -6,11 +6,10 @@ not searched; see the package's docstring for the shared-identity exception.
 
 One statement per table for the whole batch (issue 19): the batch's search terms go to a
 temporary table (tenant, pattern), and the table's rows of the batch's tenants are matched against
-their own tenant's terms with EXISTS, so PostgreSQL reads the table once with a hash semi-join.
-One statement per tenant and chunk of values (600 tenants in a batch of 1,000 requests, each an
-index-driven partial scan) took finalize 13 minutes at 1M contacts (at 4M rows and 300 tenants of
-3 values, on a warm cache: 9.2 s with 2M page reads, one pass and 4.7 s now). The database only
-proposes candidate rows; Python then tells which values a cell really holds (`_found_in`).
+their own tenant's terms with EXISTS, so PostgreSQL reads the table once with a hash semi-join
+(one statement per tenant and chunk of values took finalize 13 minutes at 1M contacts); a large
+table in block ranges side by side (`sql_parts`). The database only proposes candidate rows;
+Python then tells which values a cell really holds (`_found_in`).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from compliance.core.datamap.model import (
     TableErase,
 )
 from compliance.core.sqlmap import KeyTypeError, typed_value, typed_values
+from compliance.deletion.residue_oracle.sql_parts import block_ranges, side_by_side
 from compliance.deletion.residue_oracle.values import Value, Verdict, bounded, phone_digits
 
 _Needles = tuple[tuple[bytes, ...], tuple[bytes, ...]]  # a value's spellings, its phone digits
@@ -293,50 +293,52 @@ def _search_table(conn, table: _Table, by_tenant, consumers, verdict, shared: _S
     orphans = (joined.tenant.table is not joined.base or joined.tenant.nullable) and _has_orphans(
         conn, table
     )
-    with _terms_table(conn, joined, tenants, by_tenant) as terms:
-        passes = [_statement(table, terms, orphans=False)]
-        if orphans:
-            passes.append(_statement(table, terms, orphans=True))
-        for stmt in passes:
-            for ti, consumer, *cells in conn.execute(stmt):
-                tenant = None if ti is None else tenants[ti]  # None: an orphan
-                values = every if tenant is None else by_tenant[tenant]
-                erased = consumers.get(tenant, set()) if tenant is not None else set()
-                for col, cell in zip(columns, cells, strict=True):
-                    if cell is None:
-                        continue
-                    raw, stripped = _cell_text(cell)
-                    hits = [v for v in values if _found_in(needles[id(v)], raw, stripped)]
-                    if not hits:
-                        continue
-                    other = (  # a consumer outside the batch, a value we only found (module doc)
-                        tenant is not None
-                        and consumer is not None
-                        and str(consumer) not in erased
-                        and not any(v.given for v in hits)
-                    )
-                    place = f"{sname}:{tname}.{col.name}"
-                    if not other:
-                        verdict.residue[place] += 1
-                    elif col.name in identity_cols:
-                        for v in hits:
-                            shared.owners[(str(tenant), v.text)].add(str(consumer))
-                        verdict.sql[sname]["shared_identity"] += 1
-                    else:  # theirs only if an identity column anywhere says so: settled later
-                        texts = [v.text for v in hits]
-                        shared.pending.append((place, str(tenant), texts))
+
+    def search(conn: sa.Connection, part: sa.ColumnElement | None) -> list[Any]:
+        with _terms_table(conn, joined, tenants, by_tenant) as terms:
+            passes = [_statement(table, terms, False, part)]
+            if orphans:
+                passes.append(_statement(table, terms, True, part))
+            return [row for stmt in passes for row in conn.execute(stmt)]
+
+    rows = side_by_side(conn, block_ranges(conn, joined.base), search)
+    for ti, consumer, *cells in rows:
+        tenant = None if ti is None else tenants[ti]  # None: an orphan
+        values = every if tenant is None else by_tenant[tenant]
+        erased = consumers.get(tenant, set()) if tenant is not None else set()
+        for col, cell in zip(columns, cells, strict=True):
+            if cell is None:
+                continue
+            raw, stripped = _cell_text(cell)
+            hits = [v for v in values if _found_in(needles[id(v)], raw, stripped)]
+            if not hits:
+                continue
+            other = (  # a consumer outside the batch, a value we only found (module doc)
+                tenant is not None
+                and consumer is not None
+                and str(consumer) not in erased
+                and not any(v.given for v in hits)
+            )
+            place = f"{sname}:{tname}.{col.name}"
+            if not other:
+                verdict.residue[place] += 1
+            elif col.name in identity_cols:
+                for v in hits:
+                    shared.owners[(str(tenant), v.text)].add(str(consumer))
+                verdict.sql[sname]["shared_identity"] += 1
+            else:  # theirs only if an identity column anywhere says so: settled later
+                texts = [v.text for v in hits]
+                shared.pending.append((place, str(tenant), texts))
 
 
 @contextlib.contextmanager
 def _terms_table(conn, joined: _Joined, tenants: list[str], by_tenant) -> Iterator[sa.Table]:
-    """A temporary table of the batch's terms: `tenant` (in the tenant column's own type: the
-    table is made by CREATE TABLE AS from the column itself, so its type, length and collation
-    are the CRM's and the comparison is the column's own equality, "01" never 1), `ti` (the
-    request tenant's index in `tenants`: two tenants may type to one value, an upper- and a
-    lower-case UUID), `kind` (TEXT or DIGITS) and `pat` (a LIKE pattern, ESCAPE '/'). Inserted
-    in one executemany: an IN list or VALUES would meet bind limits, and SQLite rejects
-    `VALUES ... AS name (cols)`. A tenant the column cannot hold (KeyTypeError) gets NULL: it
-    owns no row, but an orphan is still searched for its values. Dropped afterwards."""
+    """A temporary table of the batch's terms: `tenant` (made by CREATE TABLE AS from the tenant
+    column itself: the CRM's type, length, collation and equality, "01" never 1), `ti` (the
+    tenant's index in `tenants`: an upper- and a lower-case UUID type to one value), `kind`
+    (TEXT or DIGITS), `pat` (LIKE, ESCAPE '/'). One executemany (an IN list or VALUES meets bind
+    limits; SQLite rejects `VALUES ... AS name (cols)`). A tenant the column cannot hold gets
+    NULL: it owns no row, but orphans are searched for its values. Dropped afterwards."""
     name = f"oracle_terms_{uuid.uuid4().hex[:16]}"
     create = (
         sa.select(
@@ -380,7 +382,9 @@ def _drop(conn, terms: sa.Table) -> None:
     conn.commit()
 
 
-def _statement(table: _Table, terms: sa.Table, orphans: bool) -> sa.Select:
+def _statement(
+    table: _Table, terms: sa.Table, orphans: bool, part: sa.ColumnElement | None = None
+) -> sa.Select:
     """(ti, consumer, *text columns) of the rows holding a term of their own tenant, once per
     row and request tenant; with `orphans`, (NULL, ...) of rows without a tenant holding any term.
 
@@ -405,8 +409,7 @@ def _statement(table: _Table, terms: sa.Table, orphans: bool) -> sa.Select:
             _haystack(table.columns).label("low"),
         )
         .select_from(joined.from_clause)
-        .where(where)
-        .where(table.unheld)
+        .where(where, table.unheld, *([part] if part is not None else []))
         .offset(0)
         .subquery("h0")
     )
@@ -429,8 +432,7 @@ def _statement(table: _Table, terms: sa.Table, orphans: bool) -> sa.Select:
 
 def _has_orphans(conn, table: _Table) -> bool:
     """Whether any unheld row's tenant cannot be told. Usually none: asked once, because the
-    orphan pass tests every tenant's values (at 1M contacts and a batch of 1,000, 67 scans
-    of a joined table that found nothing, over ten minutes per table)."""
+    orphan pass tests every tenant's values (at 1M contacts, over ten minutes per table)."""
     joined = table.joined
     probe = (
         sa.select(sa.literal(1))
