@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from compliance.core import snapshot_subset
 from compliance.core.snapshot_subset import needle_pattern
 
-KEYS = ["17", "170", "4042", "88"]
+KEYS = ["17", "170", "4042", "88", "123456"]  # up to SHORT_KEY digits: the expression
 IDENTITIES = ["jo@x.io", "+14155550123", "4155550123", "(415) 555-0123", "c-88"]
 
 
@@ -43,7 +43,22 @@ def lines(text: str, places) -> set[int]:
     return {text.count("\n", 0, at) for at in places}
 
 
-PIECES = [*KEYS, *IDENTITIES, "0", "-", "+", " ", ",", '"', "\n", "\r\n", "9", "2026-01-17", "x"]
+BLANKS = [" ", "\t", "\xa0", "\x1f", "\u3000", "\x85"]  # `\s` and `str.strip` say blank
+PIECES = [
+    *KEYS,
+    *IDENTITIES,
+    *BLANKS,
+    "0",
+    "-",
+    "+",
+    ",",
+    '"',
+    "\n",
+    "\r\n",
+    "9",
+    "2026-01-17",
+    "x",
+]
 
 
 @settings(max_examples=300, deadline=None)
@@ -52,7 +67,7 @@ def test_the_automaton_finds_every_place_the_expressions_found(parts):
     text = "".join(parts).lower()
     with patch.object(snapshot_subset, "FEW", 0):  # a batch: the automaton
         needles = needle_pattern(KEYS, IDENTITIES)
-    assert needles is not None and needles.automaton is not None
+    assert needles is not None and needles.automaton is not None and needles.short is not None
     assert lines(text, reference(KEYS, IDENTITIES, text)) <= lines(text, needles.find(text))
 
 

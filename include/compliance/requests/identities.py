@@ -210,8 +210,8 @@ def stored_phone_forms(value: str) -> tuple[str, ...]:
         number = phonenumbers.parse(value, "US")
     except phonenumbers.NumberParseException:
         return (value,)
-    if not phonenumbers.is_valid_number(number):
-        return (value,)
+    if not phonenumbers.is_valid_number(number) or number.extension:
+        return (value,)  # an extension is another line: it shares nothing with the main one
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     digits = re.sub(r"[^0-9]", "", value)
     return tuple(dict.fromkeys(v for v in (e164, value, digits, *_written_forms(number)) if v))

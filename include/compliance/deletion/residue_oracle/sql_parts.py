@@ -8,9 +8,11 @@ So a table of at least MIN_BLOCKS pages is cut into PARTS ranges of its heap pag
 a TID Range Scan since PostgreSQL 14), each searched on a connection of its own, with its own
 temporary terms table: the database's cores work side by side, as a parallel plan would.
 
-Every row is in exactly one range: the ranges split the pages counted when the search starts
-and the last one is open-ended, so a row stored past them meanwhile is still searched. Other
-databases (SQLite) and smaller tables: one statement, as before.
+Every row is in exactly one range, and every range sees the table as it was at one moment:
+the parts import one exported snapshot (`pg_export_snapshot`, REPEATABLE READ), so a row updated
+meanwhile, whose new version lands in another range, is not missed by both; the last range is
+open-ended. Other databases (SQLite), PostgreSQL before 14 (no TID Range Scan: every part would
+read the whole heap) and smaller tables: one statement, as before.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def block_ranges(conn: sa.Connection, table: sa.Table) -> list[sa.ColumnElement 
     """The predicates of the ranges `table` is searched in: [None] (the whole table, one
     statement) off PostgreSQL or below MIN_BLOCKS pages."""
     if conn.dialect.name != "postgresql" or PARTS < 2:
+        return [None]
+    if (conn.dialect.server_version_info or (0,)) < (14,):
         return [None]
     name = conn.dialect.identifier_preparer.format_table(table)
     size = sa.text(
@@ -63,13 +67,19 @@ def side_by_side(
 ) -> list[T]:
     """`search(connection, part)` of every part, concatenated in part order: on `conn` for a
     single part, else each on a connection of its own, at once (the driver releases the GIL
-    while the database works)."""
+    while the database works), all on one snapshot. `conn`'s own transaction is ended first, so
+    it does not sit idle in a transaction (holding its locks) while the parts run."""
     if len(parts) == 1:
         return search(conn, parts[0])
+    conn.rollback()  # read only so far
+    repeatable = {"isolation_level": "REPEATABLE READ"}
+    with conn.engine.connect().execution_options(**repeatable) as exporter:
+        snapshot = exporter.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
 
-    def run(part: Any) -> list[T]:
-        with conn.engine.connect() as own:
-            return search(own, part)
+        def run(part: Any) -> list[T]:
+            with conn.engine.connect().execution_options(**repeatable) as own:
+                own.execute(sa.text("SET TRANSACTION SNAPSHOT :s"), {"s": snapshot})
+                return search(own, part)
 
-    with ThreadPoolExecutor(len(parts)) as pool:
-        return [row for rows in pool.map(run, parts) for row in rows]
+        with ThreadPoolExecutor(len(parts)) as pool:
+            return [row for rows in pool.map(run, parts) for row in rows]
