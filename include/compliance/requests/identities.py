@@ -194,10 +194,8 @@ def _phone(value: object, region: str | None = None) -> tuple[str, tuple[str, ..
         raise FieldRejected(Reason.malformed_phone, "identities.phone", problem) from None
     if not phonenumbers.is_valid_number(number):
         raise FieldRejected(Reason.malformed_phone, "identities.phone", problem)
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    spellings = [value, re.sub(r"[^0-9]", "", value), *_written_forms(number)]
-    variants = tuple(dict.fromkeys(v for v in spellings if v and v != e164))
-    return e164, variants
+    e164, *variants = _forms(number, value)
+    return e164, tuple(variants)
 
 
 def stored_phone_forms(value: str) -> tuple[str, ...]:
@@ -212,9 +210,14 @@ def stored_phone_forms(value: str) -> tuple[str, ...]:
         return (value,)
     if not phonenumbers.is_valid_number(number) or number.extension:
         return (value,)  # an extension is another line: it shares nothing with the main one
+    return _forms(number, value)
+
+
+def _forms(number: phonenumbers.PhoneNumber, value: str) -> tuple[str, ...]:
+    """E.164 first, then the number as written, its digits and `_written_forms`, once each."""
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    digits = re.sub(r"[^0-9]", "", value)
-    return tuple(dict.fromkeys(v for v in (e164, value, digits, *_written_forms(number)) if v))
+    spellings = (e164, value, re.sub(r"[^0-9]", "", value), *_written_forms(number))
+    return tuple(dict.fromkeys(v for v in spellings if v))
 
 
 def _written_forms(number: phonenumbers.PhoneNumber) -> list[str]:
