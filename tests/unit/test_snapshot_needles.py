@@ -89,3 +89,18 @@ def test_a_key_inside_another_number_or_a_date_is_not_a_hit():
     hits = needles.find(text)
     assert [text[h : h + 2] for h in hits] == ["17", "17", "17"]
     assert hits == [text.index("\n17,") + 1, text.index("0017") + 2, text.index(" -17") + 2]
+
+
+def test_a_short_key_is_found_before_every_blank_and_at_the_block_end():
+    """A key of up to SHORT_KEY digits is an automaton word only with the character after it;
+    every blank `str.strip` removes may stand there, and at the block's end nothing does."""
+    with patch.object(snapshot_subset, "FEW", 0):
+        needles = needle_pattern(["17"], ["jo@x.io"])
+    assert needles is not None
+    blanks = [c for c in map(chr, range(0x3001)) if c.isspace() and c != "\n"]
+    assert len(blanks) > 20
+    for blank in blanks:
+        for end in (",", '"', "\r\n", "\n", ""):
+            text = f"a,b\nx, -017{blank}{end}"
+            assert needles.find(text) == [text.index("17")], (blank, end)
+    assert needles.find("x,170,9171,17a,a17\n") == []  # inside other numbers and words
