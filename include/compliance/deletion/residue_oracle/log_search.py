@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import ahocorasick
+import ahocorasick_rs
 
 from compliance.core import workspace_layout
 from compliance.core.datamap.model import (
@@ -79,7 +79,10 @@ class _Needles:
     A few values (one consumer's check): one pass per anchor (`_anchors`, `_anchored`). Many (a
     batch): one pass of an Aho-Corasick automaton over every spelling, which costs about the
     same for 17,000 spellings as for 1,700 (0.5-0.7 s per 100 MB of log text; the token
-    pre-filter it replaces took 2.4-2.6 s: a Python object per word of the text)."""
+    pre-filter it replaces took 2.4-2.6 s: a Python object per word of the text). The
+    automaton is Rust's `aho-corasick` over the bytes themselves (`ahocorasick_rs`): on JSON
+    log lines 150-300 MB/s for 1,000 to 100 values, against 70-115 for `pyahocorasick` over a
+    latin-1 copy of them."""
 
     def __init__(self, values: Iterable[Value]) -> None:
         spelled = [(value.tenant, value.spellings) for value in values]
@@ -97,11 +100,12 @@ class _Needles:
                     anchors[anchor].update(group)
         self.anchors = {a: sorted(g) for a, g in anchors.items()}
         self.automaton: Any = None
+        self.spellings = sorted(self.tenants)
         if len(self.anchors) > FEW_NEEDLES or (not self.anchors and self.tenants):
-            self.automaton = ahocorasick.Automaton()
-            for spelling in self.tenants:  # latin-1: one character per byte, both ways
-                self.automaton.add_word(spelling.decode("latin-1"), spelling)
-            self.automaton.make_automaton()
+            self.automaton = ahocorasick_rs.BytesAhoCorasick(
+                self.spellings,
+                matchkind=ahocorasick_rs.MATCHKIND_STANDARD,  # overlapping too
+            )
 
     def __len__(self) -> int:
         return len(self.tenants)
@@ -113,8 +117,8 @@ class _Needles:
             for anchor, group in self.anchors.items():
                 yield from _anchored(low, anchor, group)
             return
-        for end, needle in self.automaton.iter(low.decode("latin-1")):
-            at = end - len(needle) + 1
+        for i, at, _ in self.automaton.find_matches_as_indexes(low, overlapping=True):
+            needle = self.spellings[i]
             if unglued(low, at, needle):
                 yield needle, at
 
