@@ -94,4 +94,36 @@ def test_refuses_what_it_cannot_write_faithfully(pg_url: str) -> None:
         insert_rows(conn, by_copy, [{**_rows()[0], "text": ["a"]}])
     with pytest.raises(ValueError, match="no column"), engine.begin() as conn:
         insert_rows(conn, by_copy, [{**_rows()[0], "nope": 1}])
+    nat = type("NaT", (datetime,), {"__ne__": lambda self, other: True})(2026, 1, 1)
+    with pytest.raises(TypeError, match="not NaT"), engine.begin() as conn:
+        insert_rows(conn, by_copy, [{**_rows()[0], "at": nat}])
+    engine.dispose()
+
+
+def test_a_failed_copy_does_not_quote_the_value(pg_url: str) -> None:
+    """PostgreSQL's COPY error context quotes the offending field; the error raised does not."""
+    engine = engine_from_url(pg_url)
+    md, by_copy, _ = _tables()
+    md.create_all(engine)
+    with pytest.raises(RuntimeError) as caught, engine.begin() as conn:
+        insert_rows(conn, by_copy, [{**_rows()[0], "text": "jo@example.com" * 10}])  # > 64
+    assert "22001" in str(caught.value) and "jo@example.com" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    engine.dispose()
+
+
+def test_another_postgresql_driver_gets_the_insert(pg_url: str) -> None:
+    """COPY goes through psycopg2's `copy_expert`; psycopg 3 (a map's own URL may name it)
+    gets the plain INSERT, and the same rows."""
+    pytest.importorskip("psycopg")
+    engine = sa.create_engine(pg_url.replace("postgresql+psycopg2://", "postgresql+psycopg://"))
+    assert engine.dialect.driver == "psycopg"
+    md, by_copy, _ = _tables()
+    md.create_all(engine)
+    rows = _rows()
+    with engine.begin() as conn:
+        assert insert_rows(conn, by_copy, rows) == len(rows)
+    with engine.connect() as conn:
+        texts = conn.execute(sa.select(by_copy.c.text).order_by(by_copy.c.id)).scalars().all()
+    assert texts == [*AWKWARD, None]
     engine.dispose()

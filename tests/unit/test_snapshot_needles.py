@@ -104,3 +104,6 @@ def test_a_short_key_is_found_before_every_blank_and_at_the_block_end():
             text = f"a,b\nx, -017{blank}{end}"
             assert needles.find(text) == [text.index("17")], (blank, end)
     assert needles.find("x,170,9171,17a,a17\n") == []  # inside other numbers and words
+    for text in ("a\nx,17", "17", "a\n-0017", 'a\n"17', "a\nx,17 \xa0"):  # nothing after it
+        assert needles.find(text) == [text.index("17")], text
+    assert needles.find("17,17\n17") == [0, 3, 6]  # the block's start is a separator too

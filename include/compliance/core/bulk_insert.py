@@ -7,7 +7,11 @@ rollup rows of 200,000 contacts, where `COPY ... FROM STDIN` takes 0.44 s for th
 
 Only for the project's own tables and plain values (text, integers, floats, booleans, dates,
 naive timestamps, NULL): a value of any other type raises rather than being written in some text
-form. The caller's transaction is used, so the rows commit or roll back with it.
+form. COPY is stricter than INSERT in a few ways the callers must know: no assignment casts (a
+float into an integer column fails), no Python-side column defaults (give every column), and
+only through psycopg2 (another driver gets the plain INSERT). A failed COPY raises without the
+server's message, which quotes the offending value. The caller's transaction is used, so the
+rows commit or roll back with it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
     """Insert `rows` (every row with the same keys) into `table` on `conn`; returns the count."""
     if not rows:
         return 0
-    if conn.dialect.name != "postgresql":  # numpy scalars as Python's (sqlite3 stores bytes)
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+        # numpy scalars as Python's (sqlite3 stores them as bytes)
         conn.execute(sa.insert(table), [{k: _plain(v) for k, v in r.items()} for r in rows])
         return len(rows)
     names = list(rows[0])
@@ -45,6 +50,9 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.copy_expert(f"COPY {target} ({columns}) FROM STDIN", buf)
+    except Exception as exc:  # the server's message quotes the value: keep it out of logs
+        code = getattr(exc, "pgcode", None) or type(exc).__name__
+        raise RuntimeError(f"COPY into {table.name} failed ({code})") from None
     finally:
         cursor.close()
     return len(rows)
@@ -68,6 +76,8 @@ def _text(value: Any) -> str:
     if isinstance(value, numbers.Real):
         return repr(float(value))
     if isinstance(value, datetime):
+        if value != value:  # pandas' NaT is a datetime
+            raise TypeError("insert_rows: a missing timestamp is None, not NaT")
         if value.tzinfo is not None:  # COPY would drop or shift the offset by column type
             raise TypeError("insert_rows: give timestamps as naive UTC")
         return value.isoformat(sep=" ")

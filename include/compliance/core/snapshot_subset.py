@@ -298,7 +298,7 @@ class Automaton:
     def __init__(self, words: dict[str, int]) -> None:
         self.words = sorted(words)
         self.digits = [words[w] for w in self.words]
-        kind = ahocorasick_rs.MATCHKIND_STANDARD  # every match, overlapping ones too
+        kind = ahocorasick_rs.MatchKind.Standard  # every match, overlapping ones too
         self._bytes = ahocorasick_rs.BytesAhoCorasick(
             [w.encode() for w in self.words], matchkind=kind
         )
@@ -310,7 +310,7 @@ class Automaton:
             found = self._bytes.find_matches_as_indexes(text.encode("ascii"), overlapping=True)
         else:
             if self._text is None:
-                kind = ahocorasick_rs.MATCHKIND_STANDARD
+                kind = ahocorasick_rs.MatchKind.Standard
                 self._text = ahocorasick_rs.AhoCorasick(self.words, matchkind=kind)
             found = self._text.find_matches_as_indexes(text, overlapping=True)
         digits = self.digits

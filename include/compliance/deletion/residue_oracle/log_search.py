@@ -104,7 +104,7 @@ class _Needles:
         if len(self.anchors) > FEW_NEEDLES or (not self.anchors and self.tenants):
             self.automaton = ahocorasick_rs.BytesAhoCorasick(
                 self.spellings,
-                matchkind=ahocorasick_rs.MATCHKIND_STANDARD,  # overlapping too
+                matchkind=ahocorasick_rs.MatchKind.Standard,  # overlapping too
             )
 
     def __len__(self) -> int:
