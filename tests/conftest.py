@@ -54,20 +54,6 @@ PG_ADMIN_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Long files first, the demo's readers on one worker (tests/scheduling.py)."""
-    from tests.scheduling import make_scheduler
-
-    return make_scheduler(config, log)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from tests.scheduling import check_demo_readers
-
-    check_demo_readers(items)
-
-
 def _pg_available() -> str | None:
     from sqlalchemy import create_engine, text
 
